@@ -1,0 +1,217 @@
+"""The experiment spec: one validated document describing a whole study."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from urllib.parse import urlsplit
+from typing import Annotated, Any, Union
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from services.common.errors import SpecError
+from services.common.spec.base import Name, StrictModel
+from services.common.spec.meshgen import Fractal2DParams, MorphSynthParams, ProcSynthParams
+from services.common.spec.neuro import NeuralDataSpec, ScoringSpec
+from services.common.spec.render import FractalRenderSettings, NoiseSceneParams, RenderSettings
+from services.common.spec.train import PretrainSpec, TargetSpec, TransferSpec
+
+FamilyParams = Annotated[
+    Union[ProcSynthParams, MorphSynthParams, Fractal2DParams, NoiseSceneParams], Field(discriminator="family")
+]
+
+
+class DatasetSpec(StrictModel):
+    name: Name = Field(description="Dataset name, unique in the experiment.")
+    family: FamilyParams = Field(description="How classes are generated: procsynth, morphsynth, fractal2d or noisescenes.")
+    classes: int = Field(default=10, ge=1, le=100_000, description="Number of classes.")
+    instances_per_class: int | None = Field(
+        default=None, ge=1, le=10_000,
+        description="Meshes (or IFS variants) per class; default: the family's natural count "
+        "(procsynth: 1 + stretch variants; morphsynth: 3 GP samples; fractal2d: 25 weight variants).",
+    )
+    render: RenderSettings = Field(default_factory=RenderSettings, description="3D families: how images are rendered.")
+    fractal_render: FractalRenderSettings = Field(default_factory=FractalRenderSettings, description="fractal2d: how images are drawn.")
+    seed: int | None = Field(default=None, ge=0, description="Root seed; default: the experiment's seed.")
+
+    @property
+    def kind(self) -> str:
+        return self.family.family
+
+
+class StoreSpec(StrictModel):
+    url: str = Field(
+        default="./flatland-data",
+        description="Local directory, file://PATH, or s3://BUCKET/PREFIX (endpoint and credentials come from the environment, never the spec).",
+    )
+
+    @model_validator(mode="after")
+    def _no_credentials(self):
+        if "://" in self.url and "@" in urlsplit(self.url).netloc:
+            raise ValueError("store URLs must not contain credentials; set them in the environment or a mounted secret")
+        return self
+
+
+class ClusterSpec(StrictModel):
+    namespace: str = Field(default="flatland", description="Kubernetes namespace for the experiment's Jobs.")
+    image_registry: str = Field(default="ghcr.io/beyond-flatland", description="Where the service images are pulled from.")
+    image_tag: str = Field(default="0.1.0")
+    meshgen_parallelism: int = Field(default=4, ge=1, le=1000)
+    render_parallelism: int = Field(default=8, ge=1, le=1000)
+    gpu: bool = Field(default=False, description="Run render (EGL) and train on GPU nodes.")
+    train_nodes: int = Field(default=1, ge=1, le=64, description="Nodes for multi-node torchrun training.")
+    active_deadline_seconds: int = Field(default=86_400, ge=60)
+    backoff_limit: int = Field(default=3, ge=0, le=100)
+    ttl_seconds_after_finished: int = Field(default=86_400, ge=0)
+
+
+class ExperimentSpec(StrictModel):
+    name: Name = Field(description="Experiment name.")
+    description: str = Field(default="", description="Free text for people.")
+    seed: int = Field(default=0, ge=0, description="Root seed; every random choice derives from it.")
+    store: StoreSpec = Field(default_factory=StoreSpec)
+    datasets: list[DatasetSpec] = Field(default_factory=list)
+    pretrain: list[PretrainSpec] = Field(default_factory=list)
+    targets: list[TargetSpec] = Field(default_factory=list)
+    transfer: list[TransferSpec] = Field(default_factory=list)
+    neural_data: list[NeuralDataSpec] = Field(default_factory=list)
+    scoring: list[ScoringSpec] = Field(default_factory=list)
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+
+    @model_validator(mode="after")
+    def _references(self):
+        def unique(items, what):
+            names = [i.name for i in items]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{what} names must be unique; repeated: {', '.join(dup)}")
+            return set(names)
+
+        datasets = unique(self.datasets, "dataset")
+        runs = unique(self.pretrain, "pretrain")
+        targets = unique(self.targets, "target")
+        neural = unique(self.neural_data, "neural_data")
+        unique(self.transfer, "transfer")
+        unique(self.scoring, "scoring")
+        for i, p in enumerate(self.pretrain):
+            for d in p.datasets:
+                if d not in datasets:
+                    raise ValueError(f"pretrain[{i}].datasets: unknown dataset '{d}' (known: {sorted(datasets)})")
+        for i, t in enumerate(self.transfer):
+            for r in t.pretrained:
+                if r not in runs:
+                    raise ValueError(f"transfer[{i}].pretrained: unknown pretrain run '{r}' (known: {sorted(runs)})")
+            for g in t.targets:
+                if g not in targets:
+                    raise ValueError(f"transfer[{i}].targets: unknown target '{g}' (known: {sorted(targets)})")
+        for i, s in enumerate(self.scoring):
+            for r in s.runs:
+                if r not in runs:
+                    raise ValueError(f"scoring[{i}].runs: unknown pretrain run '{r}' (known: {sorted(runs)})")
+            for b in s.benchmarks:
+                if b not in neural:
+                    raise ValueError(f"scoring[{i}].benchmarks: unknown neural_data '{b}' (known: {sorted(neural)})")
+        return self
+
+    def dataset(self, name: str) -> DatasetSpec:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise KeyError(f"no dataset named '{name}' in experiment '{self.name}'")
+
+    def dataset_seed(self, dataset: DatasetSpec) -> int:
+        return self.seed if dataset.seed is None else dataset.seed
+
+    def dataset_id(self, name: str) -> str:
+        """Store name of a dataset: its name plus a hash of everything that made it."""
+        d = self.dataset(name)
+        return f"{d.name}-{content_hash({'dataset': d, 'seed': self.dataset_seed(d)})}"
+
+    def run_id(self, name: str) -> str:
+        """Store name of a pre-training run: name plus a hash of the run and its datasets."""
+        run = next(p for p in self.pretrain if p.name == name)
+        inputs = {"run": run, "datasets": [self.dataset_id(d) for d in run.datasets]}
+        return f"{run.name}-{content_hash(inputs)}"
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def content_hash(obj: Any, length: int = 10) -> str:
+    """Stable hash of a spec (or any JSON-able structure of specs): canonical JSON, SHA-256.
+
+    Defaults are filled in before hashing, so writing a default explicitly does not
+    change the hash, while changing any value does.
+    """
+    canonical = json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:length]
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``path: why (got value)``."""
+    lines = []
+    for err in exc.errors():
+        loc = ""
+        for part in err["loc"]:
+            if isinstance(part, int):
+                loc += f"[{part}]"
+            else:
+                loc += f".{part}" if loc else str(part)
+        loc = loc or "(spec)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] in ("missing",):
+            lines.append(f"{loc}: field required")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown field (check the spelling; `flatland schema` lists the fields)")
+        else:
+            value = err.get("input")
+            shown = repr(value)
+            if len(shown) > 80:
+                shown = shown[:77] + "..."
+            lines.append(f"{loc}: {msg} (got {shown})")
+    return "\n".join(lines)
+
+
+def parse_spec(data: Any, source: str = "spec") -> ExperimentSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the spec must be a mapping of fields, got {type(data).__name__}")
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"{source} is not a valid experiment spec:\n{format_validation_error(exc)}") from None
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read and validate a YAML (or JSON) experiment spec."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"spec file not found: {path}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    return parse_spec(data, str(path))
+
+
+def spec_to_yaml(spec: ExperimentSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+def json_schema() -> dict:
+    schema = ExperimentSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Beyond Flatland experiment spec"
+    return schema
+
+

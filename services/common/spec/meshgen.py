@@ -1,0 +1,126 @@
+"""Parameters of the shape families (meshgen). Every range has a documented default."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from services.common.spec.base import StrictModel
+
+PRIMITIVES = ("cube", "sphere", "cone", "cylinder", "torus")
+
+
+class Range(StrictModel):
+    """A closed interval [low, high] that a parameter is drawn from uniformly."""
+
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        return self
+
+
+class IntRange(StrictModel):
+    low: int
+    high: int
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        return self
+
+
+class ProcSynthParams(StrictModel):
+    """ProcSynthDB, Algorithm 1: random unions of primitives with random modifiers."""
+
+    family: Literal["procsynth"] = "procsynth"
+    v: int = Field(default=3, ge=1, le=20, description="Rounds p are drawn from 1..v.")
+    w: int = Field(default=5, ge=0, le=50, description="Each round adds 0..w instances of every primitive type.")
+    max_size: float = Field(default=10.0, gt=0, description="Largest allowed bounding-box extent of a shape; larger shapes are rejected and redrawn.")
+    primitives: list[Literal["cube", "sphere", "cone", "cylinder", "torus"]] = Field(
+        default_factory=lambda: list(PRIMITIVES), min_length=1, description="Primitive types used."
+    )
+    size_range: Range = Field(default_factory=lambda: Range(low=0.5, high=3.0), description="Primitive dimensions/radii (world units).")
+    position_range: Range = Field(default_factory=lambda: Range(low=-2.0, high=2.0), description="Primitive centre coordinates (world units).")
+    segments_range: IntRange = Field(default_factory=lambda: IntRange(low=8, high=32), description="Segment counts of round primitives.")
+    modifier_probs: tuple[float, float, float] = Field(
+        default=(0.5, 0.25, 0.25), description="Probabilities of (as is, wireframe, subdivided) per primitive."
+    )
+    wire_thickness_range: Range = Field(default_factory=lambda: Range(low=0.02, high=0.08), description="Radius of wireframe tubes (world units).")
+    stretch_factors: list[float] = Field(
+        default_factory=lambda: [1.5, 2.0], description="Variants: the base mesh stretched by each factor along one random axis."
+    )
+    max_rejections: int = Field(default=1000, ge=1, description="Give up (with an error) after this many rejected draws for one class.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        p = self.modifier_probs
+        if any(x < 0 for x in p) or abs(sum(p) - 1.0) > 1e-6:
+            raise ValueError(f"modifier_probs must be non-negative and sum to 1, got {p}")
+        if self.size_range.low <= 0:
+            raise ValueError("size_range.low must be > 0")
+        if self.size_range.low >= self.max_size:
+            raise ValueError(
+                f"max_size ({self.max_size}) is not larger than the smallest primitive size "
+                f"({self.size_range.low}); no shape could ever be accepted"
+            )
+        if any(f <= 0 for f in self.stretch_factors):
+            raise ValueError("stretch_factors must be > 0")
+        return self
+
+    @property
+    def meshes_per_class(self) -> int:
+        return 1 + len(self.stretch_factors)
+
+
+class GPKernelTerm(StrictModel):
+    """One Gaussian term s·exp(-|x-y|^2 / l^2) of a GP kernel."""
+
+    scale: float = Field(gt=0, description="Variance scale s (shape: in units of the mesh size; albedo: RGB in [0,1]).")
+    length_scale: float = Field(gt=0, description="Length-scale l, in units of the mesh size (bounding-box diagonal).")
+
+
+class MorphSynthParams(StrictModel):
+    """MorphSynthDB: Gaussian-process morphs (shape and per-vertex albedo) of procsynth meshes."""
+
+    family: Literal["morphsynth"] = "morphsynth"
+    base: ProcSynthParams = Field(default_factory=ProcSynthParams, description="The procsynth family the base meshes come from.")
+    base_classes: int = Field(default=100, ge=1, description="Use the first N procsynth classes as bases.")
+    max_vertices: int = Field(default=5000, ge=100, description="Quadric decimation bound on base-mesh vertices.")
+    nystrom_points: int = Field(default=300, ge=10, le=5000, description="Surface points for the Nyström approximation.")
+    eigen_components: int = Field(default=50, ge=1, description="Leading eigenfunctions kept in the KL expansion.")
+    shape_kernel: list[GPKernelTerm] = Field(
+        default_factory=lambda: [GPKernelTerm(scale=0.05, length_scale=0.3)], min_length=1,
+        description="Deformation kernel terms (sum), applied per xyz component.",
+    )
+    albedo_kernel: list[GPKernelTerm] = Field(
+        default_factory=lambda: [GPKernelTerm(scale=0.05, length_scale=0.2)], min_length=1,
+        description="Albedo offset kernel terms (sum), per RGB channel.",
+    )
+    albedo_channel_correlation: float = Field(default=0.5, ge=0, le=1, description="Correlation between RGB offset channels.")
+    base_albedo: tuple[float, float, float] = Field(default=(0.6, 0.6, 0.6), description="Albedo before the offset field (RGB in [0,1]).")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.eigen_components > self.nystrom_points:
+            raise ValueError("eigen_components must be <= nystrom_points")
+        return self
+
+
+class Fractal2DParams(StrictModel):
+    """FractalDB: iterated function systems searched by filling rate."""
+
+    family: Literal["fractal2d"] = "fractal2d"
+    maps_range: IntRange = Field(default_factory=lambda: IntRange(low=2, high=7), description="Number of affine maps N per system.")
+    coefficient_range: Range = Field(default_factory=lambda: Range(low=-1.0, high=1.0), description="Each map's six coefficients are uniform in this range.")
+    filling_rate: float = Field(default=0.2, gt=0, lt=1, description="Fraction of pixels the point cloud must cover for a system to be accepted.")
+    search_points: int = Field(default=100_000, ge=1000, description="Chaos-game points used to measure the filling rate.")
+    search_size: int = Field(default=256, ge=32, le=2048, description="Image side (pixels) the filling rate is measured on.")
+    weight_step: float = Field(default=0.4, gt=0, lt=1, description="w: instances scale one coefficient by 1±w, 1±2w.")
+    flips: int = Field(default=4, ge=1, le=4, description="Flip variants per instance (none, horizontal, vertical, both).")
+    max_attempts: int = Field(default=100_000, ge=1, description="Give up (with an error) after this many rejected systems for one class.")

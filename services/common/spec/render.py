@@ -1,0 +1,104 @@
+"""Render settings: what varies from image to image, and how it is drawn."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from services.common.spec.base import Distribution, Fixed, StrictModel, Uniform
+
+
+def _u(low: float, high: float) -> Uniform:
+    return Uniform(low=low, high=high)
+
+
+def _f(value: float) -> Fixed:
+    return Fixed(value=value)
+
+
+class CameraSpec(StrictModel):
+    azimuth_deg: Distribution = Field(default_factory=lambda: _u(0, 360), description="Azimuth around the object (degrees).")
+    elevation_deg: Distribution = Field(default_factory=lambda: _u(-60, 60), description="Elevation above the object's equator (degrees).")
+    distance: Distribution | Literal["auto"] = Field(
+        default="auto", description="Camera distance (world units), or 'auto' to fit the object's bounding sphere in view."
+    )
+    auto_fit_margin: float = Field(default=1.15, ge=1.0, le=4.0, description="With distance 'auto': extra room around the bounding sphere.")
+    roll_deg: Distribution = Field(default_factory=lambda: _u(-15, 15), description="Camera roll about the viewing axis (degrees).")
+    fov_deg: Distribution = Field(default_factory=lambda: _f(40), description="Vertical field of view (degrees).")
+
+
+class LightSpec(StrictModel):
+    kind: Literal["directional", "point", "spot"] = Field(default="directional", description="Light type.")
+    azimuth_deg: Distribution = Field(default_factory=lambda: _u(0, 360), description="Direction the light comes from: azimuth (degrees).")
+    elevation_deg: Distribution = Field(default_factory=lambda: _u(10, 80), description="Direction the light comes from: elevation (degrees).")
+    intensity: Distribution = Field(default_factory=lambda: _u(2.0, 5.0), description="Intensity (directional: lux-like; point/spot: candela-like, scaled by distance²).")
+    color_rgb: tuple[Distribution, Distribution, Distribution] = Field(
+        default_factory=lambda: (_u(0.8, 1.0), _u(0.8, 1.0), _u(0.8, 1.0)), description="Light colour, each channel in [0,1]."
+    )
+    distance_factor: float = Field(default=2.5, gt=0, description="Point/spot lights: distance from the object centre in bounding radii.")
+
+
+class IlluminationSpec(StrictModel):
+    count: Distribution = Field(default_factory=lambda: _f(2), description="Number of lights drawn per image (rounded, >= 1).")
+    lights: list[LightSpec] = Field(default_factory=lambda: [LightSpec()], min_length=1, description="Light templates, used in turn.")
+    ambient: Distribution = Field(default_factory=lambda: _u(0.1, 0.4), description="Ambient light level in [0,1].")
+
+
+class MaterialSpec(StrictModel):
+    base_color: tuple[float, float, float] = Field(default=(0.7, 0.7, 0.7), description="Grey by default (ProcSynthDB); morphsynth uses its per-vertex albedo.")
+    metallic: float = Field(default=0.0, ge=0, le=1)
+    roughness: float = Field(default=0.6, ge=0, le=1)
+    use_vertex_colors: bool = Field(default=True, description="Use per-vertex albedo when the mesh has it.")
+
+
+class BackgroundSpec(StrictModel):
+    kind: Literal["plain", "noise"] = Field(default="plain", description="Plain colour, or a noise texture.")
+    color_rgb: tuple[float, float, float] = Field(default=(0.0, 0.0, 0.0), description="Plain background colour.")
+    noise_scale: float = Field(default=8.0, gt=0, description="Noise backgrounds: features per image side.")
+
+
+class RenderSettings(StrictModel):
+    image_size: int = Field(default=224, ge=16, le=2048, description="Square image side (pixels).")
+    views_per_instance: int = Field(default=10, ge=1, le=100_000, description="Images rendered of each mesh instance.")
+    camera: CameraSpec = Field(default_factory=CameraSpec)
+    illumination: IlluminationSpec = Field(default_factory=IlluminationSpec)
+    material: MaterialSpec = Field(default_factory=MaterialSpec)
+    background: BackgroundSpec = Field(default_factory=BackgroundSpec)
+    scale_jitter: Distribution = Field(default_factory=lambda: _u(0.9, 1.1), description="Random object scale factor.")
+    pose_variation: bool = Field(default=True, description="False: every view uses the centre of each camera distribution (FlatWorld ablation).")
+    illumination_variation: bool = Field(default=True, description="False: every view uses the centre of each light distribution (FlatWorld ablation).")
+    shard_size: int = Field(default=1000, ge=1, le=100_000, description="Samples per WebDataset shard.")
+    val_fraction: float = Field(default=0.1, ge=0, lt=1, description="Fraction of views held out as the validation split.")
+    backend: Literal["auto", "osmesa", "egl"] = Field(default="auto", description="OpenGL platform; 'auto' uses PYOPENGL_PLATFORM or OSMesa.")
+
+
+class FractalRenderSettings(StrictModel):
+    image_size: int = Field(default=362, ge=16, le=2048, description="Square image side (pixels); FractalDB uses 362.")
+    points: int = Field(default=200_000, ge=1000, le=10_000_000, description="Chaos-game points per image.")
+    drawings_per_variant: int = Field(default=10, ge=1, description="Images per (weight variant, flip).")
+    patch: int = Field(default=3, ge=1, le=9, description="Each point is drawn as a random patch of this size.")
+    shard_size: int = Field(default=1000, ge=1, le=100_000)
+    val_fraction: float = Field(default=0.1, ge=0, lt=1)
+
+
+class NoiseSceneParams(StrictModel):
+    """Abstract scenes: 1-20 ellipsoids on a noise background, with per-pixel labels."""
+
+    family: Literal["noisescenes"] = "noisescenes"
+    objects_range: tuple[int, int] = Field(default=(1, 20), description="Objects per scene (inclusive range).")
+    noise: Literal["perlin", "sparse_convolution"] = Field(default="perlin", description="Texture noise kind.")
+    hue_std: float = Field(default=0.05, ge=0, le=0.5, description="Per-object hue spread around the class mean (fraction of the hue circle).")
+    elongation_std: float = Field(default=0.2, ge=0, description="Per-object elongation spread around the class mean.")
+    noise_scale_std: float = Field(default=0.2, ge=0, description="Per-object relative spread of the noise scale around the class mean.")
+    image_size: int = Field(default=224, ge=16, le=2048)
+    scenes: int = Field(default=100, ge=1, description="Scenes in the dataset.")
+    shard_size: int = Field(default=1000, ge=1, le=100_000)
+    val_fraction: float = Field(default=0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        lo, hi = self.objects_range
+        if not 1 <= lo <= hi <= 200:
+            raise ValueError(f"objects_range must satisfy 1 <= low <= high <= 200, got {self.objects_range}")
+        return self

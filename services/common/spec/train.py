@@ -1,0 +1,77 @@
+"""Training settings: pre-training on synthetic data, transfer, hyper-parameter search."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from services.common.spec.base import Name, StrictModel
+
+
+class AugmentSpec(StrictModel):
+    random_resized_crop: bool = Field(default=True, description="FractalDB-style random crop.")
+    crop_scale: tuple[float, float] = Field(default=(0.5, 1.0), description="Crop area range (fraction of the image).")
+    horizontal_flip: bool = Field(default=True)
+
+
+class OptimSpec(StrictModel):
+    lr: float = Field(default=0.1, gt=0, description="Peak learning rate (SGD).")
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    schedule: Literal["cosine", "step"] = Field(default="cosine")
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    step_size: int = Field(default=30, ge=1, description="Step schedule: epochs between decays.")
+    step_gamma: float = Field(default=0.1, gt=0, le=1)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    grad_clip_norm: float | None = Field(default=None, gt=0, description="Clip gradients to this global norm.")
+
+
+class PretrainSpec(StrictModel):
+    name: Name = Field(description="Run name (the run id adds a hash of this spec).")
+    datasets: list[Name] = Field(min_length=1, description="Datasets to mix (uniformly); names from `datasets`.")
+    class_budget: int | None = Field(default=None, ge=1, description="Total classes, split evenly across datasets (Table 2). None: all classes.")
+    model: str = Field(default="resnet50", description="torchvision classification model name.")
+    input_size: int = Field(default=224, ge=16, le=1024)
+    epochs: int = Field(default=90, ge=1)
+    batch_size: int = Field(default=64, ge=1, le=8192)
+    workers: int = Field(default=2, ge=0, le=64, description="Data loader worker processes.")
+    shuffle_buffer: int = Field(default=1000, ge=1)
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    amp: bool = Field(default=True, description="Mixed precision (GPU only).")
+    max_corrupt_fraction: float = Field(default=0.01, ge=0, le=1, description="Fail when more samples than this are corrupt.")
+    seed: int = Field(default=0, ge=0)
+
+
+class TargetSpec(StrictModel):
+    name: Name
+    kind: Literal["digits", "imagefolder", "cifar10", "cifar100"] = Field(
+        description="'digits': scikit-learn's bundled handwritten digits (offline); others read `path`."
+    )
+    path: str | None = Field(default=None, description="Root of the user-provided data set (imagefolder, cifar).")
+    test_fraction: float = Field(default=0.25, gt=0, lt=1, description="Held-out split, fixed by seed.")
+
+    @model_validator(mode="after")
+    def _path(self):
+        if self.kind != "digits" and not self.path:
+            raise ValueError(f"target kind '{self.kind}' needs a `path` to the user's data set")
+        return self
+
+
+class HyperSearchSpec(StrictModel):
+    folds: int = Field(default=3, ge=2, le=20)
+    lr: list[float] = Field(default_factory=lambda: [0.01, 0.1], min_length=1)
+    weight_decay: list[float] = Field(default_factory=lambda: [0.0, 1e-4], min_length=1)
+
+
+class TransferSpec(StrictModel):
+    name: Name
+    pretrained: list[Name] = Field(description="Pre-training runs to start from (names from `pretrain`); from-scratch is always added.")
+    targets: list[Name] = Field(min_length=1, description="Target names from `targets`.")
+    modes: list[Literal["finetune", "linear_probe"]] = Field(default_factory=lambda: ["finetune", "linear_probe"], min_length=1)
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    optim: OptimSpec = Field(default_factory=lambda: OptimSpec(lr=0.01, warmup_epochs=0))
+    search: HyperSearchSpec | None = Field(default=None, description="Cross-validated grid search before the final fit.")
+    seed: int = Field(default=0, ge=0)

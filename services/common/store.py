@@ -1,0 +1,241 @@
+"""The store: one interface over a local directory and S3-compatible object storage.
+
+Keys are ``/``-separated relative paths such as ``meshes/<dataset>/manifest.json``.
+Every write is atomic per object: a reader sees the old object, the new one, or
+nothing — never a partial one. Stages talk only to :class:`Store`; which backend is
+behind it is a deployment choice (:func:`open_store`).
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from services.common.errors import InvalidKeyError, ObjectNotFoundError
+
+DEFAULT_LOCAL_ROOT = "./flatland-data"
+_CHUNK = 1 << 20
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` unchanged if it is a safe store key, else raise :class:`InvalidKeyError`.
+
+    Refused: empty keys, absolute paths, backslashes, ``.`` or ``..`` segments,
+    empty segments (``a//b``, trailing ``/``) and control characters.
+    """
+    if not isinstance(key, str) or not key:
+        raise InvalidKeyError(f"store key must be a non-empty string, got {key!r}")
+    if _CONTROL.search(key):
+        raise InvalidKeyError(f"store key {key!r} contains a control character")
+    if key.startswith("/"):
+        raise InvalidKeyError(f"store key {key!r} is absolute; keys are relative like 'meshes/x/manifest.json'")
+    if "\\" in key:
+        raise InvalidKeyError(f"store key {key!r} contains a backslash; use '/' between segments")
+    for segment in key.split("/"):
+        if segment == "":
+            raise InvalidKeyError(f"store key {key!r} has an empty segment")
+        if segment in (".", ".."):
+            raise InvalidKeyError(f"store key {key!r} contains a '{segment}' segment, which could escape the store")
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Like :func:`validate_key` but allows the empty prefix and a trailing ``/``."""
+    if prefix == "":
+        return prefix
+    validate_key(prefix[:-1] if prefix.endswith("/") else prefix)
+    return prefix
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_stream(stream: BinaryIO) -> tuple[int, str]:
+    """(size, sha256 hex) of everything left in ``stream``."""
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := stream.read(_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+class Store(abc.ABC):
+    """Object storage with atomic per-object writes."""
+
+    #: A URL that reopens this store in another process (``open_store(store.url)``).
+    url: str
+
+    @abc.abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Write ``data`` at ``key`` atomically, replacing any earlier object."""
+
+    @abc.abstractmethod
+    def put_file(self, key: str, path: str | os.PathLike) -> None:
+        """Upload the local file ``path`` to ``key`` atomically."""
+
+    @abc.abstractmethod
+    def open_read(self, key: str) -> BinaryIO:
+        """A readable binary stream of the object (close it when done)."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def size(self, key: str) -> int:
+        """Size in bytes; :class:`ObjectNotFoundError` if missing."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; removing a missing key is not an error."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys starting with ``prefix`` (a plain string prefix), in sorted order."""
+
+    # Derived operations: backends may override for speed.
+    def get_bytes(self, key: str) -> bytes:
+        with self.open_read(key) as stream:
+            return stream.read()
+
+    def get_file(self, key: str, path: str | os.PathLike) -> None:
+        """Download ``key`` to the local file ``path`` (written atomically)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, self.open_read(key) as stream:
+                shutil.copyfileobj(stream, out, _CHUNK)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put_json(self, key: str, obj) -> None:
+        import json
+
+        self.put_bytes(key, json.dumps(obj, indent=2, sort_keys=True).encode("utf-8"))
+
+    def get_json(self, key: str):
+        import json
+
+        return json.loads(self.get_bytes(key))
+
+    def checksum(self, key: str) -> tuple[int, str]:
+        """(size, sha256 hex) of the stored object, streamed."""
+        with self.open_read(key) as stream:
+            return sha256_stream(stream)
+
+
+class LocalStore(Store):
+    """A directory on the local file system (the default: ``./flatland-data``)."""
+
+    def __init__(self, root: str | os.PathLike = DEFAULT_LOCAL_ROOT):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.url = f"file://{self.root}"
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*validate_key(key).split("/"))
+
+    def _atomic_write(self, key: str, write) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                write(out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._atomic_write(key, lambda out: out.write(data))
+
+    def put_file(self, key: str, path: str | os.PathLike) -> None:
+        def copy(out):
+            with open(path, "rb") as src:
+                shutil.copyfileobj(src, out, _CHUNK)
+
+        self._atomic_write(key, copy)
+
+    def open_read(self, key: str) -> BinaryIO:
+        path = self._path(key)
+        try:
+            return open(path, "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFoundError(f"no object at key {key!r} in {self!r}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFoundError(f"no object at key {key!r} in {self!r}")
+        return path.stat().st_size
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        # Tidy now-empty parent directories, never the root itself.
+        parent = path.parent
+        while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        validate_prefix(prefix)
+        # Walk only the deepest directory the prefix pins down.
+        base_parts = prefix.split("/")[:-1]
+        base = self.root.joinpath(*base_parts) if base_parts else self.root
+        if not base.is_dir():
+            return iter(())
+        keys = []
+        for dirpath, _dirnames, filenames in os.walk(base):
+            for name in filenames:
+                if name.startswith(".") and name.endswith(".part"):
+                    continue  # an in-flight atomic write
+                key = Path(dirpath, name).relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        return iter(sorted(keys))
+
+
+def open_store(url: str | None = None) -> Store:
+    """Open a store from a URL.
+
+    - ``None`` or ``""``: the local default ``./flatland-data``;
+    - a path or ``file:///abs/path``: a local directory;
+    - ``s3://bucket/optional/prefix``: S3-compatible storage. The endpoint comes from
+      ``FLATLAND_S3_ENDPOINT`` (e.g. ``http://minio:9000``), credentials from
+      ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` or files in the directory
+      ``FLATLAND_S3_SECRET_DIR`` (a mounted Kubernetes Secret) — never from a spec.
+    """
+    if not url:
+        return LocalStore(DEFAULT_LOCAL_ROOT)
+    if url.startswith("s3://"):
+        from services.common.s3store import S3Store
+
+        return S3Store.from_url(url)
+    if url.startswith("file://"):
+        return LocalStore(url[len("file://"):])
+    if "://" in url:
+        raise ValueError(f"unsupported store URL {url!r}: use a directory path, file://PATH or s3://BUCKET/PREFIX")
+    return LocalStore(url)
+
