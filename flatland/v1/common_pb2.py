@@ -24,13 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66latland/v1/common.proto\x12\x0b\x66latland.v1\"5\n\x08StoreRef\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x96\x01\n\rProgressEvent\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0f\n\x07skipped\x18\x04 \x01(\x03\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x10\n\x08\x66inished\x18\x06 \x01(\x08\x12&\n\x07outputs\x18\x07 \x03(\x0b\x32\x15.flatland.v1.StoreRef\"I\n\x0b\x45rrorDetail\x12\x0c\n\x04item\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05\x66ield\x18\x04 \x01(\t\"(\n\x08SpecText\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"C\n\x0e\x45xperimentItem\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.flatland.v1.SpecText\x12\x0c\n\x04name\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x66latland/v1/common.proto\x12\x0b\x66latland.v1\"5\n\x08StoreRef\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x96\x01\n\rProgressEvent\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0f\n\x07skipped\x18\x04 \x01(\x03\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x10\n\x08\x66inished\x18\x06 \x01(\x08\x12&\n\x07outputs\x18\x07 \x03(\x0b\x32\x15.flatland.v1.StoreRef\"I\n\x0b\x45rrorDetail\x12\x0c\n\x04item\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05\x66ield\x18\x04 \x01(\t\"(\n\x08SpecText\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\"C\n\x0e\x45xperimentItem\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.flatland.v1.SpecText\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x9e\x02\n\x0bSpecSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61nonical_json\x18\x02 \x01(\t\x12\x11\n\tspec_hash\x18\x03 \x01(\t\x12=\n\x0b\x64\x61taset_ids\x18\x04 \x03(\x0b\x32(.flatland.v1.SpecSummary.DatasetIdsEntry\x12\x35\n\x07run_ids\x18\x05 \x03(\x0b\x32$.flatland.v1.SpecSummary.RunIdsEntry\x1a\x31\n\x0f\x44\x61tasetIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bRunIdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x0f\n\rSchemaRequest\"!\n\nSchemaText\x12\x13\n\x0bjson_schema\x18\x01 \x01(\t2\x82\x01\n\x04Spec\x12;\n\x08Validate\x12\x15.flatland.v1.SpecText\x1a\x18.flatland.v1.SpecSummary\x12=\n\x06Schema\x12\x1a.flatland.v1.SchemaRequest\x1a\x17.flatland.v1.SchemaTextb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flatland.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SPECSUMMARY_DATASETIDSENTRY']._loaded_options = None
+  _globals['_SPECSUMMARY_DATASETIDSENTRY']._serialized_options = b'8\001'
+  _globals['_SPECSUMMARY_RUNIDSENTRY']._loaded_options = None
+  _globals['_SPECSUMMARY_RUNIDSENTRY']._serialized_options = b'8\001'
   _globals['_STOREREF']._serialized_start=41
   _globals['_STOREREF']._serialized_end=94
   _globals['_PROGRESSEVENT']._serialized_start=97
@@ -41,4 +45,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SPECTEXT']._serialized_end=364
   _globals['_EXPERIMENTITEM']._serialized_start=366
   _globals['_EXPERIMENTITEM']._serialized_end=433
+  _globals['_SPECSUMMARY']._serialized_start=436
+  _globals['_SPECSUMMARY']._serialized_end=722
+  _globals['_SPECSUMMARY_DATASETIDSENTRY']._serialized_start=626
+  _globals['_SPECSUMMARY_DATASETIDSENTRY']._serialized_end=675
+  _globals['_SPECSUMMARY_RUNIDSENTRY']._serialized_start=677
+  _globals['_SPECSUMMARY_RUNIDSENTRY']._serialized_end=722
+  _globals['_SCHEMAREQUEST']._serialized_start=724
+  _globals['_SCHEMAREQUEST']._serialized_end=739
+  _globals['_SCHEMATEXT']._serialized_start=741
+  _globals['_SCHEMATEXT']._serialized_end=774
+  _globals['_SPEC']._serialized_start=777
+  _globals['_SPEC']._serialized_end=907
 # @@protoc_insertion_point(module_scope)

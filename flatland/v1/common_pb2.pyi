@@ -61,3 +61,41 @@ class ExperimentItem(_message.Message):
     spec: SpecText
     name: str
     def __init__(self, spec: _Optional[_Union[SpecText, _Mapping]] = ..., name: _Optional[str] = ...) -> None: ...
+
+class SpecSummary(_message.Message):
+    __slots__ = ("name", "canonical_json", "spec_hash", "dataset_ids", "run_ids")
+    class DatasetIdsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class RunIdsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CANONICAL_JSON_FIELD_NUMBER: _ClassVar[int]
+    SPEC_HASH_FIELD_NUMBER: _ClassVar[int]
+    DATASET_IDS_FIELD_NUMBER: _ClassVar[int]
+    RUN_IDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    canonical_json: str
+    spec_hash: str
+    dataset_ids: _containers.ScalarMap[str, str]
+    run_ids: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., canonical_json: _Optional[str] = ..., spec_hash: _Optional[str] = ..., dataset_ids: _Optional[_Mapping[str, str]] = ..., run_ids: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class SchemaRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SchemaText(_message.Message):
+    __slots__ = ("json_schema",)
+    JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    json_schema: str
+    def __init__(self, json_schema: _Optional[str] = ...) -> None: ...

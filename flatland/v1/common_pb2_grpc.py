@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from flatland.v1 import common_pb2 as flatland_dot_v1_dot_common__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -22,3 +23,122 @@ if _version_not_supported:
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
+
+
+class SpecStub:
+    """Served by every Beyond Flatland server: check a spec before submitting work.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Validate = channel.unary_unary(
+                '/flatland.v1.Spec/Validate',
+                request_serializer=flatland_dot_v1_dot_common__pb2.SpecText.SerializeToString,
+                response_deserializer=flatland_dot_v1_dot_common__pb2.SpecSummary.FromString,
+                _registered_method=True)
+        self.Schema = channel.unary_unary(
+                '/flatland.v1.Spec/Schema',
+                request_serializer=flatland_dot_v1_dot_common__pb2.SchemaRequest.SerializeToString,
+                response_deserializer=flatland_dot_v1_dot_common__pb2.SchemaText.FromString,
+                _registered_method=True)
+
+
+class SpecServicer:
+    """Served by every Beyond Flatland server: check a spec before submitting work.
+    """
+
+    def Validate(self, request, context):
+        """INVALID_ARGUMENT, naming each bad field, when the spec is not valid.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Schema(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SpecServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Validate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Validate,
+                    request_deserializer=flatland_dot_v1_dot_common__pb2.SpecText.FromString,
+                    response_serializer=flatland_dot_v1_dot_common__pb2.SpecSummary.SerializeToString,
+            ),
+            'Schema': grpc.unary_unary_rpc_method_handler(
+                    servicer.Schema,
+                    request_deserializer=flatland_dot_v1_dot_common__pb2.SchemaRequest.FromString,
+                    response_serializer=flatland_dot_v1_dot_common__pb2.SchemaText.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'flatland.v1.Spec', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('flatland.v1.Spec', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Spec:
+    """Served by every Beyond Flatland server: check a spec before submitting work.
+    """
+
+    @staticmethod
+    def Validate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flatland.v1.Spec/Validate',
+            flatland_dot_v1_dot_common__pb2.SpecText.SerializeToString,
+            flatland_dot_v1_dot_common__pb2.SpecSummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Schema(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flatland.v1.Spec/Schema',
+            flatland_dot_v1_dot_common__pb2.SchemaRequest.SerializeToString,
+            flatland_dot_v1_dot_common__pb2.SchemaText.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -35,6 +35,11 @@ class DatasetSpec(StrictModel):
     render: RenderSettings = Field(default_factory=RenderSettings, description="3D families: how images are rendered.")
     fractal_render: FractalRenderSettings = Field(default_factory=FractalRenderSettings, description="fractal2d: how images are drawn.")
     seed: int | None = Field(default=None, ge=0, description="Root seed; default: the experiment's seed.")
+    meshes_from: Name | None = Field(
+        default=None,
+        description="Render the meshes of this other dataset instead of generating new ones "
+        "(FlatWorld: the same meshes with pose and illumination variation switched off).",
+    )
 
     @property
     def kind(self) -> str:
@@ -57,28 +62,28 @@ class StoreSpec(StrictModel):
 class ClusterSpec(StrictModel):
     namespace: str = Field(default="flatland", description="Kubernetes namespace for the experiment's Jobs.")
     image_registry: str = Field(default="ghcr.io/beyond-flatland", description="Where the service images are pulled from.")
-    image_tag: str = Field(default="0.1.0")
-    meshgen_parallelism: int = Field(default=4, ge=1, le=1000)
-    render_parallelism: int = Field(default=8, ge=1, le=1000)
+    image_tag: str = Field(default="0.1.0", description="Tag of the service images.")
+    meshgen_parallelism: int = Field(default=4, ge=1, le=1000, description="Pods of the meshgen Indexed Job (capped by the number of classes).")
+    render_parallelism: int = Field(default=8, ge=1, le=1000, description="Pods of the render Indexed Job (capped by the number of shards).")
     gpu: bool = Field(default=False, description="Run render (EGL) and train on GPU nodes.")
     train_nodes: int = Field(default=1, ge=1, le=64, description="Nodes for multi-node torchrun training.")
-    active_deadline_seconds: int = Field(default=86_400, ge=60)
-    backoff_limit: int = Field(default=3, ge=0, le=100)
-    ttl_seconds_after_finished: int = Field(default=86_400, ge=0)
+    active_deadline_seconds: int = Field(default=86_400, ge=60, description="Kubernetes kills a Job running longer than this.")
+    backoff_limit: int = Field(default=3, ge=0, le=100, description="Retries of a failed pod before the Job fails.")
+    ttl_seconds_after_finished: int = Field(default=86_400, ge=0, description="Finished Jobs are deleted after this many seconds.")
 
 
 class ExperimentSpec(StrictModel):
     name: Name = Field(description="Experiment name.")
     description: str = Field(default="", description="Free text for people.")
     seed: int = Field(default=0, ge=0, description="Root seed; every random choice derives from it.")
-    store: StoreSpec = Field(default_factory=StoreSpec)
-    datasets: list[DatasetSpec] = Field(default_factory=list)
-    pretrain: list[PretrainSpec] = Field(default_factory=list)
-    targets: list[TargetSpec] = Field(default_factory=list)
-    transfer: list[TransferSpec] = Field(default_factory=list)
-    neural_data: list[NeuralDataSpec] = Field(default_factory=list)
-    scoring: list[ScoringSpec] = Field(default_factory=list)
-    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    store: StoreSpec = Field(default_factory=StoreSpec, description="Where every stage reads and writes.")
+    datasets: list[DatasetSpec] = Field(default_factory=list, description="Synthetic datasets to generate and render.")
+    pretrain: list[PretrainSpec] = Field(default_factory=list, description="Networks pre-trained on one dataset or a mix.")
+    targets: list[TargetSpec] = Field(default_factory=list, description="Transfer targets (user-provided data sets, or the offline digits).")
+    transfer: list[TransferSpec] = Field(default_factory=list, description="Fine-tuning and linear probes of pre-trained networks.")
+    neural_data: list[NeuralDataSpec] = Field(default_factory=list, description="Neural benchmarks (user files, or the planted synthetic one).")
+    scoring: list[ScoringSpec] = Field(default_factory=list, description="Neural predictivity and RSA of pre-trained networks.")
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="How `flatland k8s manifests` runs this experiment as Kubernetes Jobs.")
 
     @model_validator(mode="after")
     def _references(self):
@@ -95,6 +100,19 @@ class ExperimentSpec(StrictModel):
         neural = unique(self.neural_data, "neural_data")
         unique(self.transfer, "transfer")
         unique(self.scoring, "scoring")
+        for i, d in enumerate(self.datasets):
+            if d.meshes_from is None:
+                continue
+            if d.meshes_from not in datasets or d.meshes_from == d.name:
+                raise ValueError(f"datasets[{i}].meshes_from: '{d.meshes_from}' is not another dataset of this experiment")
+            source = self.dataset(d.meshes_from)
+            if source.meshes_from is not None:
+                raise ValueError(f"datasets[{i}].meshes_from: '{d.meshes_from}' itself borrows meshes; name the original")
+            if source.family != d.family or source.classes != d.classes or source.instances_per_class != d.instances_per_class:
+                raise ValueError(
+                    f"datasets[{i}].meshes_from: '{d.meshes_from}' must have the same family, classes and "
+                    "instances_per_class as this dataset"
+                )
         for i, p in enumerate(self.pretrain):
             for d in p.datasets:
                 if d not in datasets:
@@ -128,6 +146,11 @@ class ExperimentSpec(StrictModel):
         """Store name of a dataset: its name plus a hash of everything that made it."""
         d = self.dataset(name)
         return f"{d.name}-{content_hash({'dataset': d, 'seed': self.dataset_seed(d)})}"
+
+    def mesh_dataset_id(self, name: str) -> str:
+        """Store name of the meshes a dataset renders (its own, or those of ``meshes_from``)."""
+        d = self.dataset(name)
+        return self.dataset_id(d.meshes_from or d.name)
 
     def run_id(self, name: str) -> str:
         """Store name of a pre-training run: name plus a hash of the run and its datasets."""

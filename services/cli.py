@@ -1,0 +1,224 @@
+"""The ``flatland`` command line: a thin adapter over the library.
+
+Exit codes: 0 success, 1 failure while working, 2 bad input (spec, arguments).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from services.common.errors import FlatlandError, SpecError
+from services.common.stages import get_stage, list_stages
+
+console = Console(stderr=True)
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str, code: int = 1) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    sys.exit(code)
+
+
+def _load(spec_path: str):
+    from services.common.spec import load_spec
+
+    try:
+        return load_spec(spec_path)
+    except SpecError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+
+
+def _open_store(spec, store_url: str | None):
+    from services.common.store import open_store
+
+    url = store_url or os.environ.get("FLATLAND_STORE") or (spec.store.url if spec is not None else None)
+    try:
+        return open_store(url)
+    except (ValueError, FlatlandError) as exc:
+        _fail(f"cannot open store {url!r}: {exc}", EXIT_BAD_INPUT)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="beyond-flatland", prog_name="flatland")
+def main(verbose: int) -> None:
+    """Beyond Flatland: synthetic 3D pre-training data, networks, and neural scores.
+
+    Start with:  flatland run experiments/quickstart.yaml
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC.yaml")
+def validate(spec_path: str) -> None:
+    """Check an experiment spec; name every bad field."""
+    from services.common.spec import content_hash
+
+    spec = _load(spec_path)
+    click.echo(f"{spec_path}: valid experiment '{spec.name}' (hash {content_hash(spec)})")
+    for d in spec.datasets:
+        click.echo(f"  dataset  {d.name:<24} {d.kind:<12} {d.classes} classes -> {spec.dataset_id(d.name)}")
+    for r in spec.pretrain:
+        click.echo(f"  pretrain {r.name:<24} {r.model:<12} on {'+'.join(r.datasets)} -> {spec.run_id(r.name)}")
+    for t in spec.transfer:
+        click.echo(f"  transfer {t.name:<24} {','.join(t.modes)} on {','.join(t.targets)}")
+    for s in spec.scoring:
+        click.echo(f"  scoring  {s.name:<24} {','.join(s.runs)} vs {','.join(s.benchmarks)}")
+
+
+@main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="Write to a file instead of stdout.")
+def schema(output: str | None) -> None:
+    """Print the JSON Schema of experiment specs (for editors)."""
+    from services.common.spec import json_schema
+
+    text = json.dumps(json_schema(), indent=2)
+    if output:
+        Path(output).write_text(text + "\n")
+        console.print(f"wrote {output}")
+    else:
+        click.echo(text)
+
+
+@main.command()
+def stages() -> None:
+    """List the pipeline stages."""
+    for name in list_stages():
+        click.echo(f"{name:<8} {get_stage(name).description}")
+
+
+@main.command()
+@click.argument("stage", type=click.Choice([*list_stages(), "all"]))
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to bind.")
+@click.option("--port", default=50051, show_default=True, type=click.IntRange(0, 65535), help="gRPC port (0: pick a free one).")
+@click.option("--metrics-port", default=9090, show_default=True, type=click.IntRange(0, 65535), help="Prometheus /metrics port.")
+@click.option("--store", "store_url", default=None, help="Store URL (default: $FLATLAND_STORE or ./flatland-data).")
+@click.option("--max-message-mb", default=64, show_default=True, type=click.IntRange(1, 2047), help="Largest gRPC message.")
+@click.option("--grace", default=10.0, show_default=True, type=float, help="Seconds in-flight calls get on SIGTERM.")
+def serve(stage: str, host: str, port: int, metrics_port: int, store_url: str | None, max_message_mb: int, grace: float) -> None:
+    """Start a stage's gRPC server (health, reflection, metrics)."""
+    from services.common.server import start_server
+
+    store = _open_store(None, store_url)
+    try:
+        running = start_server(
+            stage, store, host=host, port=port, metrics_port=metrics_port, max_message_bytes=max_message_mb * 1024 * 1024
+        )
+    except OSError as exc:
+        _fail(str(exc))
+    running.stop_on_signals(grace)
+    console.print(
+        f"serving [bold]{', '.join(running.services)}[/] on {host}:{running.port}, "
+        f"metrics on {host}:{running.metrics_port}/metrics, store {store.url}"
+    )
+    # Machine-readable line for scripts and tests that start servers on port 0.
+    print(json.dumps({"port": running.port, "metrics_port": running.metrics_port}), flush=True)
+    running.wait()
+    console.print("stopped")
+
+
+def _job_index(index: int | None, count: int | None) -> tuple[int, int]:
+    """The share of work: explicit options, else Kubernetes Indexed Job env vars, else all."""
+    if index is None:
+        index = int(os.environ.get("JOB_COMPLETION_INDEX", "0"))
+    if count is None:
+        count = int(os.environ.get("JOB_COMPLETION_COUNT", "1"))
+    if count < 1 or not 0 <= index < count:
+        _fail(f"job index {index} is not in 0..{count - 1} (JOB_COMPLETION_INDEX/JOB_COMPLETION_COUNT)", EXIT_BAD_INPUT)
+    return index, count
+
+
+@main.command()
+@click.argument("stage", type=click.Choice(list_stages()))
+@click.option("--spec", "spec_path", required=True, help="Experiment spec (YAML).")
+@click.option("--index", type=int, default=None, help="Work share index (default: $JOB_COMPLETION_INDEX or 0).")
+@click.option("--count", type=int, default=None, help="Number of shares (default: $JOB_COMPLETION_COUNT or 1).")
+@click.option("--store", "store_url", default=None, help="Store URL (default: $FLATLAND_STORE, then the spec's).")
+def job(stage: str, spec_path: str, index: int | None, count: int | None, store_url: str | None) -> None:
+    """Run one stage's batch work (a Kubernetes Job's entry point)."""
+    from services.common.progress import run_stage_with_progress
+
+    spec = _load(spec_path)
+    store = _open_store(spec, store_url)
+    index, count = _job_index(index, count)
+    summary = run_stage_with_progress(stage, spec, store, index=index, count=count, console=console)
+    print(json.dumps({"stage": stage, "index": index, "count": count, "summary": summary}, default=str))
+
+
+@main.command()
+@click.argument("stage", type=click.Choice(list_stages()))
+@click.option("--spec", "spec_path", required=True, help="Experiment spec (YAML).")
+@click.option("--store", "store_url", default=None)
+@click.option("--timeout", default=86_400.0, show_default=True, help="Give up after this many seconds (exit 1).")
+@click.option("--poll", default=10.0, show_default=True, help="Seconds between checks.")
+def wait(stage: str, spec_path: str, store_url: str | None, timeout: float, poll: float) -> None:
+    """Block until the store shows STAGE's inputs complete (init containers use this)."""
+    from services.common.readiness import missing_inputs
+
+    spec = _load(spec_path)
+    store = _open_store(spec, store_url)
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = missing_inputs(stage, spec, store)
+        if not missing:
+            console.print(f"{stage}: inputs complete")
+            return
+        if time.monotonic() >= deadline:
+            _fail(f"{stage}: still waiting after {timeout:.0f} s for: {', '.join(missing[:10])}")
+        console.print(f"{stage}: waiting for {len(missing)} input(s), e.g. {missing[0]}")
+        time.sleep(poll)
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC.yaml")
+@click.option("--store", "store_url", default=None, help="Store URL (default: $FLATLAND_STORE, then the spec's).")
+@click.option("--stage", "only", multiple=True, type=click.Choice(list_stages()), help="Run only these stages (repeatable).")
+def run(spec_path: str, store_url: str | None, only: tuple[str, ...]) -> None:
+    """Run an experiment end to end, then write its report."""
+    from services.common.progress import run_experiment
+
+    spec = _load(spec_path)
+    store = _open_store(spec, store_url)
+    try:
+        run_experiment(spec, store, stages=list(only) or None, console=console)
+    except SpecError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    except FlatlandError as exc:
+        _fail(str(exc))
+
+
+@main.group()
+def k8s() -> None:
+    """Kubernetes: manifests for running an experiment as Jobs."""
+
+
+@k8s.command("manifests")
+@click.argument("spec_path", metavar="SPEC.yaml")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
+def k8s_manifests(spec_path: str, output: str | None) -> None:
+    """Print the manifests that run one experiment (kubectl apply -f -)."""
+    try:
+        from services.cluster.manifests import experiment_manifests, to_yaml
+    except ModuleNotFoundError as exc:
+        _fail(f"the cluster manifests generator is not available: {exc}")
+    spec = _load(spec_path)
+    text = to_yaml(experiment_manifests(spec, Path(spec_path).read_text()))
+    if output:
+        Path(output).write_text(text)
+        console.print(f"wrote {output}")
+    else:
+        click.echo(text, nl=False)
+
+
+if __name__ == "__main__":
+    main()

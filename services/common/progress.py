@@ -1,0 +1,96 @@
+"""Running stages with visible progress: the shared core of ``flatland run`` and ``flatland job``."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from services.common.spec import ExperimentSpec
+from services.common.stages import get_stage, list_stages
+from services.common.store import Store
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+class RichProgress:
+    """A ``progress(task, done, total)`` callback drawing one bar per task."""
+
+    def __init__(self, console: Console):
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> RichProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def __call__(self, task: str, done: int, total: int) -> None:
+        if task not in self.tasks:
+            self.tasks[task] = self.progress.add_task(task, total=total or None)
+        self.progress.update(self.tasks[task], completed=done, total=total or None)
+
+
+def stage_available(name: str) -> bool:
+    """Whether a stage's job module exists in this installation."""
+    try:
+        get_stage(name).job()
+    except ModuleNotFoundError as exc:
+        if exc.name and get_stage(name).job_module.startswith(exc.name):
+            return False
+        raise
+    return True
+
+
+def run_stage_with_progress(
+    stage: str, spec: ExperimentSpec, store: Store, *, index: int = 0, count: int = 1, console: Console
+) -> dict:
+    job = get_stage(stage).job()
+    with RichProgress(console) as progress:
+        return job.run_job(spec, store, index=index, count=count, progress=progress)
+
+
+def run_experiment(spec: ExperimentSpec, store: Store, *, stages: list[str] | None = None, console: Console) -> dict:
+    """Run every stage of ``spec`` in-process against ``store``, then write the report.
+
+    Each stage skips what the store already holds, so a second run finishes in seconds.
+    Returns per-stage summaries and timings.
+    """
+    wanted = stages or list_stages()
+    console.print(f"[bold]experiment[/] {spec.name}  store {store.url}")
+    results: dict[str, dict] = {}
+    timings: dict[str, float] = {}
+    for name in list_stages():
+        if name not in wanted:
+            continue
+        if not stage_available(name):
+            console.print(f"[yellow]stage {name}: not part of this installation yet, skipped[/]")
+            continue
+        console.rule(f"{name}: {get_stage(name).description}")
+        started = time.perf_counter()
+        results[name] = run_stage_with_progress(name, spec, store, console=console)
+        timings[name] = time.perf_counter() - started
+        console.print(f"{name} done in {timings[name]:.1f} s")
+    outcome = {"stages": results, "timings_s": timings}
+    try:
+        report = importlib.import_module("services.report")
+    except ModuleNotFoundError:
+        report = None
+    if report is not None and stages is None:
+        path = report.write_report(spec, store, timings=timings)
+        outcome["report"] = str(path)
+        console.print(f"[bold green]report:[/] {path}")
+    return outcome

@@ -1,0 +1,45 @@
+"""The ``flatland.v1.Spec`` service every server carries: validate a spec, fetch the schema."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import yaml
+
+from flatland.v1 import common_pb2, common_pb2_grpc
+from services.common.errors import SpecError
+from services.common.spec import ExperimentSpec, content_hash, json_schema, parse_spec
+from services.common.store import Store
+
+
+def spec_from_text(spec_text: common_pb2.SpecText) -> ExperimentSpec:
+    """Parse and validate a SpecText message (YAML by default, or JSON)."""
+    fmt = (spec_text.format or "yaml").lower()
+    if fmt not in ("yaml", "json"):
+        raise SpecError(f"format: must be 'yaml' or 'json', got {spec_text.format!r}")
+    try:
+        data = json.loads(spec_text.text) if fmt == "json" else yaml.safe_load(spec_text.text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise SpecError(f"spec text is not valid {fmt.upper()}: {exc}") from None
+    return parse_spec(data, "spec")
+
+
+class SpecServicer(common_pb2_grpc.SpecServicer):
+    def Validate(self, request, context):
+        spec = spec_from_text(request)  # SpecError -> INVALID_ARGUMENT via the interceptor
+        return common_pb2.SpecSummary(
+            name=spec.name,
+            canonical_json=spec.model_dump_json(),
+            spec_hash=content_hash(spec),
+            dataset_ids={d.name: spec.dataset_id(d.name) for d in spec.datasets},
+            run_ids={r.name: spec.run_id(r.name) for r in spec.pretrain},
+        )
+
+    def Schema(self, request, context):
+        return common_pb2.SchemaText(json_schema=json.dumps(json_schema()))
+
+
+def register(server: grpc.Server, store: Store) -> list[str]:
+    common_pb2_grpc.add_SpecServicer_to_server(SpecServicer(), server)
+    return ["flatland.v1.Spec"]

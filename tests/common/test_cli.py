@@ -1,0 +1,60 @@
+"""The `flatland` CLI as a newcomer meets it: validate, schema, errors, job index checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from services.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "experiments" / "quickstart.yaml"
+
+
+def test_validate_good():
+    result = CliRunner().invoke(main, ["validate", str(QUICKSTART)])
+    assert result.exit_code == 0, result.output
+    assert "valid experiment 'quickstart'" in result.output
+    assert "procsynth-" in result.output
+
+
+def test_validate_bad_names_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(QUICKSTART.read_text().replace("views_per_instance: 12", "views_per_instance: zero", 1))
+    result = CliRunner().invoke(main, ["validate", str(bad)])
+    assert result.exit_code == 2
+    assert "datasets[0].render.views_per_instance" in result.output
+    assert "'zero'" in result.output
+
+
+def test_validate_missing_file(tmp_path):
+    result = CliRunner().invoke(main, ["validate", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert "spec file not found" in result.output
+
+
+def test_schema_is_json_schema(tmp_path):
+    result = CliRunner().invoke(main, ["schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    assert schema["$schema"].startswith("https://json-schema.org/")
+    assert "datasets" in schema["properties"]
+    out = tmp_path / "schema.json"
+    assert CliRunner().invoke(main, ["schema", "-o", str(out)]).exit_code == 0
+    assert json.loads(out.read_text()) == schema
+
+
+def test_job_index_out_of_range(tmp_path):
+    result = CliRunner().invoke(
+        main, ["job", "meshgen", "--spec", str(QUICKSTART), "--index", "3", "--count", "2", "--store", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "job index 3 is not in 0..1" in result.output
+
+
+def test_bad_store_url(tmp_path):
+    result = CliRunner().invoke(main, ["job", "meshgen", "--spec", str(QUICKSTART), "--store", "ftp://x/y"])
+    assert result.exit_code == 2
+    assert "unsupported store URL" in result.output
