@@ -127,7 +127,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     if not bucket:
         raise S3ConfigError(f"S3 store URL {url!r} names no bucket; use s3://BUCKET[/PREFIX]")
     try:
-        check_bucket_name(bucket)
+        check_bucket_name(bucket, strict=True)  # today's S3 rules: 3-63 lower-case letters, digits, ".", "-"
     except ValueError as exc:
         raise S3ConfigError(f"S3 store URL {url!r}: bad bucket name: {exc}") from None
     if prefix.endswith("/"):
