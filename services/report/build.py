@@ -1,0 +1,145 @@
+"""Collect what an experiment left in the store and lay it out as one HTML page.
+
+The page is self-contained (images inlined as data URIs) so it can be mailed, archived
+or opened from an S3 console. The same content, minus the images, is written as JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from services.common.spec import ExperimentSpec, content_hash, spec_to_yaml
+from services.common.store import LocalStore, Store
+
+
+def report_prefix(spec: ExperimentSpec) -> str:
+    return f"reports/{spec.name}-{content_hash(spec)}"
+
+
+def _png(store: Store, key: str) -> dict | None:
+    if not store.exists(key):
+        return None
+    data = base64.b64encode(store.get_bytes(key)).decode("ascii")
+    return {"key": key, "src": f"data:image/png;base64,{data}"}
+
+
+def _json(store: Store, key: str) -> Any:
+    return store.get_json(key) if store.exists(key) else None
+
+
+def _jsonl(store: Store, key: str) -> list[dict]:
+    if not store.exists(key):
+        return []
+    return [json.loads(line) for line in store.get_bytes(key).decode().splitlines() if line.strip()]
+
+
+def collect_report(spec: ExperimentSpec, store: Store, timings: dict[str, float] | None = None) -> dict:
+    """Everything the report shows, read from the store (images as data URIs)."""
+    prefix = report_prefix(spec)
+    timing_key = f"{prefix}/timings.json"
+    history = _json(store, timing_key) or {"runs": []}
+    if timings:
+        history["runs"].append(
+            {"at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "stages_s": timings}
+        )
+        store.put_json(timing_key, history)
+
+    datasets = []
+    for d in spec.datasets:
+        did = spec.dataset_id(d.name)
+        manifest = _json(store, f"datasets/{did}/manifest.json")
+        datasets.append(
+            {
+                "name": d.name,
+                "id": did,
+                "family": d.kind,
+                "classes": d.classes,
+                "ablation": (not d.render.pose_variation or not d.render.illumination_variation) if d.kind != "fractal2d" else False,
+                "splits": (manifest or {}).get("metadata", {}).get("splits", {}),
+                "contact_sheet": _png(store, f"datasets/{did}/contact-sheet.png"),
+            }
+        )
+
+    runs = []
+    for r in spec.pretrain:
+        rid = spec.run_id(r.name)
+        metrics = _jsonl(store, f"runs/{rid}/metrics.jsonl")
+        runs.append(
+            {
+                "name": r.name,
+                "id": rid,
+                "model": r.model,
+                "datasets": r.datasets,
+                "done": store.exists(f"runs/{rid}/done.json"),
+                "final": metrics[-1] if metrics else None,
+                "curves": _png(store, f"runs/{rid}/curves.png"),
+                "filters": _png(store, f"runs/{rid}/filters.png"),
+            }
+        )
+
+    transfer = []
+    for key in store.list("runs/"):
+        if key.endswith("/transfer.json"):
+            transfer.append({"key": key, "result": store.get_json(key)})
+
+    scores = []
+    for r in spec.pretrain:
+        rid = spec.run_id(r.name)
+        for key in store.list(f"scores/{rid}/"):
+            if key.endswith(".json"):
+                scores.append({"run": r.name, "key": key, "result": store.get_json(key)})
+    score_images = [
+        img for key in store.list("scores/") if key.endswith(".png") for img in [_png(store, key)] if img is not None
+    ]
+
+    return {
+        "experiment": spec.name,
+        "description": spec.description,
+        "spec_hash": content_hash(spec),
+        "spec_yaml": spec_to_yaml(spec),
+        "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "store": store.url,
+        "datasets": datasets,
+        "runs": runs,
+        "transfer": transfer,
+        "scores": scores,
+        "score_images": score_images,
+        "timings": history["runs"],
+    }
+
+
+def _strip_images(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if "src" in obj and str(obj.get("src", "")).startswith("data:"):
+            return {"key": obj["key"]}
+        return {k: _strip_images(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strip_images(v) for v in obj]
+    return obj
+
+
+def render_html(report: dict) -> str:
+    env = Environment(loader=PackageLoader("services.report", "templates"), autoescape=select_autoescape(["html"]))
+    env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
+    env.filters["fmt"] = lambda v: f"{v:.3f}" if isinstance(v, float) else v
+    return env.get_template("report.html.j2").render(r=report)
+
+
+def write_report(spec: ExperimentSpec, store: Store, timings: dict[str, float] | None = None) -> str:
+    """Write ``reports/<experiment>-<hash>/report.html`` and ``report.json``; return where it is.
+
+    For a local store the return value is the file path a person can open.
+    """
+    report = collect_report(spec, store, timings)
+    prefix = report_prefix(spec)
+    store.put_bytes(f"{prefix}/report.html", render_html(report).encode("utf-8"))
+    store.put_json(f"{prefix}/report.json", _strip_images(report))
+    if isinstance(store, LocalStore):
+        return str(Path(store.root, *prefix.split("/"), "report.html"))
+    return f"{store.url.rstrip('/')}/{prefix}/report.html"

@@ -1,0 +1,86 @@
+"""The HTML report opens in a real headless browser without errors and its images load."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.common.spec import load_spec
+from services.common.store import LocalStore
+from services.report import write_report
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _png(seed: int, size=(48, 32)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def open_in_chromium(path: str | Path, tmp_path: Path) -> tuple[str, str]:
+    """Load a page in headless Chromium; return (DOM after load, browser log)."""
+    proc = subprocess.run(
+        [
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}", "--enable-logging=stderr", "--v=0",
+            "--virtual-time-budget=5000", "--dump-dom", Path(path).as_uri(),
+        ],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout, proc.stderr
+
+
+@pytest.fixture()
+def store_with_results(tmp_path):
+    spec = load_spec(REPO / "experiments" / "quickstart.yaml")
+    store = LocalStore(tmp_path / "store")
+    for i, d in enumerate(spec.datasets):
+        store.put_bytes(f"datasets/{spec.dataset_id(d.name)}/contact-sheet.png", _png(i))
+    run = spec.run_id("net3d")
+    store.put_bytes(f"runs/{run}/curves.png", _png(10))
+    store.put_bytes(f"runs/{run}/filters.png", _png(11))
+    store.put_bytes(f"runs/{run}/metrics.jsonl", b'{"epoch": 1, "val_top1": 0.5}\n{"epoch": 2, "val_top1": 0.75}\n')
+    store.put_json(f"scores/{run}/planted-it.json", {"layers": {"layer3": {"IT": 0.8}}})
+    return spec, store
+
+
+def test_report_contents(store_with_results):
+    spec, store = store_with_results
+    path = write_report(spec, store, timings={"meshgen": 1.5, "render": 2.0})
+    html = Path(path).read_text()
+    assert html.count("data:image/png;base64,") == len(spec.datasets) + 2
+    assert "val_top1=0.750" in html
+    assert "planted-it" in html
+    report = json.loads(Path(path).with_name("report.json").read_text())
+    assert report["timings"][-1]["stages_s"] == {"meshgen": 1.5, "render": 2.0}
+    assert "src" not in json.dumps(report["datasets"])  # images stay out of the JSON
+    # A second report keeps the first run's timings.
+    write_report(spec, store, timings={"meshgen": 0.1})
+    report = json.loads(Path(path).with_name("report.json").read_text())
+    assert len(report["timings"]) == 2
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-packages.txt lists it)")
+def test_report_renders_in_browser(store_with_results, tmp_path):
+    spec, store = store_with_results
+    path = write_report(spec, store)
+    dom, log = open_in_chromium(path, tmp_path)
+    body = re.search(r"<body[^>]*>", dom).group(0)
+    loaded = int(re.search(r'data-images-loaded="(\d+)"', body).group(1))
+    broken = int(re.search(r'data-images-broken="(\d+)"', body).group(1))
+    assert broken == 0
+    assert loaded == len(spec.datasets) + 2
+    assert "Uncaught" not in log, log[-2000:]
