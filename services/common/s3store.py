@@ -241,7 +241,7 @@ class S3Store(Store):
             region=region,
             cert_check=cert_check,
         )
-        self._bucket_checked = False
+        self._bucket_exists = False  # known to exist (cached after the first check)
 
     @classmethod
     def from_url(cls, url: str, *, part_size: int = DEFAULT_PART_SIZE, create_bucket: bool = False) -> S3Store:
@@ -278,11 +278,35 @@ class S3Store(Store):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _ensure_bucket(self) -> None:
-        if self.create_bucket and not self._bucket_checked:
+        """Before a write: create the bucket if asked to and it is missing (checked once)."""
+        if self.create_bucket and not self._bucket_exists:
             with self._errors(None):
                 if not self.client.bucket_exists(self.bucket):
                     self.client.make_bucket(self.bucket, location=self.region or "us-east-1")
-            self._bucket_checked = True
+            self._bucket_exists = True
+
+    def _missing_bucket_error(self) -> S3StoreError:
+        return S3StoreError(
+            f"bucket {self.bucket!r} does not exist at {self.endpoint}: create it (the cluster's "
+            "bucket Job does) or open the store with create_bucket=True"
+        )
+
+    def _object_not_found(self, key: str) -> ObjectNotFoundError:
+        """The error for a 404 on ``key``, once we know the 404 is not a missing bucket.
+
+        A HEAD on an object in a missing bucket also answers 404 with no body, so
+        without this check ``exists`` would quietly say False for every key of a
+        mistyped bucket and a job would redo all its work before failing at the write.
+        """
+        if not self._bucket_exists:
+            try:
+                found = self.client.bucket_exists(self.bucket)
+            except (MinioException, urllib3.exceptions.HTTPError) as exc:
+                raise S3StoreError(f"S3 endpoint {self.endpoint} failed for {self!r}: {exc}") from exc
+            if not found:
+                raise self._missing_bucket_error()
+            self._bucket_exists = True
+        return ObjectNotFoundError(f"no object at key {key!r} in {self!r}")
 
     @contextmanager
     def _errors(self, key: str | None):
@@ -291,12 +315,9 @@ class S3Store(Store):
             yield
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NotFound") and key is not None:
-                raise ObjectNotFoundError(f"no object at key {key!r} in {self!r}") from None
+                raise self._object_not_found(key) from None
             if exc.code == "NoSuchBucket":
-                raise S3StoreError(
-                    f"bucket {self.bucket!r} does not exist at {self.endpoint}: create it (the cluster's "
-                    "bucket Job does) or open the store with create_bucket=True"
-                ) from None
+                raise self._missing_bucket_error() from None
             what = f"key {key!r}" if key is not None else "request"
             raise S3StoreError(f"S3 {what} in {self!r} failed: {exc.code}: {exc.message}") from exc
         except (MinioException, urllib3.exceptions.HTTPError) as exc:
