@@ -12,7 +12,17 @@ from services.common.spec.base import Name, StrictModel
 class AugmentSpec(StrictModel):
     random_resized_crop: bool = Field(default=True, description="FractalDB-style random crop.")
     crop_scale: tuple[float, float] = Field(default=(0.5, 1.0), description="Crop area range (fraction of the image).")
+    crop_ratio: tuple[float, float] = Field(default=(3 / 4, 4 / 3), description="Crop aspect-ratio range (width / height).")
     horizontal_flip: bool = Field(default=True)
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"crop_ratio must satisfy 0 < low <= high, got {self.crop_ratio}")
+        return self
 
 
 class OptimSpec(StrictModel):
@@ -30,6 +40,13 @@ class OptimSpec(StrictModel):
 class PretrainSpec(StrictModel):
     name: Name = Field(description="Run name (the run id adds a hash of this spec).")
     datasets: list[Name] = Field(min_length=1, description="Datasets to mix (uniformly); names from `datasets`.")
+
+    @model_validator(mode="after")
+    def _distinct_datasets(self):
+        if len(set(self.datasets)) != len(self.datasets):
+            raise ValueError(f"datasets: each dataset may appear once in a mix, got {self.datasets}")
+        return self
+
     class_budget: int | None = Field(default=None, ge=1, description="Total classes, split evenly across datasets (Table 2). None: all classes.")
     model: str = Field(default="resnet50", description="torchvision classification model name.")
     input_size: int = Field(default=224, ge=16, le=1024)
@@ -39,7 +56,13 @@ class PretrainSpec(StrictModel):
     shuffle_buffer: int = Field(default=1000, ge=1)
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
-    amp: bool = Field(default=True, description="Mixed precision (GPU only).")
+    amp: bool = Field(default=True, description="Mixed precision (GPU only; ignored on the CPU).")
+    amp_dtype: Literal["bfloat16", "float16"] = Field(
+        default="bfloat16", description="Autocast dtype on the GPU; float16 adds a GradScaler."
+    )
+    channels_last: bool = Field(default=True, description="channels-last memory format (GPU only).")
+    train_split: str = Field(default="train", pattern=r"^[a-z0-9-]+$", description="Shard split used for training.")
+    val_split: str | None = Field(default="val", pattern=r"^[a-z0-9-]+$", description="Shard split evaluated each epoch (None: none).")
     max_corrupt_fraction: float = Field(default=0.01, ge=0, le=1, description="Fail when more samples than this are corrupt.")
     seed: int = Field(default=0, ge=0)
 
@@ -74,4 +97,12 @@ class TransferSpec(StrictModel):
     batch_size: int = Field(default=64, ge=1)
     optim: OptimSpec = Field(default_factory=lambda: OptimSpec(lr=0.01, warmup_epochs=0))
     search: HyperSearchSpec | None = Field(default=None, description="Cross-validated grid search before the final fit.")
+    model: str = Field(
+        default="resnet50",
+        description="torchvision model for the from-scratch baseline when `pretrained` is empty "
+        "(otherwise the baseline uses each pre-trained run's model).",
+    )
+    input_size: int | None = Field(
+        default=None, ge=16, le=1024, description="Target images are resized to this; default: the pre-trained run's input size (224 without one)."
+    )
     seed: int = Field(default=0, ge=0)

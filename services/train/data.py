@@ -1,0 +1,407 @@
+"""Streaming WebDataset shards from the store into training batches.
+
+Shards (``datasets/<dataset_id>/<split>-<shard:05d>.tar``, listed in
+``datasets/<dataset_id>/manifest.json``) are read as streams through
+``Store.open_read`` — a local file or an S3 object body — and parsed on the fly with
+``webdataset``'s tar iterators; nothing is downloaded first.
+
+Integrity. Each shard's bytes are hashed as they stream past. A shard whose size or
+SHA-256 disagrees with its manifest entry raises :class:`IntegrityError` naming the
+shard (the size is checked before reading, the hash when the shard ends). A sample
+that cannot be decoded inside an intact shard (bad PNG, missing ``cls``) is skipped and
+counted; the stream fails once the skipped samples exceed ``max_corrupt_fraction`` of
+the samples that worker expected.
+
+Splitting. The work is a list of :class:`WorkUnit` (a shard, or every ``stride``-th
+sample of a shard). :func:`split_units` deals units to ranks and then to loader
+workers: whole shards when there are at least as many shards as parts, otherwise
+every part reads each shard and keeps every n-th sample. Either way the parts are
+disjoint and together cover every sample exactly once.
+
+Determinism. Shard order, the shuffle buffer and augmentation draw from
+``derive_rng(seed, "data", split, epoch, rank, worker)``; the DataLoader returns
+worker batches in a fixed round-robin order, so an epoch's batches are a function of
+(seed, epoch, rank, world size, workers).
+
+Samples come out as ``{"image": (H, W, 3) uint8 tensor, "label": int, "key": str,
+"corrupt": int}`` (``corrupt`` = samples skipped just before this one); normalisation
+happens on the batch (:func:`to_model_input`), which is cheaper than per sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import re
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from services.common.errors import FlatlandError, IntegrityError, ObjectNotFoundError
+from services.common.manifest import read_manifest
+from services.common.seeds import derive_rng
+from services.common.spec.train import AugmentSpec
+from services.common.store import Store, open_store
+
+#: ImageNet statistics, recorded in every checkpoint so users normalise the same way.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_SHARD_KEY = re.compile(r"^datasets/[^/]+/(?P<split>[a-z0-9-]+)-(?P<shard>\d{5})\.tar$")
+#: Only these members of a sample are read; depth, segmentation etc. stream past unparsed.
+_WANTED = ("rgb.png", "cls")
+
+
+def manifest_key(dataset_id: str) -> str:
+    return f"datasets/{dataset_id}/manifest.json"
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """One shard as its manifest entry describes it."""
+
+    key: str
+    size: int
+    sha256: str
+    samples: int
+    split: str
+    source: int = 0  # index of the dataset in a mix (selects its label table)
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Samples ``j`` of ``shard`` with ``j % stride == offset`` (in tar order)."""
+
+    shard: ShardRef
+    stride: int = 1
+    offset: int = 0
+
+    @property
+    def samples(self) -> int:
+        n = self.shard.samples
+        return max(0, (n - self.offset + self.stride - 1) // self.stride)
+
+
+def dataset_manifest(store: Store, dataset_id: str):
+    """The dataset manifest; :class:`ObjectNotFoundError` naming it when not rendered yet."""
+    manifest = read_manifest(store, manifest_key(dataset_id))
+    if manifest is None:
+        raise ObjectNotFoundError(
+            f"dataset '{dataset_id}' is not rendered yet: no manifest at {manifest_key(dataset_id)} "
+            f"in {store!r} (run the render stage first)"
+        )
+    return manifest
+
+
+def dataset_shards(store: Store, dataset_id: str, split: str, *, source: int = 0) -> list[ShardRef]:
+    """The finished shards of one split, in shard order.
+
+    Raises
+    ------
+    ObjectNotFoundError
+        No manifest yet.
+    FlatlandError
+        The split has no shards or no samples (an empty dataset).
+    """
+    manifest = dataset_manifest(store, dataset_id)
+    shards = []
+    for entry in manifest.entries:
+        extra = entry.model_extra or {}
+        split_name = extra.get("split")
+        if split_name is None:
+            match = _SHARD_KEY.match(entry.key)
+            split_name = match["split"] if match else None
+        if split_name != split:
+            continue
+        shards.append(
+            ShardRef(entry.key, entry.size, entry.sha256, int(extra.get("samples", 0)), split, source)
+        )
+    shards.sort(key=lambda s: s.key)
+    if not shards or sum(s.samples for s in shards) == 0:
+        raise FlatlandError(
+            f"dataset '{dataset_id}' has no '{split}' samples in {manifest_key(dataset_id)} "
+            f"(splits listed: {manifest.metadata.get('splits', {})})"
+        )
+    return shards
+
+
+def split_units(units: Sequence[WorkUnit], parts: int, part: int) -> list[WorkUnit]:
+    """Part ``part`` of ``parts`` disjoint pieces of ``units`` that together cover them.
+
+    Whole units are dealt round-robin when there are at least ``parts`` of them;
+    otherwise every unit is thinned to every ``parts``-th of its samples.
+    """
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} out of range for {parts} parts")
+    if parts == 1:
+        return list(units)
+    if len(units) >= parts:
+        return list(units[part::parts])
+    return [replace(u, stride=u.stride * parts, offset=u.offset + u.stride * part) for u in units]
+
+
+class _HashingReader(io.RawIOBase):
+    """A read-only stream that hashes everything read through it."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._stream.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.digest.update(data)
+        self.size += n
+        return n
+
+    def drain(self) -> None:
+        while chunk := self._stream.read(1 << 20):
+            self.digest.update(chunk)
+            self.size += len(chunk)
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
+
+
+def iter_shard_samples(store: Store, shard: ShardRef) -> Iterator[dict]:
+    """Raw samples (``__key__``, ``rgb.png``, ``cls`` bytes) of one shard, verified as it streams.
+
+    Raises :class:`IntegrityError` naming the shard when its size or checksum disagrees
+    with the manifest, or when the tar itself cannot be parsed.
+    """
+    stored = store.size(shard.key)
+    if stored != shard.size:
+        raise IntegrityError(f"shard {shard.key}: {stored} bytes in the store, manifest says {shard.size} (corrupt or truncated)")
+    reader = _HashingReader(store.open_read(shard.key))
+    buffered = io.BufferedReader(reader, 1 << 20)
+    try:
+        files = tar_file_expander(
+            [{"url": shard.key, "stream": buffered}],
+            select_files=lambda name: name.endswith(_WANTED),
+        )
+        try:
+            yield from group_by_keys(files)
+        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+            raise IntegrityError(f"shard {shard.key}: not a readable tar ({exc.args[0] if exc.args else exc})") from None
+        buffered.read()  # the tar end blocks and padding count towards the checksum
+        reader.drain()
+        if reader.digest.hexdigest() != shard.sha256:
+            raise IntegrityError(
+                f"shard {shard.key}: sha256 {reader.digest.hexdigest()[:12]}…, manifest says {shard.sha256[:12]}… "
+                "(the shard changed after it was listed; re-render it)"
+            )
+    finally:
+        buffered.close()
+
+
+def random_resized_crop_box(
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box ``(left, top, right, bottom)``, drawn from ``rng``."""
+    area = width * height
+    log_ratio = np.log(ratio)
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(rng.integers(0, width - w + 1))
+            top = int(rng.integers(0, height - h + 1))
+            return left, top, left + w, top + h
+    # Fallback: the largest central crop within the ratio range.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def decode_image(
+    png: bytes, size: int, augment: AugmentSpec | None, rng: np.random.Generator
+) -> np.ndarray:
+    """Decode, (randomly crop and flip when ``augment`` is given,) resize to ``size``.
+
+    Returns
+    -------
+    (size, size, 3) uint8
+    """
+    image = Image.open(io.BytesIO(png))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    box = None
+    if augment is not None and augment.random_resized_crop:
+        box = random_resized_crop_box(image.width, image.height, augment.crop_scale, augment.crop_ratio, rng)
+    if box is not None or image.size != (size, size):
+        # One resampling pass does crop and resize; reducing_gap trades a little
+        # accuracy for speed when shrinking a lot (as torchvision's antialias does not).
+        image = image.resize((size, size), Image.BILINEAR, box=box, reducing_gap=3.0)
+    array = np.asarray(image)
+    if augment is not None and augment.horizontal_flip and rng.random() < 0.5:
+        array = array[:, ::-1]
+    return np.array(array, order="C")  # writable and contiguous (PIL's array view is read-only)
+
+
+class ShardStream(IterableDataset):
+    """One rank's share of a split, as decoded (and for training, augmented) samples.
+
+    Parameters
+    ----------
+    store_url : str
+        URL of the store (reopened in each worker process).
+    shards : list of ShardRef
+        All shards of the split (all ranks); the rank's share is taken here.
+    label_tables : list of (n_classes,) int array
+        Per source dataset: new label of each original class, -1 for classes left
+        out of a mix (those samples are dropped).
+    input_size : int
+    augment : AugmentSpec or None
+        None: evaluation (plain resize, no shuffling).
+    shuffle_buffer, seed, epoch, rank, world_size, max_corrupt_fraction : see module docs.
+    """
+
+    def __init__(
+        self,
+        store_url: str,
+        shards: Sequence[ShardRef],
+        label_tables: Sequence[np.ndarray],
+        *,
+        input_size: int,
+        augment: AugmentSpec | None,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        max_corrupt_fraction: float = 0.01,
+    ):
+        super().__init__()
+        self.store_url = store_url
+        self.units = split_units([WorkUnit(s) for s in shards], world_size, rank)
+        self.label_tables = [np.asarray(t, dtype=np.int64) for t in label_tables]
+        self.input_size = input_size
+        self.augment = augment
+        self.shuffle_buffer = shuffle_buffer if augment is not None else 1
+        self.seed = seed
+        self.epoch = epoch
+        self.rank = rank
+        self.max_corrupt_fraction = max_corrupt_fraction
+        self.split = shards[0].split if shards else "?"
+
+    def _samples(self, store: Store, units: list[WorkUnit], allowed: float) -> Iterator[tuple[dict, int]]:
+        """(raw sample, label) for the worker's units; counts and skips bad ones."""
+        for unit in units:
+            table = self.label_tables[unit.shard.source]
+            for index, sample in enumerate(iter_shard_samples(store, unit.shard)):
+                if index % unit.stride != unit.offset:
+                    continue
+                try:
+                    original = int(sample["cls"].decode("ascii").strip())
+                    if "rgb.png" not in sample:
+                        raise KeyError("rgb.png")
+                    if not 0 <= original < len(table):
+                        raise ValueError(f"class {original} outside 0..{len(table) - 1}")
+                except (KeyError, ValueError, UnicodeDecodeError) as exc:
+                    self._count_corrupt(sample, exc, allowed)
+                    continue
+                label = int(table[original])
+                if label >= 0:
+                    yield sample, label
+
+    def _count_corrupt(self, sample: dict, exc: Exception, allowed: float) -> None:
+        self.corrupt += 1
+        if self.corrupt > allowed:
+            raise IntegrityError(
+                f"{self.corrupt} corrupt samples in split '{self.split}' (last: {sample.get('__key__')} in "
+                f"{sample.get('__url__')}: {exc}), more than max_corrupt_fraction={self.max_corrupt_fraction}"
+            )
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        units = split_units(self.units, workers, worker)
+        rng = derive_rng(self.seed, "data", self.split, self.epoch, self.rank, worker)
+        if self.augment is not None:
+            units = [units[i] for i in rng.permutation(len(units))]
+        store = open_store(self.store_url)
+        allowed = self.max_corrupt_fraction * sum(u.samples for u in units)
+        self.corrupt = 0
+        buffer: list[tuple[dict, int]] = []
+        pending_corrupt = 0
+
+        def emit(item: tuple[dict, int]) -> dict | None:
+            nonlocal pending_corrupt
+            sample, label = item
+            try:
+                image = decode_image(sample["rgb.png"], self.input_size, self.augment, rng)
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                self._count_corrupt(sample, exc, allowed)
+                return None
+            skipped = self.corrupt - pending_corrupt
+            pending_corrupt = self.corrupt
+            return {"image": torch.from_numpy(image), "label": label, "key": f"{sample['__url__']}#{sample['__key__']}", "corrupt": skipped}
+
+        for item in self._samples(store, units, allowed):
+            if self.shuffle_buffer <= 1:
+                out = emit(item)
+            else:
+                # Reservoir-style buffer: fill, then swap a random resident out for each arrival.
+                if len(buffer) < self.shuffle_buffer:
+                    buffer.append(item)
+                    continue
+                slot = int(rng.integers(len(buffer)))
+                buffer[slot], item = item, buffer[slot]
+                out = emit(item)
+            if out is not None:
+                yield out
+        order = rng.permutation(len(buffer)) if buffer else []
+        for i in order:
+            out = emit(buffer[i])
+            if out is not None:
+                yield out
+
+
+def make_loader(stream: ShardStream, *, batch_size: int, workers: int, train: bool, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over ``stream``; training drops each worker's last partial batch."""
+    return DataLoader(
+        stream,
+        batch_size=batch_size,
+        num_workers=workers,
+        drop_last=train,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def to_model_input(images: torch.Tensor, device: torch.device, *, channels_last: bool = False,
+                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """(N, H, W, 3) uint8 batch → (N, 3, H, W) float32 normalised, on ``device``.
+
+    The permuted view is natively channels-last; on the CPU it is made contiguous
+    (NCHW) so results do not depend on the memory format.
+    """
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2)
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    x = x.float().div_(255.0)
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t
