@@ -285,6 +285,11 @@ class S3Store(Store):
                     self.client.make_bucket(self.bucket, location=self.region or "us-east-1")
             self._bucket_exists = True
 
+    def _endpoint_error(self, exc: Exception) -> S3StoreError:
+        return S3StoreError(
+            f"S3 endpoint {self.endpoint} failed for {self!r} (is {ENDPOINT_ENV} right and the server up?): {exc}"
+        )
+
     def _missing_bucket_error(self) -> S3StoreError:
         return S3StoreError(
             f"bucket {self.bucket!r} does not exist at {self.endpoint}: create it (the cluster's "
@@ -302,7 +307,7 @@ class S3Store(Store):
             try:
                 found = self.client.bucket_exists(self.bucket)
             except (MinioException, urllib3.exceptions.HTTPError) as exc:
-                raise S3StoreError(f"S3 endpoint {self.endpoint} failed for {self!r}: {exc}") from exc
+                raise self._endpoint_error(exc) from exc
             if not found:
                 raise self._missing_bucket_error()
             self._bucket_exists = True
@@ -321,7 +326,7 @@ class S3Store(Store):
             what = f"key {key!r}" if key is not None else "request"
             raise S3StoreError(f"S3 {what} in {self!r} failed: {exc.code}: {exc.message}") from exc
         except (MinioException, urllib3.exceptions.HTTPError) as exc:
-            raise S3StoreError(f"S3 endpoint {self.endpoint} failed for {self!r}: {exc}") from exc
+            raise self._endpoint_error(exc) from exc
 
     def _content_type(self, key: str) -> str:
         return mimetypes.guess_type(key)[0] or "application/octet-stream"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -246,3 +247,13 @@ def test_credentials_never_shown_or_pickled(s3_store: S3Store):
     assert SECRET.encode() not in blob and ACCESS.encode() not in blob
     s3_store.put_bytes("k", b"v")
     assert pickle.loads(blob).get_bytes("k") == b"v"  # reopened from the URL and the environment
+
+
+def test_unreachable_endpoint_is_a_clear_error(no_s3_env):
+    # A port bound but not listening refuses connections; minio retries with back-off (~6 s), then gives up.
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))
+        port = reserved.getsockname()[1]
+        store = S3Store("bucket", endpoint=f"http://127.0.0.1:{port}", access_key=ACCESS, secret_key=SECRET, region="us-east-1")
+        with pytest.raises(S3StoreError, match=f"127.0.0.1:{port}.*FLATLAND_S3_ENDPOINT"):
+            store.exists("x")
