@@ -40,18 +40,25 @@ class ProcSynthParams(StrictModel):
 
     family: Literal["procsynth"] = "procsynth"
     v: int = Field(default=3, ge=1, le=20, description="Rounds p are drawn from 1..v.")
-    w: int = Field(default=5, ge=0, le=50, description="Each round adds 0..w instances of every primitive type.")
+    w: int = Field(default=5, ge=1, le=50, description="Each round adds 0..w instances of every primitive type.")
     max_size: float = Field(default=10.0, gt=0, description="Largest allowed bounding-box extent of a shape; larger shapes are rejected and redrawn.")
     primitives: list[Literal["cube", "sphere", "cone", "cylinder", "torus"]] = Field(
         default_factory=lambda: list(PRIMITIVES), min_length=1, description="Primitive types used."
     )
-    size_range: Range = Field(default_factory=lambda: Range(low=0.5, high=3.0), description="Primitive dimensions/radii (world units).")
+    size_range: Range = Field(
+        default_factory=lambda: Range(low=0.5, high=3.0),
+        description="Primitive dimensions (world units): box edge lengths, sphere/cylinder/cone diameters and heights, torus outer diameter.",
+    )
+    torus_minor_ratio: Range = Field(
+        default_factory=lambda: Range(low=0.15, high=0.45), description="Torus tube radius as a fraction of its major radius."
+    )
     position_range: Range = Field(default_factory=lambda: Range(low=-2.0, high=2.0), description="Primitive centre coordinates (world units).")
     segments_range: IntRange = Field(default_factory=lambda: IntRange(low=8, high=32), description="Segment counts of round primitives.")
     modifier_probs: tuple[float, float, float] = Field(
         default=(0.5, 0.25, 0.25), description="Probabilities of (as is, wireframe, subdivided) per primitive."
     )
     wire_thickness_range: Range = Field(default_factory=lambda: Range(low=0.02, high=0.08), description="Radius of wireframe tubes (world units).")
+    wire_sides: int = Field(default=6, ge=3, le=32, description="Facets around each wireframe tube.")
     stretch_factors: list[float] = Field(
         default_factory=lambda: [1.5, 2.0], description="Variants: the base mesh stretched by each factor along one random axis."
     )
@@ -64,6 +71,12 @@ class ProcSynthParams(StrictModel):
             raise ValueError(f"modifier_probs must be non-negative and sum to 1, got {p}")
         if self.size_range.low <= 0:
             raise ValueError("size_range.low must be > 0")
+        if self.segments_range.low < 3:
+            raise ValueError(f"segments_range.low must be >= 3, got {self.segments_range.low}")
+        if self.torus_minor_ratio.low <= 0 or self.torus_minor_ratio.high >= 1:
+            raise ValueError("torus_minor_ratio must lie in (0, 1)")
+        if self.wire_thickness_range.low <= 0:
+            raise ValueError("wire_thickness_range.low must be > 0")
         if self.size_range.low >= self.max_size:
             raise ValueError(
                 f"max_size ({self.max_size}) is not larger than the smallest primitive size "
@@ -79,10 +92,14 @@ class ProcSynthParams(StrictModel):
 
 
 class GPKernelTerm(StrictModel):
-    """One Gaussian term s·exp(-|x-y|^2 / l^2) of a GP kernel."""
+    """One Gaussian term scale²·exp(-|x-y|²/length_scale²) of a GP kernel (positions in units of the mesh size)."""
 
-    scale: float = Field(gt=0, description="Variance scale s (shape: in units of the mesh size; albedo: RGB in [0,1]).")
-    length_scale: float = Field(gt=0, description="Length-scale l, in units of the mesh size (bounding-box diagonal).")
+    scale: float = Field(
+        gt=0,
+        description="Marginal standard deviation this term adds to each component (shape: in units of the mesh "
+        "size, i.e. its bounding-box diagonal; albedo: RGB units on [0,1]).",
+    )
+    length_scale: float = Field(gt=0, description="Length-scale, in units of the mesh size (bounding-box diagonal).")
 
 
 class MorphSynthParams(StrictModel):
@@ -95,12 +112,14 @@ class MorphSynthParams(StrictModel):
     nystrom_points: int = Field(default=300, ge=10, le=5000, description="Surface points for the Nyström approximation.")
     eigen_components: int = Field(default=50, ge=1, description="Leading eigenfunctions kept in the KL expansion.")
     shape_kernel: list[GPKernelTerm] = Field(
-        default_factory=lambda: [GPKernelTerm(scale=0.05, length_scale=0.3)], min_length=1,
-        description="Deformation kernel terms (sum), applied per xyz component.",
+        default_factory=lambda: [GPKernelTerm(scale=0.05, length_scale=0.3), GPKernelTerm(scale=0.08, length_scale=0.6)],
+        min_length=1,
+        description="Deformation kernel terms (sum), applied per xyz component. Default: the proposal's b_s=50, c_s=300 "
+        "read as scale 0.05, length-scale 0.3 of the mesh size, plus a coarser term (see services/meshgen/morphsynth.py).",
     )
     albedo_kernel: list[GPKernelTerm] = Field(
-        default_factory=lambda: [GPKernelTerm(scale=0.05, length_scale=0.2)], min_length=1,
-        description="Albedo offset kernel terms (sum), per RGB channel.",
+        default_factory=lambda: [GPKernelTerm(scale=0.15, length_scale=0.2)], min_length=1,
+        description="Albedo offset kernel terms (sum), per RGB channel (the proposal's c_a=0.2 as the length-scale).",
     )
     albedo_channel_correlation: float = Field(default=0.5, ge=0, le=1, description="Correlation between RGB offset channels.")
     base_albedo: tuple[float, float, float] = Field(default=(0.6, 0.6, 0.6), description="Albedo before the offset field (RGB in [0,1]).")
@@ -108,7 +127,11 @@ class MorphSynthParams(StrictModel):
     @model_validator(mode="after")
     def _check(self):
         if self.eigen_components > self.nystrom_points:
-            raise ValueError("eigen_components must be <= nystrom_points")
+            raise ValueError(
+                f"eigen_components ({self.eigen_components}) must be <= nystrom_points ({self.nystrom_points})"
+            )
+        if any(not 0.0 <= c <= 1.0 for c in self.base_albedo):
+            raise ValueError(f"base_albedo components must lie in [0, 1], got {self.base_albedo}")
         return self
 
 
@@ -124,3 +147,11 @@ class Fractal2DParams(StrictModel):
     weight_step: float = Field(default=0.4, gt=0, lt=1, description="w: instances scale one coefficient by 1±w, 1±2w.")
     flips: int = Field(default=4, ge=1, le=4, description="Flip variants per instance (none, horizontal, vertical, both).")
     max_attempts: int = Field(default=100_000, ge=1, description="Give up (with an error) after this many rejected systems for one class.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.maps_range.low < 1:
+            raise ValueError(f"maps_range.low must be >= 1, got {self.maps_range.low}")
+        if self.maps_range.high > 64:
+            raise ValueError(f"maps_range.high must be <= 64, got {self.maps_range.high}")
+        return self

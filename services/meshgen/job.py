@@ -1,0 +1,41 @@
+"""Batch entry point: this worker's share of every meshgen dataset of an experiment.
+
+Class ``c`` belongs to worker ``c % count`` (Kubernetes Indexed Jobs pass
+``index`` = ``JOB_COMPLETION_INDEX`` and ``count`` = ``JOB_COMPLETION_COUNT``).
+Classes already complete in the store are skipped, so a rerun is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from services.common.spec.experiment import ExperimentSpec
+from services.common.store import Store
+from services.meshgen.dataset import generate_dataset, is_meshgen_dataset
+
+
+def shard_classes(classes: int, index: int, count: int) -> list[int]:
+    """The classes of ``range(classes)`` that worker ``index`` of ``count`` owns."""
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"index/count: need 0 <= index < count, got index={index}, count={count}")
+    return list(range(index, classes, count))
+
+
+def run_job(
+    spec: ExperimentSpec, store: Store, *, index: int = 0, count: int = 1,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """Generate this worker's classes of every meshgen dataset in ``spec``.
+
+    Returns
+    -------
+    dict
+        ``{"stage": "meshgen", "index", "count", "datasets": {name: {"dataset_id", "classes", "generated", "skipped"}}}``
+    """
+    summary = {"stage": "meshgen", "index": index, "count": count, "datasets": {}}
+    for dataset in spec.datasets:
+        if not is_meshgen_dataset(dataset):
+            continue
+        classes = shard_classes(dataset.classes, index, count)
+        summary["datasets"][dataset.name] = generate_dataset(spec, dataset.name, store, classes=classes, progress=progress)
+    return summary

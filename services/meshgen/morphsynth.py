@@ -1,0 +1,197 @@
+"""MorphSynthDB: Gaussian-process morphs of procsynth meshes (shape and per-vertex albedo).
+
+A class starts from one procsynth base shape (class ``c`` uses procsynth class
+``c % base_classes``, drawn with the same root seed and procsynth's seed path, so it
+is exactly class ``c`` of a procsynth dataset with the same ``base`` parameters and
+seed). The base is quadric-decimated to at most ``max_vertices`` vertices. Each
+instance is an independent sample of two zero-mean Gaussian processes on that
+surface (Lüthi et al. 2017; Sutherland, Egger & Tenenbaum 2021):
+
+* shape: a displacement field u(x) in R^3, kernel k(x, y) I_3 with
+  k(x, y) = Σ_t scale_t² exp(-‖x - y‖² / length_scale_t²);
+* albedo: an RGB offset field added to ``base_albedo``, kernel k_a(x, y) C where C
+  is the 3x3 channel correlation matrix (1 on the diagonal,
+  ``albedo_channel_correlation`` off it).
+
+Units. Positions are divided by the base mesh's size D (its bounding-box
+diagonal) before the kernel is evaluated, so ``length_scale`` is a fraction of
+the object's size, and ``scale`` is the marginal standard deviation of each
+displacement component in units of D (albedo: in RGB units on [0, 1]).
+
+Interpretation of the proposal's parameters. The proposal raises the shape and
+albedo parameters to b_s=50, c_s=300, b_a=0.05, c_a=0.2 (from 5, 3, 0.01, 0.01)
+without saying which letter is the scale. We read b as the scale (standard
+deviation) and c as the length-scale, for shape in millimetres on objects of
+about one metre (D ≈ 1000 mm): b_s=50 → scale 0.05 D, c_s=300 → length-scale 0.3 D.
+For albedo, b_a=0.05 → RGB standard deviation 0.05 and c_a=0.2 → length-scale 0.2 D.
+The literal reading (c_s=300 as a length-scale in mesh units of ~1) would make
+every field constant over the object, i.e. a rigid shift, so it cannot be meant.
+Looking at contact sheets (docs/meshgen-contact-sheet.png), 0.05 D displacement
+is a barely visible wobble on unions of primitives, so the spec's defaults add a
+second, coarser term: shape = 0.05 D at 0.3 D plus 0.08 D at 0.6 D
+(clearly bent and bulged, still one recognisable object), and albedo uses 0.15 at
+0.2 D so the colour pattern is visible under shading.
+
+Sampling (truncated Karhunen–Loève with the Nyström method; never a dense draw
+over all vertices): ``nystrom_points`` points X_m are drawn on the surface
+(area-weighted); K_mm = U Λ Uᵀ; the leading ``eigen_components`` eigenpairs give
+the basis B = K(x, X_m) U_k Λ_k^{-1/2} at every vertex x (so B Bᵀ is the Nyström
+approximation of K); a sample is B α with α ~ N(0, I). The basis is computed once
+per class (:class:`GPBasis`) and each instance costs one (n, k) @ (k, 3) product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import trimesh
+
+from services.common.seeds import rng_from_seed
+from services.common.spec.meshgen import GPKernelTerm, MorphSynthParams
+
+
+def decimate(mesh: trimesh.Trimesh, max_vertices: int) -> trimesh.Trimesh:
+    """Quadric decimation (fast-simplification via trimesh) to at most ``max_vertices`` vertices.
+
+    Unreferenced and duplicate vertices are dropped first; a mesh already small
+    enough is returned with only that clean-up.
+    """
+    mesh = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, process=True)  # merge duplicate vertices
+    target_faces = 2 * max_vertices
+    for _ in range(8):
+        if len(mesh.vertices) <= max_vertices:
+            break
+        mesh = mesh.simplify_quadric_decimation(face_count=min(target_faces, len(mesh.faces) - 1))
+        mesh.remove_unreferenced_vertices()
+        target_faces = int(target_faces * 0.8)
+    if len(mesh.vertices) > max_vertices:
+        raise RuntimeError(f"decimation could not bring {len(mesh.vertices)} vertices under max_vertices={max_vertices}")
+    return mesh
+
+
+def kernel_matrix(x: np.ndarray, y: np.ndarray, terms: list[GPKernelTerm]) -> np.ndarray:
+    """Σ_t scale_t² exp(-‖x - y‖² / length_scale_t²).
+
+    Parameters
+    ----------
+    x : (n, 3) float
+    y : (m, 3) float
+        Positions in units of the mesh size.
+    terms : list of GPKernelTerm
+
+    Returns
+    -------
+    k : (n, m) float
+    """
+    sq = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * x @ y.T
+    np.maximum(sq, 0.0, out=sq)
+    out = np.zeros_like(sq)
+    for term in terms:
+        out += term.scale**2 * np.exp(-sq / term.length_scale**2)
+    return out
+
+
+def surface_points(mesh: trimesh.Trimesh, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` area-weighted random points on the surface, shape (count, 3)."""
+    areas = mesh.area_faces
+    faces = rng.choice(len(areas), size=count, p=areas / areas.sum())
+    r = rng.random((count, 2))
+    flip = r.sum(1) > 1.0
+    r[flip] = 1.0 - r[flip]  # fold the unit square onto the triangle
+    tri = mesh.triangles[faces]
+    return tri[:, 0] + r[:, [0]] * (tri[:, 1] - tri[:, 0]) + r[:, [1]] * (tri[:, 2] - tri[:, 0])
+
+
+@dataclass
+class GPBasis:
+    """Truncated KL basis of one GP kernel at a mesh's vertices.
+
+    Attributes
+    ----------
+    basis : (n, k) float
+        B = K(x, X_m) U_k Λ_k^{-1/2}; a sample of the scalar GP at the vertices is B @ α.
+    eigenvalues : (k,) float
+        Leading eigenvalues Λ_k of the Nyström kernel matrix.
+    """
+
+    basis: np.ndarray
+    eigenvalues: np.ndarray
+
+    @classmethod
+    def build(cls, points: np.ndarray, nystrom: np.ndarray, terms: list[GPKernelTerm], components: int) -> "GPBasis":
+        """KL basis at ``points`` (n, 3) from Nyström points ``nystrom`` (m, 3), both normalised."""
+        k_mm = kernel_matrix(nystrom, nystrom, terms)
+        eigenvalues, eigenvectors = np.linalg.eigh(k_mm)
+        order = np.argsort(eigenvalues)[::-1][:components]
+        eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
+        # numerically zero directions carry no variance and would blow up Λ^{-1/2}
+        keep = eigenvalues > 1e-9 * eigenvalues[0]
+        eigenvalues, eigenvectors = eigenvalues[keep], eigenvectors[:, keep]
+        basis = kernel_matrix(points, nystrom, terms) @ (eigenvectors / np.sqrt(eigenvalues))
+        return cls(basis=basis, eigenvalues=eigenvalues)
+
+    def sample(self, rng: np.random.Generator, channels: int = 3, mixing: np.ndarray | None = None) -> np.ndarray:
+        """A sample of ``channels`` GP components at every vertex, shape (n, channels).
+
+        ``mixing`` (channels, channels) is a Cholesky factor of the channel covariance.
+        """
+        alpha = rng.standard_normal((self.basis.shape[1], channels))
+        if mixing is not None:
+            alpha = alpha @ mixing.T
+        return self.basis @ alpha
+
+
+@dataclass
+class MorphModel:
+    """A decimated base mesh with its shape and albedo GP bases (computed once per class)."""
+
+    mesh: trimesh.Trimesh
+    size: float
+    shape_basis: GPBasis
+    albedo_basis: GPBasis
+    albedo_mixing: np.ndarray
+
+    @classmethod
+    def build(cls, base: trimesh.Trimesh, params: MorphSynthParams, seed: int) -> "MorphModel":
+        """Decimate ``base`` and build both bases; Nyström points come from ``seed``'s stream."""
+        mesh = decimate(base, params.max_vertices)
+        lo, hi = mesh.bounds
+        size = float(np.linalg.norm(hi - lo))
+        centre = 0.5 * (lo + hi)
+        rng = rng_from_seed(seed)
+        nystrom = (surface_points(mesh, params.nystrom_points, rng) - centre) / size
+        points = (mesh.vertices - centre) / size
+        rho = params.albedo_channel_correlation
+        correlation = np.full((3, 3), rho) + (1.0 - rho) * np.eye(3)
+        # rho = 1 makes C singular; a tiny jitter keeps Cholesky defined without changing the field visibly
+        mixing = np.linalg.cholesky(correlation + 1e-9 * np.eye(3))
+        return cls(
+            mesh=mesh,
+            size=size,
+            shape_basis=GPBasis.build(points, nystrom, params.shape_kernel, params.eigen_components),
+            albedo_basis=GPBasis.build(points, nystrom, params.albedo_kernel, params.eigen_components),
+            albedo_mixing=mixing,
+        )
+
+    def sample(self, params: MorphSynthParams, seed: int) -> tuple[trimesh.Trimesh, dict]:
+        """One morph: deformed vertices and per-vertex RGBA colours, plus statistics."""
+        rng = rng_from_seed(seed)
+        displacement = self.shape_basis.sample(rng) * self.size
+        albedo = np.asarray(params.base_albedo) + self.albedo_basis.sample(rng, mixing=self.albedo_mixing)
+        rgba = np.empty((len(albedo), 4), dtype=np.uint8)
+        rgba[:, :3] = np.round(np.clip(albedo, 0.0, 1.0) * 255.0).astype(np.uint8)
+        rgba[:, 3] = 255
+        mesh = trimesh.Trimesh(
+            vertices=self.mesh.vertices + displacement, faces=self.mesh.faces, vertex_colors=rgba, process=False
+        )
+        norms = np.linalg.norm(displacement, axis=1)
+        stats = {
+            "base_vertices": int(len(self.mesh.vertices)),
+            "displacement_rms": round(float(np.sqrt((norms**2).mean()) / self.size), 6),
+            "displacement_max": round(float(norms.max() / self.size), 6),
+            "albedo_std": round(float(albedo.std(axis=0).mean()), 6),
+            "shape_components": int(self.shape_basis.basis.shape[1]),
+            "albedo_components": int(self.albedo_basis.basis.shape[1]),
+        }
+        return mesh, stats

@@ -1,0 +1,125 @@
+"""gRPC adapter of meshgen: ``flatland.v1.Meshgen`` over the library (no logic of its own)."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import yaml
+from pydantic import ValidationError
+
+from flatland.v1 import common_pb2, meshgen_pb2, meshgen_pb2_grpc
+from services.common.errors import ObjectNotFoundError, ResourceLimitError, SpecError
+from services.common.spec.experiment import ExperimentSpec, format_validation_error, parse_spec
+from services.common.store import Store
+from services.meshgen.dataset import iter_generate_dataset, manifest_key
+from services.meshgen.job import shard_classes
+from services.meshgen.registry import GeneratedItem, get_family
+
+SERVICE_NAME = "flatland.v1.Meshgen"
+
+
+def spec_from_text(text: str, fmt: str = "") -> ExperimentSpec:
+    """An experiment spec from YAML (default) or JSON text; :class:`SpecError` names what is wrong."""
+    try:
+        data = json.loads(text) if fmt.lower() == "json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise SpecError(f"spec.text: not valid {fmt or 'yaml'}: {exc}") from None
+    return parse_spec(data, "spec")
+
+
+def generate_mesh(family_name: str, params_json: str, seed: int, class_index: int, instance: int) -> GeneratedItem:
+    """One item from request fields (the function behind ``GenerateMesh``).
+
+    The family comes from ``family_name`` or, when that is empty, from the
+    ``"family"`` field of ``params_json``; when both are given they must agree.
+    """
+    try:
+        params = json.loads(params_json) if params_json.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"params_json: not valid JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise ValueError("params_json: must be a JSON object of the family's parameters")
+    named = params.get("family")
+    if family_name and named and named != family_name:
+        raise ValueError(f"family: request says {family_name!r} but params_json.family says {named!r}")
+    family = get_family(family_name or named or "")
+    if class_index < 0:
+        raise ValueError(f"class_index: must be >= 0, got {class_index}")
+    if instance < 0:
+        raise ValueError(f"instance: must be >= 0, got {instance}")
+    try:
+        validated = family.parse_params(params)
+    except ValidationError as exc:
+        raise SpecError("params_json." + format_validation_error(exc).replace("\n", "; params_json.")) from None
+    return family.generate_item(validated, seed, class_index, instance)
+
+
+class MeshgenServicer(meshgen_pb2_grpc.MeshgenServicer):
+    """Thin adapter: parse the request, call the library, map errors to status codes."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def _abort(self, context: grpc.ServicerContext, exc: Exception):
+        if isinstance(exc, ValidationError):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, format_validation_error(exc))
+        if isinstance(exc, (SpecError, ValueError, KeyError)) and not isinstance(exc, ObjectNotFoundError):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if isinstance(exc, ObjectNotFoundError):
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        if isinstance(exc, ResourceLimitError):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    def GenerateMesh(self, request, context):
+        try:
+            item = generate_mesh(request.family, request.params_json, request.seed, request.class_index, request.instance)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a dead server
+            self._abort(context, exc)
+        return meshgen_pb2.GenerateMeshResponse(
+            data=item.data,
+            content_type="application/json" if item.relative_key.endswith(".json") else "model/gltf-binary",
+            stats_json=json.dumps(item.stats, sort_keys=True),
+            item_seed=item.seed,
+            relative_key=item.relative_key,
+        )
+
+    def GenerateDataset(self, request, context):
+        try:
+            spec = spec_from_text(request.dataset.spec.text, request.dataset.spec.format)
+            name = request.dataset.name
+            if not name:
+                raise ValueError("dataset.name: required (the name of one of the spec's datasets)")
+            try:
+                dataset = spec.dataset(name)
+            except KeyError:
+                raise ValueError(f"dataset.name: no dataset named {name!r} in the spec") from None
+            classes = shard_classes(dataset.classes, request.shard_index, request.shard_count or 1)
+            dataset_id = spec.dataset_id(name)
+            for step in iter_generate_dataset(spec, name, self.store, classes=classes):
+                if not context.is_active():
+                    return
+                outputs = [common_pb2.StoreRef(key=e.key, size=e.size, sha256=e.sha256) for e in step.entries]
+                if step.finished:
+                    outputs = [common_pb2.StoreRef(key=manifest_key(dataset_id))]
+                message = (
+                    f"{step.done}/{step.total} classes ({step.skipped} already done)" if step.finished
+                    else f"class {step.class_index} {'written' if step.generated else 'already done'}"
+                )
+                yield meshgen_pb2.GenerateDatasetEvent(
+                    progress=common_pb2.ProgressEvent(
+                        task=step.task, done=step.done, total=step.total, skipped=step.skipped,
+                        message=message, finished=step.finished, outputs=outputs,
+                    ),
+                    dataset_id=dataset_id,
+                    class_index=-1 if step.class_index is None else step.class_index,
+                )
+        except Exception as exc:  # noqa: BLE001
+            self._abort(context, exc)
+
+
+def register(server: grpc.Server, store: Store) -> list[str]:
+    """Add the Meshgen servicer to ``server``; return the full service names."""
+    meshgen_pb2_grpc.add_MeshgenServicer_to_server(MeshgenServicer(store), server)
+    return [SERVICE_NAME]
