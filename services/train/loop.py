@@ -1,0 +1,384 @@
+"""Supervised pre-training on rendered shards: one run of a :class:`PretrainSpec`.
+
+What a run writes under ``runs/<run_id>/`` (``run_id = spec.run_id(name)``):
+
+- ``label_map.json`` — the mix (:mod:`services.train.mixes`);
+- ``checkpoints/epoch-<k>.pt`` after each epoch (the newest two are kept; they carry
+  optimizer, scheduler, scaler and RNG state), ``checkpoints/final.pt`` at the end;
+- ``metrics.jsonl`` — one JSON record per epoch (train/val loss, top-1, top-5, lr,
+  samples, corrupt samples skipped, images/s);
+- ``filters.png`` (first-layer filters) and ``curves.png``;
+- ``done.json`` last: a run counts as finished only once it exists.
+
+Resume. A run that finds epoch checkpoints continues after the newest. Every epoch
+re-seeds torch from ``derive_seed(seed, "torch", epoch)`` and the data order from the
+epoch seed, so on the CPU a resumed run ends with bit-identical weights to an
+uninterrupted one.
+
+Distributed. Launched by ``torchrun`` (env ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``/``MASTER_PORT``) the run uses DistributedDataParallel (gloo on the
+CPU, nccl on GPUs); each rank streams a disjoint share of the shards, and all ranks
+stop an epoch together when the first one runs out of data, so no rank waits on a
+collective the others never join. Only rank 0 writes to the store.
+
+Metrics also go to Prometheus: gauges in the default registry (scraped from a
+service's metrics port) and, when ``FLATLAND_PUSHGATEWAY`` is set, pushed after every
+epoch with grouping key experiment/stage/index.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from services.common.errors import FlatlandError
+from services.common.seeds import derive_seed
+from services.common.spec.experiment import ExperimentSpec
+from services.common.spec.train import OptimSpec, PretrainSpec
+from services.common.store import Store
+from services.train import metrics as prom
+from services.train.data import IMAGENET_MEAN, IMAGENET_STD, ShardStream, dataset_shards, make_loader, to_model_input
+from services.train.mixes import LabelMap, mix_for_run
+from services.train.models import (
+    build_model, checkpoint_dict, load_checkpoint, logits_of, save_checkpoint, unwrap,
+)
+from services.train.plots import curves_png, filters_png
+
+Progress = Callable[[str, int, int], None]
+_EPOCH_KEY = re.compile(r"/checkpoints/epoch-(\d+)\.pt$")
+KEEP_EPOCH_CHECKPOINTS = 2
+
+
+class RunCancelled(FlatlandError):
+    """The run was asked to stop; its last epoch checkpoint lets it resume later."""
+
+
+def run_prefix(run_id: str) -> str:
+    return f"runs/{run_id}"
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> DistContext:
+    """Join the process group torchrun describes in the environment (if any).
+
+    The backend is nccl when the process uses a GPU, gloo otherwise.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistContext(rank, world, local_rank, dev)
+
+
+def lr_factor(epoch_progress: float, optim: OptimSpec, epochs: int) -> float:
+    """Learning-rate multiplier at a (fractional) epoch: linear warm-up, then cosine or step."""
+    if optim.warmup_epochs > 0 and epoch_progress < optim.warmup_epochs:
+        return (epoch_progress + 1e-3) / optim.warmup_epochs
+    if optim.schedule == "step":
+        return optim.step_gamma ** int(epoch_progress // optim.step_size)
+    span = max(epochs - optim.warmup_epochs, 1e-9)
+    t = min(max((epoch_progress - optim.warmup_epochs) / span, 0.0), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
+    """Number of samples whose label is among the top-k logits, per k (k capped at the class count)."""
+    kmax = min(max(ks), logits.shape[1])
+    top = logits.topk(kmax, dim=1).indices
+    hits = top.eq(labels[:, None])
+    return [int(hits[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
+
+
+def _sum_across_ranks(values: list[float], ctx: DistContext) -> list[float]:
+    if not ctx.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=ctx.device if ctx.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def _all_have_batch(has_batch: bool, ctx: DistContext) -> bool:
+    if not ctx.distributed:
+        return has_batch
+    t = torch.tensor([1 if has_batch else 0], device=ctx.device if ctx.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+class PretrainRun:
+    """One pre-training run, resumable from the store.
+
+    Parameters
+    ----------
+    spec : ExperimentSpec
+    name : str
+        Name of a ``spec.pretrain`` entry.
+    store : Store
+    ctx : DistContext, optional
+        Default: :func:`init_distributed` from the environment.
+    index : int
+        Job completion index, used as the Pushgateway grouping key.
+    """
+
+    def __init__(self, spec: ExperimentSpec, name: str, store: Store, *, ctx: DistContext | None = None, index: int = 0):
+        matches = [p for p in spec.pretrain if p.name == name]
+        if not matches:
+            raise FlatlandError(f"no pretrain run named '{name}' (known: {[p.name for p in spec.pretrain]})")
+        self.spec = spec
+        self.run: PretrainSpec = matches[0]
+        self.store = store
+        self.ctx = ctx or init_distributed()
+        self.index = index
+        self.run_id = spec.run_id(name)
+        self.prefix = run_prefix(self.run_id)
+
+    # -- store keys -------------------------------------------------------------------
+    def key(self, *parts: str) -> str:
+        return "/".join((self.prefix, *parts))
+
+    @property
+    def done_key(self) -> str:
+        return self.key("done.json")
+
+    def is_done(self) -> bool:
+        return self.store.exists(self.done_key)
+
+    def latest_epoch_checkpoint(self) -> tuple[int, str] | None:
+        found = []
+        for key in self.store.list(self.key("checkpoints/")):
+            match = _EPOCH_KEY.search(key)
+            if match:
+                found.append((int(match[1]), key))
+        return max(found) if found else None
+
+    # -- the run ----------------------------------------------------------------------
+    def execute(
+        self,
+        *,
+        progress: Progress | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        on_epoch: Callable[[dict], None] | None = None,
+        stop_after_epoch: int | None = None,
+    ) -> dict:
+        """Train (or resume) to the end; return the ``done.json`` summary.
+
+        ``stop_after_epoch`` ends the call after that epoch's checkpoint (as a crash
+        would), leaving the run resumable; it exists for tests and for time-boxed jobs.
+        """
+        if self.is_done():
+            return self.store.get_json(self.done_key)
+        run, ctx, store = self.run, self.ctx, self.store
+        started = time.time()
+        label_map = mix_for_run(self.spec, run, store)
+        self.num_classes = label_map.num_classes
+        if ctx.is_main:
+            store.put_json(self.key("label_map.json"), label_map.to_json())
+        train_shards, val_shards, tables = self._shards(label_map)
+        expected_train = self._expected_samples(train_shards, label_map)
+        steps_per_epoch = max(1, expected_train // (run.batch_size * ctx.world_size))
+
+        torch.manual_seed(derive_seed(run.seed, "torch", "init"))
+        model = build_model(run.model, label_map.num_classes, run.input_size).to(ctx.device)
+        use_cuda = ctx.device.type == "cuda"
+        channels_last = use_cuda and run.channels_last
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=run.optim.lr, momentum=run.optim.momentum,
+                                    weight_decay=run.optim.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step / steps_per_epoch, run.optim, run.epochs))
+        amp_dtype = torch.bfloat16 if run.amp_dtype == "bfloat16" else torch.float16
+        use_amp = use_cuda and run.amp
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        criterion = nn.CrossEntropyLoss(label_smoothing=run.optim.label_smoothing)
+
+        records: list[dict] = []
+        start_epoch = 0
+        latest = self.latest_epoch_checkpoint()
+        if latest is not None:
+            state = load_checkpoint(store, latest[1])
+            model.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            records = list(state["metrics"])
+            start_epoch = state["epoch"] + 1
+        train_model: nn.Module = model
+        if ctx.distributed:
+            train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[ctx.device.index] if use_cuda else None)
+
+        gauges = prom.RunGauges(self.spec.name, self.run_id, self.index)
+        task = f"train:{run.name}"
+        if progress:
+            progress(task, start_epoch, run.epochs)
+        for epoch in range(start_epoch, run.epochs):
+            epoch_start = time.time()
+            torch.manual_seed(derive_seed(run.seed, "torch", epoch))
+            stream = ShardStream(store.url, train_shards, tables, input_size=run.input_size, augment=run.augment,
+                                 shuffle_buffer=run.shuffle_buffer, seed=run.seed, epoch=epoch, rank=ctx.rank,
+                                 world_size=ctx.world_size, max_corrupt_fraction=run.max_corrupt_fraction)
+            loader = make_loader(stream, batch_size=run.batch_size, workers=run.workers, train=True, pin_memory=use_cuda)
+            train_model.train()
+            sums = np.zeros(5)  # loss*n, top1, top5, n, corrupt
+            batches = iter(loader)
+            while True:
+                if should_stop is not None and should_stop():
+                    raise RunCancelled(f"run {self.run_id} cancelled during epoch {epoch}")
+                batch = next(batches, None)
+                if not _all_have_batch(batch is not None, ctx):
+                    break
+                x = to_model_input(batch["image"], ctx.device, channels_last=channels_last)
+                y = batch["label"].to(ctx.device, non_blocking=True)
+                with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp):
+                    logits = logits_of(train_model(x))
+                    loss = criterion(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if run.optim.grad_clip_norm is not None:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), run.optim.grad_clip_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                top1, top5 = topk_correct(logits.detach().float(), y)
+                sums += [float(loss.detach()) * len(y), top1, top5, len(y), int(batch["corrupt"].sum())]
+            del batches, loader
+            loss_sum, top1, top5, seen, corrupt = _sum_across_ranks(sums.tolist(), ctx)
+            if seen == 0:
+                raise FlatlandError(
+                    f"run {self.run_id}: epoch {epoch} saw no training batches (fewer samples than batch_size "
+                    f"{run.batch_size} per loader worker?)")
+            record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_top1": top1 / seen,
+                      "train_top5": top5 / seen, "train_samples": int(seen), "corrupt_samples": int(corrupt),
+                      "lr": optimizer.param_groups[0]["lr"]}
+            if val_shards:
+                record.update(self.evaluate(model, val_shards, tables, criterion, channels_last, use_amp, amp_dtype))
+            record["seconds"] = time.time() - epoch_start
+            record["images_per_s"] = seen / record["seconds"]
+            records.append(record)
+            if ctx.is_main:
+                self._save_epoch(model, optimizer, scheduler, scaler, epoch, records)
+                gauges.observe(record)
+            if on_epoch:
+                on_epoch(record)
+            if progress:
+                progress(task, epoch + 1, run.epochs)
+            if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch + 1 < run.epochs:
+                return {"run_id": self.run_id, "stopped_after_epoch": epoch, "finished": False}
+        summary = {"run_id": self.run_id, "finished": True, "epochs": run.epochs, "model": run.model,
+                   "num_classes": label_map.num_classes, "final": records[-1] if records else {},
+                   "checkpoint": self.key("checkpoints/final.pt"), "label_map": self.key("label_map.json"),
+                   "seconds_this_session": time.time() - started}
+        if ctx.is_main:
+            self._finish(model, records, label_map, summary)
+        if ctx.distributed:
+            dist.barrier()
+        return summary
+
+    def _shards(self, label_map: LabelMap):
+        run = self.run
+        train, val, tables = [], [], []
+        for source, part in enumerate(label_map.parts):
+            tables.append(part.label_table())
+            train += dataset_shards(self.store, part.dataset_id, run.train_split, source=source)
+            if run.val_split is not None:
+                val += dataset_shards(self.store, part.dataset_id, run.val_split, source=source)
+        return train, val, tables
+
+    @staticmethod
+    def _expected_samples(shards, label_map: LabelMap) -> int:
+        """Training samples per epoch, assuming classes are balanced within each dataset."""
+        total = 0.0
+        for shard in shards:
+            part = label_map.parts[shard.source]
+            total += shard.samples * len(part.classes) / part.available
+        return int(total)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, shards, tables, criterion, channels_last: bool, use_amp: bool, amp_dtype) -> dict:
+        """Loss, top-1 and top-5 over the rank's share of ``shards``, summed across ranks."""
+        run, ctx = self.run, self.ctx
+        model = unwrap(model)
+        model.eval()
+        stream = ShardStream(self.store.url, shards, tables, input_size=run.input_size, augment=None,
+                             seed=run.seed, rank=ctx.rank, world_size=ctx.world_size,
+                             max_corrupt_fraction=run.max_corrupt_fraction)
+        sums = np.zeros(4)
+        for batch in make_loader(stream, batch_size=run.batch_size, workers=run.workers, train=False):
+            x = to_model_input(batch["image"], ctx.device, channels_last=channels_last)
+            y = batch["label"].to(ctx.device)
+            with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = logits_of(model(x)).float()
+            top1, top5 = topk_correct(logits, y)
+            sums += [float(criterion(logits, y)) * len(y), top1, top5, len(y)]
+        loss_sum, top1, top5, seen = _sum_across_ranks(sums.tolist(), ctx)
+        seen = max(seen, 1)
+        return {"val_loss": loss_sum / seen, "val_top1": top1 / seen, "val_top5": top5 / seen, "val_samples": int(seen)}
+
+    def _checkpoint(self, model, epoch: int, **extra) -> dict:
+        run = self.run
+        return checkpoint_dict(model, name=run.model, num_classes=extra.pop("num_classes"), input_size=run.input_size,
+                               mean=IMAGENET_MEAN, std=IMAGENET_STD, epoch=epoch,
+                               spec=run.model_dump(mode="json") | {"run_id": self.run_id, "experiment": self.spec.name},
+                               **extra)
+
+    def _save_epoch(self, model, optimizer, scheduler, scaler, epoch: int, records: list[dict]) -> None:
+        ckpt = self._checkpoint(model, epoch, num_classes=self.num_classes, optimizer=optimizer.state_dict(),
+                                scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
+                                rng={"torch": torch.get_rng_state()}, metrics=records)
+        save_checkpoint(self.store, self.key(f"checkpoints/epoch-{epoch}.pt"), ckpt)
+        self.store.put_bytes(self.key("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in records).encode())
+        for old in range(epoch - KEEP_EPOCH_CHECKPOINTS, -1, -1):
+            key = self.key(f"checkpoints/epoch-{old}.pt")
+            if not self.store.exists(key):
+                break
+            self.store.delete(key)
+
+    def _finish(self, model, records: list[dict], label_map: LabelMap, summary: dict) -> None:
+        ckpt = self._checkpoint(model, self.run.epochs - 1, num_classes=label_map.num_classes,
+                                label_map=label_map.to_json())
+        save_checkpoint(self.store, self.key("checkpoints/final.pt"), ckpt)
+        self.store.put_bytes(self.key("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in records).encode())
+        self.store.put_bytes(self.key("filters.png"), filters_png(model, f"{self.run_id}: first-layer filters"))
+        self.store.put_bytes(self.key("curves.png"), curves_png(records, self.run_id))
+        self.store.put_json(self.done_key, summary)
+
+
+def pretrain(spec: ExperimentSpec, name: str, store: Store, **kwargs) -> dict:
+    """Run (or resume, or find finished) the pre-training run ``name``; see :class:`PretrainRun`."""
+    index = kwargs.pop("index", 0)
+    ctx = kwargs.pop("ctx", None)
+    return PretrainRun(spec, name, store, ctx=ctx, index=index).execute(**kwargs)

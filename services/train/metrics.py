@@ -1,0 +1,83 @@
+"""Prometheus metrics of training runs.
+
+Two destinations for the same numbers:
+
+- the process's default registry (labelled by run), which a ``flatland serve train``
+  server exposes on its metrics port;
+- when the environment variable ``FLATLAND_PUSHGATEWAY`` (``host:port`` or URL) is
+  set, a per-run registry pushed after every epoch, grouping key
+  ``{experiment, stage="train", index}`` — how a Kubernetes Job reports.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
+
+PUSHGATEWAY_ENV = "FLATLAND_PUSHGATEWAY"
+_log = logging.getLogger(__name__)
+
+_VALUES = {  # record field -> (metric name, help, split label)
+    "train_loss": ("flatland_train_loss", "Mean cross-entropy loss of the last epoch.", "train"),
+    "val_loss": ("flatland_train_loss", "Mean cross-entropy loss of the last epoch.", "val"),
+    "train_top1": ("flatland_train_top1", "Top-1 accuracy of the last epoch (0-1).", "train"),
+    "val_top1": ("flatland_train_top1", "Top-1 accuracy of the last epoch (0-1).", "val"),
+    "train_top5": ("flatland_train_top5", "Top-5 accuracy of the last epoch (0-1).", "train"),
+    "val_top5": ("flatland_train_top5", "Top-5 accuracy of the last epoch (0-1).", "val"),
+}
+
+
+def _metrics(registry: CollectorRegistry, labels: tuple[str, ...]) -> dict[str, object]:
+    gauges: dict[str, object] = {}
+    for name, help_text, _split in _VALUES.values():
+        if name not in gauges:
+            gauges[name] = Gauge(name, help_text, [*labels, "split"], registry=registry)
+    gauges["epoch"] = Gauge("flatland_train_epoch", "Epochs completed.", list(labels), registry=registry)
+    gauges["lr"] = Gauge("flatland_train_learning_rate", "Learning rate at the end of the last epoch.", list(labels), registry=registry)
+    gauges["images_per_s"] = Gauge("flatland_train_images_per_second", "Training throughput of the last epoch.", list(labels), registry=registry)
+    gauges["samples"] = Counter("flatland_train_samples", "Training samples processed.", list(labels), registry=registry)
+    gauges["corrupt"] = Counter("flatland_train_corrupt_samples", "Corrupt samples skipped.", list(labels), registry=registry)
+    return gauges
+
+
+@functools.cache
+def _default_metrics() -> dict[str, object]:
+    from prometheus_client import REGISTRY
+
+    return _metrics(REGISTRY, ("run",))
+
+
+class RunGauges:
+    """Per-run metrics; :meth:`observe` takes one ``metrics.jsonl`` record."""
+
+    def __init__(self, experiment: str, run_id: str, index: int = 0):
+        self.run_id = run_id
+        self.grouping_key = {"experiment": experiment, "stage": "train", "index": str(index)}
+        self.push_registry = CollectorRegistry()
+        self.pushed = _metrics(self.push_registry, ("run",))
+        self.gateway = os.environ.get(PUSHGATEWAY_ENV) or None
+
+    def observe(self, record: dict) -> None:
+        for target in (_default_metrics(), self.pushed):
+            for field, (name, _help, split) in _VALUES.items():
+                if record.get(field) is not None:
+                    target[name].labels(self.run_id, split).set(record[field])
+            target["epoch"].labels(self.run_id).set(record["epoch"] + 1)
+            target["lr"].labels(self.run_id).set(record.get("lr", 0.0))
+            target["images_per_s"].labels(self.run_id).set(record.get("images_per_s", 0.0))
+            target["samples"].labels(self.run_id).inc(record.get("train_samples", 0))
+            target["corrupt"].labels(self.run_id).inc(record.get("corrupt_samples", 0))
+        self.push()
+
+    def push(self) -> None:
+        """Push to the Pushgateway when one is configured; failures are logged, not fatal."""
+        if not self.gateway:
+            return
+        try:
+            push_to_gateway(self.gateway, job="flatland-train", registry=self.push_registry,
+                            grouping_key=self.grouping_key, timeout=10)
+        except OSError as exc:  # a monitoring outage must not kill a training run
+            _log.warning("could not push metrics to %s: %s", self.gateway, exc)
