@@ -4,34 +4,69 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from services.common.spec.base import Name, StrictModel
+
+Pooling = Literal["avg", "grid", "flatten"]
 
 
 class NeuralDataSpec(StrictModel):
     name: Name
     kind: Literal["planted", "file"] = Field(description="'planted': synthetic ground-truth benchmark (test data); 'file': a user's HDF5 file.")
-    path: str | None = Field(default=None, description="HDF5 file in the documented neural data format (kind 'file').")
+    path: str | None = Field(
+        default=None,
+        description="kind 'file': HDF5 file in the documented neural data format (docs/neural-data-format.md); "
+        "a local path, or a store key when no such local file exists.",
+    )
     # Planted benchmark parameters (synthetic, clearly labelled as such).
-    stimuli: int = Field(default=200, ge=10)
-    neuroids: int = Field(default=64, ge=1)
-    repetitions: int = Field(default=4, ge=2)
-    reliability: float = Field(default=0.7, gt=0, lt=1, description="Planted split-half reliability target.")
+    stimuli: int = Field(default=200, ge=10, le=100_000, description="Planted: number of generated stimuli.")
+    objects: int = Field(default=10, ge=2, le=1000, description="Planted: object labels (stimuli are split evenly; used to stratify splits).")
+    neuroids: int = Field(default=64, ge=1, le=100_000)
+    repetitions: int = Field(default=4, ge=2, le=1000)
+    reliability: float = Field(
+        default=0.7, gt=0, lt=1,
+        description="Planted reliability of the repetition-averaged response (what the Spearman-Brown corrected split-half ceiling estimates).",
+    )
     planted_layer: str = Field(default="layer3", description="Layer of the fixed network whose features drive the responses.")
+    planted_model: str = Field(default="resnet18", description="Planted: torchvision model of the fixed, seeded network.")
+    image_size: int = Field(default=64, ge=16, le=1024, description="Planted: stimulus image side in pixels.")
+    pooling: Pooling = Field(default="avg", description="Planted: how the planted layer's activations are reduced to features.")
     seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _path(self):
+        if self.kind == "file" and not self.path:
+            raise ValueError("neural_data of kind 'file' needs a `path` to an HDF5 file")
+        if self.kind == "planted" and self.stimuli < 2 * self.objects:
+            raise ValueError(f"stimuli ({self.stimuli}) must be at least twice objects ({self.objects}) for stratified splits")
+        return self
 
 
 class ScoringSpec(StrictModel):
     name: Name
     runs: list[Name] = Field(min_length=1, description="Pre-training runs to score (names from `pretrain`).")
     benchmarks: list[Name] = Field(min_length=1, description="Neural data sets to score against (names from `neural_data`).")
-    layers: list[str] = Field(default_factory=lambda: ["layer1", "layer2", "layer3", "layer4", "avgpool"])
+    layers: list[str] = Field(default_factory=lambda: ["layer1", "layer2", "layer3", "layer4", "avgpool"], min_length=1)
+    pooling: Pooling = Field(
+        default="avg",
+        description="How a layer's (C, H, W) activations become features: 'avg' global average (C), "
+        "'grid' adaptive average to grid x grid then flatten (C*grid*grid), 'flatten' all units.",
+    )
+    grid: int = Field(default=4, ge=1, le=64, description="Side of the pooled grid when pooling is 'grid'.")
+    batch_size: int = Field(default=64, ge=1, le=4096, description="Stimuli per forward pass.")
     mapping: Literal["pls", "ridge"] = Field(default="pls")
     pls_components: int = Field(default=25, ge=1)
+    ridge_alphas: list[float] = Field(
+        default_factory=lambda: [10.0 ** k for k in range(-2, 7)], min_length=1,
+        description="Ridge: penalties tried per neuroid by efficient leave-one-out on the training stimuli.",
+    )
     splits: Literal["stratified_kfold", "brainscore"] = Field(default="stratified_kfold")
     n_splits: int = Field(default=10, ge=2)
+    test_fraction: float = Field(default=0.1, gt=0, lt=1, description="'brainscore' splits: held-out fraction (Brain-Score: 0.1).")
     pca_components: int | None = Field(default=1000, ge=1, description="Reduce features with PCA first (Brain-Score uses 1000). None: off.")
+    ceiling_halvings: int = Field(default=10, ge=1, le=1000, description="Random split-halves of repetitions for the noise ceiling.")
+    bootstrap: int = Field(default=1000, ge=0, le=100_000, description="Bootstrap resamples of neuroids for confidence intervals (0: off).")
     rdm_metric: Literal["correlation", "euclidean"] = Field(default="correlation")
     rsa_compare: Literal["spearman", "kendall_tau_a"] = Field(default="spearman")
     compare_models: bool = Field(default=True, description="Also compute model–model RSA between the scored runs.")

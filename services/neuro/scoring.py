@@ -1,0 +1,265 @@
+"""A benchmark = neural data + mapping + comparison + ceiling; this module runs it.
+
+:func:`score_checkpoint` scores one checkpoint's layers against one neural data set
+(predictivity per region and layer, RSA per region and layer, both ceilings).
+:func:`score_run` adds the store conventions: it reads ``runs/<run_id>/checkpoints/final.pt``
+of a finished run and writes ``scores/<run_id>/<benchmark>.json`` plus PNGs.
+:func:`compare_models` is model–model RSA, layer by layer, between two runs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from services.common.errors import ObjectNotFoundError
+from services.common.spec.experiment import ExperimentSpec, content_hash
+from services.common.spec.neuro import NeuralDataSpec, ScoringSpec
+from services.common.store import Store
+from services.neuro.dataformat import NeuralData, read_neural_data
+from services.neuro.features import Checkpoint, cached_features, load_checkpoint
+from services.neuro.planted import ensure_planted
+from services.neuro.plots import model_model_figure, predictivity_figure, rdm_figure
+from services.neuro.predictivity import NORMALISATION, make_splits, reduce_pca, score_predictivity, split_half_ceiling
+from services.neuro.rsa import compare_rdms, rdm, rsa_noise_ceiling
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def checkpoint_key(run_id: str) -> str:
+    return f"runs/{run_id}/checkpoints/final.pt"
+
+
+def score_key(run_id: str, benchmark: str) -> str:
+    return f"scores/{run_id}/{benchmark}.json"
+
+
+def comparison_key(run_id_a: str, run_id_b: str, benchmark: str) -> str:
+    return f"scores/{run_id_a}/{benchmark}-vs-{run_id_b}.json"
+
+
+def scoring_hash(scoring: ScoringSpec, neural: NeuralDataSpec) -> str:
+    """What a score depends on besides the checkpoint: scoring settings (minus run/benchmark lists) and the data spec."""
+    settings = scoring.model_dump(mode="json", exclude={"name", "runs", "benchmarks", "compare_models"})
+    return content_hash({"scoring": settings, "neural": neural})
+
+
+def neural_spec(spec: ExperimentSpec, name: str) -> NeuralDataSpec:
+    for item in spec.neural_data:
+        if item.name == name:
+            return item
+    raise KeyError(f"no neural_data named '{name}' in experiment '{spec.name}' (known: {[n.name for n in spec.neural_data]})")
+
+
+def scoring_spec(spec: ExperimentSpec, name: str) -> ScoringSpec:
+    for item in spec.scoring:
+        if item.name == name:
+            return item
+    raise KeyError(f"no scoring named '{name}' in experiment '{spec.name}' (known: {[s.name for s in spec.scoring]})")
+
+
+def load_benchmark(store: Store, neural: NeuralDataSpec) -> NeuralData:
+    """The neural data of a benchmark: planted data generated into the store on first use, or the user's file."""
+    if neural.kind == "planted":
+        key = ensure_planted(store, neural)
+        return read_neural_data(store.get_bytes(key), name=f"{neural.name} ({key})")
+    path = os.path.expanduser(neural.path or "")
+    if Path(path).is_file():
+        return read_neural_data(path, name=f"{neural.name} ({path})")
+    if store.exists(neural.path):
+        return read_neural_data(store.get_bytes(neural.path), name=f"{neural.name} (store:{neural.path})")
+    raise ObjectNotFoundError(f"neural_data '{neural.name}': no file {neural.path!r} locally or in the store")
+
+
+def require_finished_run(store: Store, spec: ExperimentSpec, run_name: str) -> str:
+    """The run id of a finished run; :class:`ObjectNotFoundError` naming the run when it is not finished."""
+    if run_name not in {p.name for p in spec.pretrain}:
+        raise KeyError(f"no pretrain run named '{run_name}' in experiment '{spec.name}'")
+    run_id = spec.run_id(run_name)
+    if not store.exists(f"runs/{run_id}/done.json"):
+        raise ObjectNotFoundError(
+            f"run '{run_name}' ({run_id}) is not finished: runs/{run_id}/done.json is missing; "
+            "run the train stage for it first"
+        )
+    return run_id
+
+
+def _stage(progress: ProgressFn | None, task: str, done: int, total: int) -> None:
+    if progress:
+        progress(task, done, total)
+
+
+def score_checkpoint(
+    store: Store,
+    checkpoint: Checkpoint,
+    data: NeuralData,
+    scoring: ScoringSpec,
+    *,
+    progress: ProgressFn | None = None,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Predictivity and RSA of every configured layer against every region of ``data``.
+
+    Returns
+    -------
+    result : dict (JSON-able)
+        ``predictivity[region][layer]`` (raw r, ceiling, r/ceiling, r²/ceiling, split
+        spread, bootstrap CIs), ``rsa[region][layer]``, ``rsa_ceiling[region]``,
+        ``ceiling[region]``, ``best_layer[region]``.
+    rdms : dict name → condensed RDM
+        ``region:<r>`` and ``layer:<l>`` RDMs (for figures).
+    """
+    layers = list(scoring.layers)
+    features = cached_features(
+        store, checkpoint, data.images, data.stimulus_set_hash(), layers, pooling=scoring.pooling,
+        grid=scoring.grid, batch_size=scoring.batch_size,
+        progress=(lambda _t, d, t: _stage(progress, "features", d, t)) if progress else None,
+    )
+    splits = make_splits(data.objects, scoring.splits, scoring.n_splits, seed=scoring.seed,
+                         test_fraction=scoring.test_fraction)
+    presentations = data.presentations()
+    mean = presentations.mean(axis=1)
+    reduced = {layer: reduce_pca(features[layer], scoring.pca_components, seed=scoring.seed) for layer in layers}
+    layer_rdms = {layer: rdm(features[layer], scoring.rdm_metric) for layer in layers}
+    result: dict = {"predictivity": {}, "rsa": {}, "rsa_ceiling": {}, "ceiling": {}, "best_layer": {},
+                    "feature_dims": {l: int(features[l].shape[1]) for l in layers},
+                    "mapped_dims": {l: int(reduced[l].shape[1]) for l in layers}}
+    rdms: dict[str, np.ndarray] = {}
+    regions = data.region_names()
+    steps, step = len(regions) * (len(layers) + 1), 0
+    for region in regions:
+        cols = np.flatnonzero(data.regions.astype(str) == region)
+        ceiling = split_half_ceiling(presentations[:, :, cols], scoring.ceiling_halvings, seed=scoring.seed)
+        result["ceiling"][region] = {"median": float(np.median(ceiling)), "neuroids": ceiling.tolist()}
+        per_layer = {}
+        for layer in layers:
+            scored = score_predictivity(
+                reduced[layer], mean[:, cols], splits, ceiling, mapping=scoring.mapping,
+                n_components=scoring.pls_components, ridge_alphas=scoring.ridge_alphas,
+                bootstrap=scoring.bootstrap, seed=scoring.seed,
+            )
+            per_layer[layer] = scored.summary()
+            step += 1
+            _stage(progress, f"predictivity {region}", step, steps)
+        result["predictivity"][region] = per_layer
+        result["best_layer"][region] = max(layers, key=lambda l: per_layer[l]["raw"])
+        region_rdm = rdm(mean[:, cols], scoring.rdm_metric)
+        rdms[f"region:{region}"] = region_rdm
+        similarity = compare_rdms(np.stack([layer_rdms[l] for l in layers]), region_rdm, scoring.rsa_compare)[:, 0]
+        ceiling_rsa = rsa_noise_ceiling(presentations[:, :, cols], metric=scoring.rdm_metric, method=scoring.rsa_compare,
+                                        halvings=scoring.ceiling_halvings, seed=scoring.seed)
+        result["rsa"][region] = {l: float(v) for l, v in zip(layers, similarity)}
+        result["rsa_ceiling"][region] = ceiling_rsa
+        step += 1
+        _stage(progress, f"rsa {region}", step, steps)
+    rdms.update({f"layer:{l}": layer_rdms[l] for l in layers})
+    return result, rdms
+
+
+def score_run(
+    spec: ExperimentSpec,
+    store: Store,
+    scoring: ScoringSpec,
+    run_name: str,
+    benchmark: str,
+    *,
+    progress: ProgressFn | None = None,
+    force: bool = False,
+) -> dict:
+    """Score a finished run against a benchmark; write ``scores/<run_id>/<benchmark>.json`` and PNGs.
+
+    Skips (returns the stored JSON) when a score with the same settings exists, unless ``force``.
+    """
+    run_id = require_finished_run(store, spec, run_name)
+    neural = neural_spec(spec, benchmark)
+    key = score_key(run_id, benchmark)
+    settings_hash = scoring_hash(scoring, neural)
+    if not force and store.exists(key):
+        existing = store.get_json(key)
+        if existing.get("settings_hash") == settings_hash:
+            existing["skipped"] = True
+            return existing
+    started = time.perf_counter()
+    checkpoint = load_checkpoint(store, checkpoint_key(run_id))
+    data = load_benchmark(store, neural)
+    result, rdms = score_checkpoint(store, checkpoint, data, scoring, progress=progress)
+    base = f"scores/{run_id}/{benchmark}"
+    title = f"{run_name} ({run_id}) vs {benchmark}" + (" [SYNTHETIC planted data]" if data.synthetic else "")
+    figures = {f"{base}-predictivity.png": predictivity_figure(result["predictivity"], title),
+               f"{base}-rdms.png": rdm_figure(rdms, np.argsort(data.objects.astype(str), kind="stable"), title)}
+    for fig_key, png in figures.items():
+        store.put_bytes(fig_key, png)
+    record = {
+        "run": run_name, "run_id": run_id, "benchmark": benchmark, "scoring": scoring.name,
+        "settings_hash": settings_hash, "checkpoint": {"key": checkpoint.key, "sha256": checkpoint.sha256,
+                                                      "model": checkpoint.model_name, "input_size": checkpoint.input_size},
+        "data": {"name": data.name, "synthetic": data.synthetic, "stimuli": data.n_stimuli,
+                 "repetitions": data.n_repetitions, "neuroids": data.n_neuroids, "regions": data.region_names(),
+                 "planted_layer": neural.planted_layer if neural.kind == "planted" else None,
+                 "planted_reliability": neural.reliability if neural.kind == "planted" else None},
+        "settings": scoring.model_dump(mode="json"),
+        "normalisation": NORMALISATION,
+        "splits": {"scheme": scoring.splits, "n_splits": scoring.n_splits},
+        **result,
+        "figures": sorted(figures),
+        "seconds": round(time.perf_counter() - started, 3),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    store.put_json(key, record)  # written last: its presence means the score is complete
+    return record
+
+
+def compare_models(
+    spec: ExperimentSpec,
+    store: Store,
+    scoring: ScoringSpec,
+    run_a: str,
+    run_b: str,
+    benchmark: str,
+    *,
+    layers_a: list[str] | None = None,
+    layers_b: list[str] | None = None,
+    progress: ProgressFn | None = None,
+    force: bool = False,
+) -> dict:
+    """Model–model RSA: similarity of every layer RDM of ``run_a`` to every layer RDM of ``run_b`` on a benchmark's stimuli.
+
+    Writes ``scores/<run_id_a>/<benchmark>-vs-<run_id_b>.json`` and a PNG; returns the record.
+    """
+    run_id_a = require_finished_run(store, spec, run_a)
+    run_id_b = require_finished_run(store, spec, run_b)
+    neural = neural_spec(spec, benchmark)
+    layers_a = list(layers_a or scoring.layers)
+    layers_b = list(layers_b or scoring.layers)
+    key = comparison_key(run_id_a, run_id_b, benchmark)
+    settings_hash = content_hash({"s": scoring_hash(scoring, neural), "a": layers_a, "b": layers_b})
+    if not force and store.exists(key):
+        existing = store.get_json(key)
+        if existing.get("settings_hash") == settings_hash:
+            existing["skipped"] = True
+            return existing
+    data = load_benchmark(store, neural)
+    rdm_sets = []
+    for i, (run_id, layers) in enumerate(((run_id_a, layers_a), (run_id_b, layers_b))):
+        checkpoint = load_checkpoint(store, checkpoint_key(run_id))
+        feats = cached_features(store, checkpoint, data.images, data.stimulus_set_hash(), layers,
+                                pooling=scoring.pooling, grid=scoring.grid, batch_size=scoring.batch_size)
+        rdm_sets.append(np.stack([rdm(feats[l], scoring.rdm_metric) for l in layers]))
+        _stage(progress, "compare features", i + 1, 3)
+    similarity = compare_rdms(rdm_sets[0], rdm_sets[1], scoring.rsa_compare)
+    _stage(progress, "compare rsa", 3, 3)
+    png_key = key.removesuffix(".json") + ".png"
+    store.put_bytes(png_key, model_model_figure(similarity, layers_a, layers_b, run_a, run_b, scoring.rsa_compare))
+    record = {
+        "run_a": run_a, "run_id_a": run_id_a, "run_b": run_b, "run_id_b": run_id_b, "benchmark": benchmark,
+        "settings_hash": settings_hash, "layers_a": layers_a, "layers_b": layers_b,
+        "rdm_metric": scoring.rdm_metric, "method": scoring.rsa_compare,
+        "similarity": similarity.tolist(), "figure": png_key,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    store.put_json(key, record)
+    return record

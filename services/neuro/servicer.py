@@ -1,0 +1,134 @@
+"""gRPC adapter of the neuro stage: ``flatland.v1.Neuro`` (Score, CompareModels) over :mod:`services.neuro.scoring`."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import grpc
+from pydantic import ValidationError
+
+from flatland.v1 import common_pb2, neuro_pb2, neuro_pb2_grpc
+from services.common.errors import IntegrityError, ObjectNotFoundError, ResourceLimitError
+from services.common.spec.experiment import format_validation_error
+from services.common.spec_servicer import spec_from_text
+from services.common.store import Store
+from services.neuro.scoring import compare_models, score_run, scoring_spec
+
+SERVICE_NAME = "flatland.v1.Neuro"
+
+
+def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, ValidationError):
+        return grpc.StatusCode.INVALID_ARGUMENT, format_validation_error(exc)
+    if isinstance(exc, ObjectNotFoundError):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, KeyError):  # unknown scoring / run / benchmark name
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc.args[0]) if exc.args else str(exc)
+    if isinstance(exc, (ValueError, TypeError)):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, ResourceLimitError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, IntegrityError):
+        return grpc.StatusCode.DATA_LOSS, str(exc)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _ref(store: Store, key: str) -> common_pb2.StoreRef:
+    size, digest = store.checksum(key)
+    return common_pb2.StoreRef(key=key, size=size, sha256=digest)
+
+
+def _benchmark_message(store: Store, record: dict) -> neuro_pb2.BenchmarkScore:
+    layers = []
+    for region, per_layer in record["predictivity"].items():
+        for layer, s in per_layer.items():
+            ci = s.get("raw_ci", [s["raw"], s["raw"]])
+            layers.append(neuro_pb2.LayerScore(
+                region=region, layer=layer, raw=s["raw"], ceiling=s["ceiling"], r_over_ceiling=s["r_over_ceiling"],
+                r2_over_ceiling=s["r2_over_ceiling"], split_std=s["split_std"], raw_ci_low=ci[0], raw_ci_high=ci[1],
+                rsa=record["rsa"][region][layer],
+            ))
+    key = f"scores/{record['run_id']}/{record['benchmark']}.json"
+    return neuro_pb2.BenchmarkScore(
+        run=record["run"], run_id=record["run_id"], benchmark=record["benchmark"], skipped=bool(record.get("skipped")),
+        score_json=_ref(store, key), figures=[_ref(store, k) for k in record["figures"]], layers=layers,
+        best_layers=[f"{r}={l}" for r, l in record["best_layer"].items()], normalisation=record["normalisation"],
+        synthetic=bool(record["data"]["synthetic"]),
+    )
+
+
+class NeuroServicer(neuro_pb2_grpc.NeuroServicer):
+    def __init__(self, store: Store):
+        self.store = store
+
+    def Score(self, request, context):
+        try:
+            spec = spec_from_text(request.scoring.spec)
+            scoring = scoring_spec(spec, request.scoring.name)
+            runs = list(request.runs) or scoring.runs
+            benchmarks = list(request.benchmarks) or scoring.benchmarks
+            for name, known, what in ((runs, scoring.runs, "runs"), (benchmarks, scoring.benchmarks, "benchmarks")):
+                unknown = sorted(set(name) - set(known))
+                if unknown:
+                    raise ValueError(f"{what}: {unknown} not in scoring '{scoring.name}' (known: {known})")
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status code
+            context.abort(*_status(exc))
+        events: queue.Queue = queue.Queue()
+        outcome: dict = {}
+        pairs = [(r, b) for r in runs for b in benchmarks]
+
+        def work():
+            try:
+                records = []
+                for i, (run, benchmark) in enumerate(pairs):
+                    task = f"neuro:{scoring.name}:{run}:{benchmark}"
+                    events.put(common_pb2.ProgressEvent(task=task, done=i, total=len(pairs), message="scoring"))
+                    records.append(score_run(
+                        spec, self.store, scoring, run, benchmark, force=request.force,
+                        progress=lambda t, d, n, task=task: events.put(
+                            common_pb2.ProgressEvent(task=task, done=d, total=n, message=t)),
+                    ))
+                outcome["records"] = records
+            except BaseException as exc:  # noqa: BLE001 - reported to the client below
+                outcome["error"] = exc
+            finally:
+                events.put(None)
+
+        worker = threading.Thread(target=work, name="neuro-score", daemon=True)
+        worker.start()
+        while (event := events.get()) is not None:
+            if not context.is_active():
+                break
+            yield neuro_pb2.ScoreResponse(progress=event)
+        worker.join()
+        if "error" in outcome:
+            context.abort(*_status(outcome["error"]))
+        records = outcome.get("records", [])
+        yield neuro_pb2.ScoreResponse(progress=common_pb2.ProgressEvent(
+            task=f"neuro:{scoring.name}", done=len(pairs), total=len(pairs),
+            skipped=sum(bool(r.get("skipped")) for r in records), message="done", finished=True))
+        yield neuro_pb2.ScoreResponse(result=neuro_pb2.ScoreResult(
+            scores=[_benchmark_message(self.store, r) for r in records]))
+
+    def CompareModels(self, request, context):
+        try:
+            spec = spec_from_text(request.scoring.spec)
+            scoring = scoring_spec(spec, request.scoring.name)
+            record = compare_models(spec, self.store, scoring, request.run_a, request.run_b, request.benchmark,
+                                    layers_a=list(request.layers_a) or None, layers_b=list(request.layers_b) or None,
+                                    force=request.force)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status code
+            context.abort(*_status(exc))
+        key = record["figure"].removesuffix(".png") + ".json"
+        return neuro_pb2.CompareModelsResponse(
+            layers_a=record["layers_a"], layers_b=record["layers_b"],
+            similarity=[v for row in record["similarity"] for v in row], method=record["method"],
+            rdm_metric=record["rdm_metric"], result_json=_ref(self.store, key), figure=_ref(self.store, record["figure"]),
+        )
+
+
+def register(server: grpc.Server, store: Store) -> list[str]:
+    """Add the Neuro service to ``server``; return its full name."""
+    neuro_pb2_grpc.add_NeuroServicer_to_server(NeuroServicer(store), server)
+    return [SERVICE_NAME]
