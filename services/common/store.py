@@ -23,6 +23,7 @@ from services.common.errors import InvalidKeyError, ObjectNotFoundError
 DEFAULT_LOCAL_ROOT = "./flatland-data"
 _CHUNK = 1 << 20
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TMP_PREFIX = ".flatland-tmp-"  # in-flight atomic writes; never a valid key segment
 
 
 def validate_key(key: str) -> str:
@@ -44,6 +45,8 @@ def validate_key(key: str) -> str:
             raise InvalidKeyError(f"store key {key!r} has an empty segment")
         if segment in (".", ".."):
             raise InvalidKeyError(f"store key {key!r} contains a '{segment}' segment, which could escape the store")
+        if segment.startswith(_TMP_PREFIX):
+            raise InvalidKeyError(f"store key {key!r}: segments starting with {_TMP_PREFIX!r} are reserved for in-flight writes")
     return key
 
 
@@ -152,8 +155,16 @@ class LocalStore(Store):
 
     def _atomic_write(self, key: str, write) -> None:
         target = self._path(key)
+        for rel in reversed(Path(key).parents[:-1]):
+            parent = self.root / rel
+            if parent.is_file():
+                # S3 allows both "a/b" and "a/b/c"; a directory tree cannot, so say so plainly.
+                raise InvalidKeyError(
+                    f"store key {key!r}: {parent.relative_to(self.root).as_posix()!r} is already an object, "
+                    "so it cannot also be a prefix of other keys in a local store"
+                )
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{_TMP_PREFIX}{target.name}.")
         try:
             with os.fdopen(fd, "wb") as out:
                 write(out)
@@ -196,7 +207,10 @@ class LocalStore(Store):
         # Tidy now-empty parent directories, never the root itself.
         parent = path.parent
         while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
+            try:
+                parent.rmdir()
+            except OSError:  # a concurrent writer just put something there
+                break
             parent = parent.parent
 
     def list(self, prefix: str = "") -> Iterator[str]:
@@ -209,7 +223,7 @@ class LocalStore(Store):
         keys = []
         for dirpath, _dirnames, filenames in os.walk(base):
             for name in filenames:
-                if name.startswith(".") and name.endswith(".part"):
+                if name.startswith(_TMP_PREFIX):
                     continue  # an in-flight atomic write
                 key = Path(dirpath, name).relative_to(self.root).as_posix()
                 if key.startswith(prefix):

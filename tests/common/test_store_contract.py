@@ -293,7 +293,7 @@ def test_local_failing_writer_keeps_old_object_and_no_temp_file(local_store: Loc
 
 def test_local_in_flight_temp_file_not_listed(local_store: LocalStore):
     local_store.put_bytes("d/x.bin", b"x")
-    (local_store.root / "d" / ".y.bin.abc123.part").write_bytes(b"half")  # another writer, mid-write
+    (local_store.root / "d" / ".flatland-tmp-y.bin.abc123").write_bytes(b"half")  # another writer, mid-write
     assert list(local_store.list()) == ["d/x.bin"]
     assert list(local_store.list("d/")) == ["d/x.bin"]
 
@@ -386,3 +386,14 @@ def test_open_store_s3_url_forms(s3_bucket: str):
     nested.put_bytes("k.txt", b"v")
     assert plain.get_bytes("exp/one/k.txt") == b"v"  # the prefix is a real key prefix in the bucket
     assert list(plain.list()) == ["exp/one/k.txt"] and list(nested.list()) == ["k.txt"]
+
+
+def test_local_reserved_and_nested_keys(local_store):
+    from services.common.errors import InvalidKeyError
+
+    with pytest.raises(InvalidKeyError, match="reserved for in-flight writes"):
+        local_store.put_bytes("d/.flatland-tmp-x", b"1")
+    local_store.put_bytes("a/b", b"1")
+    with pytest.raises(InvalidKeyError, match="'a/b' is already an object"):
+        local_store.put_bytes("a/b/c", b"2")
+    assert local_store.get_bytes("a/b") == b"1"
