@@ -1,0 +1,186 @@
+"""Property checks shared by the cluster tests: schema validation and security invariants."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+KUBECTL = shutil.which("kubectl")
+# Pinned: validate against the schemas of the oldest Kubernetes we support (1.32: native gRPC
+# probes, podFailurePolicy and Indexed Jobs are all GA), offline, from kubernetes-validate's
+# bundled schemas, in strict mode (unknown fields are errors).
+K8S_VERSION = "1.32.0"
+RUN_AS_UID_MIN = 1000
+
+# A careful subset of the Prometheus Operator's ServiceMonitor CRD (monitoring.coreos.com/v1):
+# only the fields we use, unknown fields rejected, so a typo is caught without the CRD.
+SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {
+            "type": "object", "required": ["name"],
+            "properties": {"name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+                           "namespace": {"type": "string"}, "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                           "annotations": {"type": "object", "additionalProperties": {"type": "string"}}},
+            "additionalProperties": False,
+        },
+        "spec": {
+            "type": "object", "required": ["selector", "endpoints"], "additionalProperties": False,
+            "properties": {
+                "namespaceSelector": {"type": "object", "additionalProperties": False, "properties": {
+                    "any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}}},
+                "selector": {"type": "object", "additionalProperties": False, "properties": {
+                    "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}}},
+                "endpoints": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "required": ["port"], "additionalProperties": False, "properties": {
+                        "port": {"type": "string"}, "path": {"type": "string"},
+                        "interval": {"type": "string", "pattern": r"^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                        "honorLabels": {"type": "boolean"}}}},
+            },
+        },
+    },
+}
+
+
+def kustomize(target: str) -> list[dict[str, Any]]:
+    """``kubectl kustomize k8s/<target>`` parsed; skips (visibly) where kubectl is absent."""
+    if KUBECTL is None:
+        pytest.skip("kubectl not found on PATH: kustomize builds cannot be checked here")
+    result = subprocess.run([KUBECTL, "kustomize", str(REPO / "k8s" / target)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"kubectl kustomize k8s/{target} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def validate_object(obj: dict[str, Any]) -> None:
+    """Strict offline schema validation; CRD objects against their bundled subset schema."""
+    where = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+    if obj.get("apiVersion", "").startswith("monitoring.coreos.com/"):
+        assert obj["kind"] == "ServiceMonitor", f"{where}: no schema for this CRD kind"
+        jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
+        return
+    try:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        raise AssertionError(f"{where} is not a valid {K8S_VERSION} object at {list(exc.path)}: {exc.message}") from None
+
+
+def pod_specs(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The pod spec of a workload object (Deployment, StatefulSet, Job, CronJob), if any."""
+    kind = obj["kind"]
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"):
+        yield obj["spec"]["template"]["spec"]
+    elif kind == "CronJob":
+        yield obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    elif kind == "Pod":
+        yield obj["spec"]
+
+
+def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def check_pod_security(obj: dict[str, Any]) -> None:
+    """Every container: non-root, read-only root FS, no escalation, no capabilities, RuntimeDefault seccomp."""
+    name = f"{obj['kind']}/{obj['metadata']['name']}"
+    for pod in pod_specs(obj):
+        pod_ctx = pod.get("securityContext", {})
+        assert pod_ctx.get("runAsNonRoot") is True, f"{name}: pod securityContext.runAsNonRoot must be true"
+        assert pod_ctx.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{name}: pod seccomp must be RuntimeDefault"
+        assert pod.get("automountServiceAccountToken") is False, f"{name}: no pod here needs the API token"
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), f"{name}: host namespaces"
+        mounted_tmp = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+        for c in containers(pod):
+            ctx = c.get("securityContext", {})
+            cname = f"{name} container {c['name']}"
+            uid = ctx.get("runAsUser", pod_ctx.get("runAsUser"))
+            assert uid is not None and uid >= RUN_AS_UID_MIN or uid == 65534, f"{cname}: runAsUser {uid} (need a non-root uid)"
+            assert ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is True, f"{cname}: runAsNonRoot"
+            assert ctx.get("readOnlyRootFilesystem") is True, f"{cname}: readOnlyRootFilesystem must be true"
+            assert ctx.get("allowPrivilegeEscalation") is False, f"{cname}: allowPrivilegeEscalation must be false"
+            assert ctx.get("privileged") in (None, False), f"{cname}: privileged"
+            assert ctx.get("capabilities", {}).get("drop") == ["ALL"], f"{cname}: capabilities must drop ALL"
+            assert not ctx.get("capabilities", {}).get("add"), f"{cname}: adds capabilities"
+            image = c["image"]
+            assert re.search(r":[^/]+$", image) and not image.endswith(":latest"), f"{cname}: image {image} is not pinned"
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            if c["image"].startswith("ghcr.io/beyond-flatland/") or "minio" in c["image"]:
+                # Read-only root: Python, matplotlib, mc and MinIO write their scratch under /tmp.
+                assert mounts.get("/tmp") in mounted_tmp, f"{cname}: needs an emptyDir at /tmp"
+
+
+SECRET_NAME = re.compile(r"(KEY|SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL)", re.IGNORECASE)
+ONLY_REFERENCES = re.compile(r"^(\$\([A-Z_][A-Z0-9_]*\)|[^$])*$")
+URL_USERINFO = re.compile(r"://([^/@\s]+)@")
+
+
+def check_no_secret_values(obj: dict[str, Any]) -> None:
+    """No Secret carries data, and no env var spells out a credential (only secretKeyRef / $(REF))."""
+    name = f"{obj['kind']}/{obj['metadata']['name']}"
+    if obj["kind"] == "Secret":
+        assert not obj.get("data") and not obj.get("stringData"), f"{name}: manifests must not carry secret values"
+    for pod in pod_specs(obj):
+        for c in containers(pod):
+            for env in c.get("env", []):
+                where = f"{name} container {c['name']} env {env['name']}"
+                if SECRET_NAME.search(env["name"]):
+                    assert "value" not in env, f"{where}: credentials must come from a secretKeyRef"
+                    ref = env.get("valueFrom", {})
+                    assert "secretKeyRef" in ref, f"{where}: credentials must come from a secretKeyRef, got {ref}"
+                value = env.get("value", "")
+                for userinfo in URL_USERINFO.findall(value):
+                    parts = re.sub(r"\$\([A-Z_][A-Z0-9_]*\)", "", userinfo)
+                    assert parts in ("", ":"), f"{where}: URL holds literal credentials ({value})"
+            for source in c.get("envFrom", []):
+                assert "secretRef" in source or "configMapRef" in source
+    text = yaml.safe_dump(obj)
+    assert "BEGIN PRIVATE KEY" not in text and "AKIA" not in text, f"{name}: looks like a literal credential"
+
+
+def check_job_bounded(obj: dict[str, Any]) -> None:
+    if obj["kind"] != "Job":
+        return
+    spec = obj["spec"]
+    name = obj["metadata"]["name"]
+    assert isinstance(spec.get("activeDeadlineSeconds"), int) and spec["activeDeadlineSeconds"] > 0, f"Job {name}: no deadline"
+    assert isinstance(spec.get("backoffLimit"), int) and 0 <= spec["backoffLimit"] <= 100, f"Job {name}: no backoffLimit"
+    assert isinstance(spec.get("ttlSecondsAfterFinished"), int), f"Job {name}: no ttlSecondsAfterFinished"
+
+
+def gpu_containers(objs: list[dict[str, Any]]) -> set[str]:
+    """Names of containers that request or limit nvidia.com/gpu."""
+    found = set()
+    for obj in objs:
+        for pod in pod_specs(obj):
+            for c in containers(pod):
+                res = c.get("resources", {})
+                if "nvidia.com/gpu" in res.get("limits", {}) or "nvidia.com/gpu" in res.get("requests", {}):
+                    found.add(c["name"])
+    return found
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def parse_quantity(q: str | int | float) -> float:
+    """Kubernetes quantity → float (CPU in cores, memory in bytes)."""
+    text = str(q)
+    suffixes = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
+    for suffix, factor in sorted(suffixes.items(), key=lambda kv: -len(kv[0])):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)

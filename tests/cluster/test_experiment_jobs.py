@@ -1,0 +1,259 @@
+"""Experiment manifests (services.cluster.manifests) and the work plan behind their Indexed Jobs."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.cluster import workplan
+from services.cluster.manifests import experiment_manifests, object_name, to_yaml
+from services.common.spec.experiment import load_spec, parse_spec
+
+from .k8s_checks import (
+    REPO,
+    check_job_bounded,
+    check_no_secret_values,
+    check_pod_security,
+    env_of,
+    gpu_containers,
+    validate_object,
+)
+
+SPEC = {
+    "name": "tiny",
+    "seed": 3,
+    "datasets": [
+        {"name": "proc", "family": {"family": "procsynth"}, "classes": 5,
+         "render": {"views_per_instance": 10, "shard_size": 7, "val_fraction": 0.2}},
+        {"name": "frac", "family": {"family": "fractal2d", "flips": 2}, "classes": 3,
+         "fractal_render": {"drawings_per_variant": 4, "shard_size": 100, "val_fraction": 0.25}},
+        {"name": "noise", "family": {"family": "noisescenes", "scenes": 50, "shard_size": 20}, "classes": 4},
+    ],
+    "pretrain": [{"name": "r1", "datasets": ["proc", "frac"]}],
+    "cluster": {"meshgen_parallelism": 4, "render_parallelism": 8},
+}
+# Worked by hand from SPEC:
+#   proc: 5 classes x 3 meshes (1 + 2 stretch variants) x 10 views; 2 views/instance held out
+#         -> train 120, val 30 samples -> ceil(/7): 18 + 5 shards
+#   frac: 3 classes x 25 variants x 2 flips x 4 drawings; 1 drawing held out
+#         -> train 450, val 150 -> ceil(/100): 5 + 2 shards
+#   noise: 50 scenes; round(5.0) = 5 held out -> train 45, val 5 -> ceil(/20): 3 + 1 shards
+EXPECTED_SHARDS = {"proc": {"train": 18, "val": 5}, "frac": {"train": 5, "val": 2}, "noise": {"train": 3, "val": 1}}
+
+
+def make(overrides: dict | None = None):
+    data = copy.deepcopy(SPEC)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    text = yaml.safe_dump(data, sort_keys=False)
+    return parse_spec(data), text
+
+
+def jobs_of(objs):
+    return {o["metadata"]["labels"]["flatland.io/stage"]: o for o in objs if o["kind"] == "Job"}
+
+
+def test_shard_counts_match_hand_count():
+    spec, _ = make()
+    for dataset in spec.datasets:
+        assert workplan.shard_counts(dataset) == EXPECTED_SHARDS[dataset.name]
+    sizes = {d.name: workplan.split_sizes(d) for d in spec.datasets}
+    assert sizes["proc"] == {"train": 120, "val": 30}
+    assert sizes["frac"] == {"train": 450, "val": 150}
+    assert sizes["noise"] == {"train": 45, "val": 5}
+    assert len(workplan.render_items(spec)) == 34
+
+
+def test_shard_counts_agree_with_render_stage():
+    plan = pytest.importorskip("services.render.plan", reason="the render stage's shard plan is not in this tree")
+    for overrides in ({}, {"datasets": [
+        {"name": "m", "family": {"family": "morphsynth"}, "classes": 7, "instances_per_class": 2,
+         "render": {"views_per_instance": 3, "val_fraction": 0.5, "shard_size": 4}},
+        {"name": "f", "family": {"family": "fractal2d"}, "classes": 2, "instances_per_class": 5,
+         "fractal_render": {"drawings_per_variant": 5, "val_fraction": 0.1, "shard_size": 9}},
+    ], "pretrain": []}):
+        spec, _ = make(overrides)
+        ours = [tuple(item) for item in workplan.render_items(spec)]
+        theirs = [(t.dataset, t.split, t.shard) for t in plan.all_shards(spec)]
+        assert ours == theirs
+        for count in (1, 3, 8):
+            for index in range(count):
+                assert [tuple(i) for i in workplan.render_items_for_index(spec, index, count)] == [
+                    (t.dataset, t.split, t.shard) for t in plan.shards_for_index(spec, index, count)]
+
+
+def test_meshgen_split_agrees_with_meshgen_stage():
+    job = pytest.importorskip("services.meshgen.job", reason="the meshgen stage's job is not in this tree")
+    dataset_mod = pytest.importorskip("services.meshgen.dataset")
+    spec, _ = make()
+    assert [d.name for d in spec.datasets if dataset_mod.is_meshgen_dataset(d)] == ["proc", "frac"]
+    for count in (1, 2, 4):
+        for index in range(count):
+            ours = workplan.meshgen_items_for_index(spec, index, count)
+            for dataset in ("proc", "frac"):
+                expected = job.shard_classes(spec.dataset(dataset).classes, index, count)
+                assert [i.class_index for i in ours if i.dataset == dataset] == expected
+
+
+@pytest.mark.parametrize("parallelism", [1, 3, 8, 34, 100])
+def test_render_indexes_cover_every_shard_exactly_once(parallelism):
+    spec, text = make({"cluster": {"render_parallelism": parallelism}})
+    render = jobs_of(experiment_manifests(spec, text))["render"]["spec"]
+    assert render["completionMode"] == "Indexed"
+    count = render["completions"]
+    assert count == min(parallelism, 34) and render["parallelism"] == count
+    assigned = [item for index in range(count) for item in workplan.render_items_for_index(spec, index, count)]
+    assert Counter(assigned) == Counter(workplan.render_items(spec))  # every shard, each exactly once
+    assert all(workplan.render_items_for_index(spec, index, count) for index in range(count))  # no idle index
+    with pytest.raises(ValueError, match="index"):
+        workplan.render_items_for_index(spec, count, count)
+
+
+@pytest.mark.parametrize("parallelism", [1, 2, 4, 5, 50])
+def test_meshgen_indexes_cover_every_class_exactly_once(parallelism):
+    spec, text = make({"cluster": {"meshgen_parallelism": parallelism}})
+    meshgen = jobs_of(experiment_manifests(spec, text))["meshgen"]["spec"]
+    count = meshgen["completions"]
+    assert count == min(parallelism, 5)  # the largest mesh dataset has 5 classes; noisescenes has no meshgen work
+    assigned = [item for index in range(count) for item in workplan.meshgen_items_for_index(spec, index, count)]
+    assert Counter(assigned) == Counter(workplan.meshgen_items(spec))
+    assert len(assigned) == 5 + 3
+    assert all(workplan.meshgen_items_for_index(spec, index, count) for index in range(count))
+
+
+def _experiment_specs():
+    cases = [pytest.param(*make(), id="built-in-test"),
+             pytest.param(*make({"cluster": {"gpu": True, "train_nodes": 3}, "scoring": []}), id="gpu-multinode")]
+    for name in ("quickstart", "beyond-flatland"):
+        path = REPO / "experiments" / f"{name}.yaml"
+        marks = () if path.exists() else (pytest.mark.skip(reason=f"{path.relative_to(REPO)} not written yet"),)
+        spec = load_spec(path) if path.exists() else None
+        cases.append(pytest.param(spec, path.read_text() if path.exists() else "", id=name, marks=marks))
+    return cases
+
+
+@pytest.mark.parametrize(("spec", "text"), _experiment_specs())
+def test_generated_manifests_validate_and_are_safe(spec, text):
+    objs = experiment_manifests(spec, text)
+    for obj in objs:
+        validate_object(obj)
+        check_pod_security(obj)
+        check_no_secret_values(obj)
+        check_job_bounded(obj)
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/part-of"] == "beyond-flatland"
+        assert labels["flatland.io/experiment"] == spec.name
+        assert obj["metadata"]["namespace"] == spec.cluster.namespace
+        assert len(obj["metadata"]["name"]) <= 52
+    jobs = jobs_of(objs)
+    for stage, job in jobs.items():
+        pod = job["spec"]["template"]
+        assert pod["metadata"]["labels"]["flatland.io/stage"] == stage
+        assert pod["metadata"]["labels"]["flatland.io/role"] == "stage"  # admitted to MinIO by the NetworkPolicy
+        assert pod["spec"]["restartPolicy"] == "Never"
+        (wait,) = pod["spec"]["initContainers"]
+        assert wait["args"][:4] == ["wait", stage, "--spec", "/etc/flatland/spec.yaml"]
+        (main,) = pod["spec"]["containers"]
+        assert main["args"] == ["job", stage, "--spec", "/etc/flatland/spec.yaml"]
+        assert env_of(main)["FLATLAND_STORE"].startswith("s3://")
+        rules = job["spec"]["podFailurePolicy"]["rules"]
+        assert {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}} in rules
+        assert any(r["action"] == "Ignore" and r["onPodConditions"][0]["type"] == "DisruptionTarget" for r in rules)
+        assert job["spec"]["activeDeadlineSeconds"] == spec.cluster.active_deadline_seconds
+        assert job["spec"]["backoffLimit"] == spec.cluster.backoff_limit
+    (configmap,) = [o for o in objs if o["kind"] == "ConfigMap"]
+    assert configmap["data"]["spec.yaml"] == text
+    assert parse_spec(yaml.safe_load(configmap["data"]["spec.yaml"])) == spec
+    # to_yaml is what `kubectl apply -f` reads: it must parse back to the same objects.
+    assert list(yaml.safe_load_all(to_yaml(objs))) == objs
+    expected_gpu = {"render", "train"} & set(jobs) if spec.cluster.gpu else set()
+    assert gpu_containers(objs) == expected_gpu
+
+
+def test_gpu_switch():
+    spec, text = make({"cluster": {"gpu": True}})
+    jobs = jobs_of(experiment_manifests(spec, text))
+    assert gpu_containers(list(jobs.values())) == {"render", "train"}
+    render = jobs["render"]["spec"]["template"]["spec"]
+    assert render["containers"][0]["image"] == "ghcr.io/beyond-flatland/render-gpu:0.1.0"
+    assert env_of(render["containers"][0])["PYOPENGL_PLATFORM"] == "egl"
+    assert render["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert jobs["meshgen"]["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/beyond-flatland/meshgen:0.1.0"
+    cpu_spec, cpu_text = make()
+    cpu_jobs = jobs_of(experiment_manifests(cpu_spec, cpu_text))
+    assert gpu_containers(list(cpu_jobs.values())) == set()
+    assert env_of(cpu_jobs["render"]["spec"]["template"]["spec"]["containers"][0])["PYOPENGL_PLATFORM"] == "osmesa"
+
+
+def test_multinode_train_is_indexed_with_headless_service():
+    spec, text = make({"cluster": {"train_nodes": 4}})
+    objs = experiment_manifests(spec, text)
+    train = jobs_of(objs)["train"]
+    (service,) = [o for o in objs if o["kind"] == "Service"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": train["metadata"]["name"]}
+    assert train["spec"]["completionMode"] == "Indexed"
+    assert train["spec"]["completions"] == train["spec"]["parallelism"] == 4  # all ranks run together
+    pod = train["spec"]["template"]["spec"]
+    assert pod["subdomain"] == service["metadata"]["name"]
+    env = env_of(pod["containers"][0])
+    assert env["PET_NNODES"] == "4"
+    assert env["PET_MASTER_ADDR"] == f"{train['metadata']['name']}-0.{service['metadata']['name']}"
+    assert "job-completion-index" in env["PET_NODE_RANK"]["fieldRef"]["fieldPath"]
+    single = jobs_of(experiment_manifests(*make()))["train"]
+    assert "completionMode" not in single["spec"] and "subdomain" not in single["spec"]["template"]["spec"]
+
+
+def test_stages_without_work_get_no_job():
+    spec, text = make({"datasets": [{"name": "noise", "family": {"family": "noisescenes", "scenes": 10}}], "pretrain": []})
+    objs = experiment_manifests(spec, text)
+    assert set(jobs_of(objs)) == {"render"}  # no mesh family, no training, no scoring
+    assert jobs_of(objs)["render"]["spec"]["completions"] == 2  # 9 train + 1 val sample -> 2 shards
+
+
+def test_names_store_and_errors():
+    long_name = "a-very-long-experiment-name-that-goes-on-and-on-and-on-x"
+    names = {object_name(long_name, stage) for stage in ("spec", "meshgen", "render", "train", "train-ranks", "neuro")}
+    assert len(names) == 6 and all(len(n) <= 52 for n in names)
+    spec, text = make()
+    objs = experiment_manifests(spec, text)
+    assert env_of(jobs_of(objs)["render"]["spec"]["template"]["spec"]["containers"][0])["FLATLAND_STORE"] == "s3://flatland/tiny"
+    objs = experiment_manifests(spec, text, store_url="s3://lab/exp1")
+    assert env_of(jobs_of(objs)["train"]["spec"]["template"]["spec"]["containers"][0])["FLATLAND_STORE"] == "s3://lab/exp1"
+    with pytest.raises(ValueError, match="s3://"):
+        experiment_manifests(spec, text, store_url="/data/local")
+    with pytest.raises(ValueError, match="spec_text"):
+        experiment_manifests(spec, "  ")
+
+
+def test_checks_catch_unsafe_objects():
+    """The property checks used above really reject what they are meant to reject."""
+    spec, text = make()
+    job = jobs_of(experiment_manifests(spec, text))["render"]
+    leaky = copy.deepcopy(job)
+    leaky["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "AWS_SECRET_ACCESS_KEY", "value": "hunter2"})
+    with pytest.raises(AssertionError, match="secretKeyRef"):
+        check_no_secret_values(leaky)
+    url = copy.deepcopy(job)
+    url["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "MC_HOST_x", "value": "http://me:pw@minio:9000"})
+    with pytest.raises(AssertionError, match="literal credentials"):
+        check_no_secret_values(url)
+    writable = copy.deepcopy(job)
+    writable["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
+    with pytest.raises(AssertionError, match="readOnlyRootFilesystem"):
+        check_pod_security(writable)
+    unbounded = copy.deepcopy(job)
+    del unbounded["spec"]["activeDeadlineSeconds"]
+    with pytest.raises(AssertionError, match="deadline"):
+        check_job_bounded(unbounded)
+    typo = copy.deepcopy(job)
+    typo["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFS"] = True
+    with pytest.raises(AssertionError, match="readOnlyRootFS"):
+        validate_object(typo)
