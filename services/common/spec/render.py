@@ -32,7 +32,7 @@ class LightSpec(StrictModel):
     kind: Literal["directional", "point", "spot"] = Field(default="directional", description="Light type.")
     azimuth_deg: Distribution = Field(default_factory=lambda: _u(0, 360), description="Direction the light comes from: azimuth (degrees).")
     elevation_deg: Distribution = Field(default_factory=lambda: _u(10, 80), description="Direction the light comes from: elevation (degrees).")
-    intensity: Distribution = Field(default_factory=lambda: _u(2.0, 5.0), description="Intensity (directional: lux-like; point/spot: candela-like, scaled by distance²).")
+    intensity: Distribution = Field(default_factory=lambda: _u(0.8, 2.0), description="Intensity (directional: lux-like; point/spot: candela-like, scaled by distance² so the irradiance at the object matches).")
     color_rgb: tuple[Distribution, Distribution, Distribution] = Field(
         default_factory=lambda: (_u(0.8, 1.0), _u(0.8, 1.0), _u(0.8, 1.0)), description="Light colour, each channel in [0,1]."
     )
@@ -50,6 +50,7 @@ class MaterialSpec(StrictModel):
     metallic: float = Field(default=0.0, ge=0, le=1)
     roughness: float = Field(default=0.6, ge=0, le=1)
     use_vertex_colors: bool = Field(default=True, description="Use per-vertex albedo when the mesh has it.")
+    smooth_shading: bool = Field(default=False, description="Interpolate vertex normals (smooth) instead of one normal per face (flat, right for primitives with sharp edges).")
 
 
 class BackgroundSpec(StrictModel):

@@ -1,0 +1,213 @@
+"""FractalDB images from iterated function systems, vectorised across chains and images.
+
+FractalDB (Kataoka et al., 2020) draws a class's IFS with the chaos game: starting
+from the origin, apply a map chosen with probability ``probs`` to the current
+point, repeatedly; the visited points are rescaled by their min/max into the
+image and each is drawn as a 3x3 patch, grey on black.
+
+Instead of one long Python loop over points, we run many independent chains of
+each system in parallel (``chains`` per image, every image of a batch at once):
+one numpy step advances every chain of every image by one map application,
+selecting each chain's coefficients by fancy indexing into the stacked map
+table. Each chain drops its first ``burn_in`` points (it starts at the origin,
+off the attractor). Rasterising is a scatter of booleans into the images
+followed by a dilation with the image's 3x3 patch (9 shifted ORs), which is
+exactly "every point drawn as the patch".
+
+Variants: ``services.meshgen.fractal2d.ifs_variants`` gives 25 coefficient
+variants per class (the original plus one coefficient scaled by 1±w, 1±2w);
+each is drawn under 4 flips (none, horizontal, vertical, both).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.common.seeds import rng_from_seed
+
+FLIPS = ("none", "horizontal", "vertical", "both")
+
+
+def _validate_system(maps: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim != 2 or maps.shape[1] != 6 or len(maps) == 0:
+        raise ValueError(f"IFS maps must have shape (n, 6) with n >= 1, got {maps.shape}")
+    if not np.all(np.isfinite(maps)):
+        raise ValueError("IFS maps contain NaN or infinite coefficients")
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.shape != (len(maps),) or np.any(probs < 0) or probs.sum() <= 0:
+        raise ValueError(f"IFS probs must be {len(maps)} non-negative numbers with a positive sum, got {probs}")
+    return maps, probs / probs.sum()
+
+
+def default_probs(maps: np.ndarray) -> np.ndarray:
+    """FractalDB's map probabilities: proportional to |det| of each linear part."""
+    maps = np.asarray(maps, dtype=np.float64)
+    det = np.abs(maps[:, 0] * maps[:, 3] - maps[:, 1] * maps[:, 2])
+    return det / det.sum() if det.sum() > 0 else np.full(len(maps), 1.0 / len(maps))
+
+
+LUT_BITS = 16  # map choice through a 65,536-entry table per system: probabilities exact to 1.5e-5
+
+
+def _choice_tables(probs: list[np.ndarray], offsets: np.ndarray) -> np.ndarray:
+    """(systems, 2**LUT_BITS) int32: uniform 16-bit draw -> global map index (inverse CDF table)."""
+    levels = (np.arange(1 << LUT_BITS) + 0.5) / (1 << LUT_BITS)
+    return np.stack([offset + np.minimum(np.searchsorted(np.cumsum(p), levels, side="right"), len(p) - 1)
+                     for p, offset in zip(probs, offsets)]).astype(np.int32)
+
+
+def chaos_game(systems: list[tuple[np.ndarray, np.ndarray]], points: int, rngs: list[np.random.Generator], *,
+               chains: int = 1024, burn_in: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Chaos-game points of several systems at once.
+
+    Parameters
+    ----------
+    systems : list of (maps (n_i, 6) float, probs (n_i,) float)
+        Map ``(a, b, c, d, e, f)``: ``x' = a x + b y + e``, ``y' = c x + d y + f``.
+    points : int
+        Points per system (kept after burn-in; rounded up to whole steps of all chains).
+    rngs : list of numpy Generator
+        One per system: each system's map choices come from its own generator, so
+        an image is reproducible alone whatever batch it was drawn in.
+    chains : int
+        Independent chains per system.
+    burn_in : int
+        Leading points dropped from every chain.
+
+    Returns
+    -------
+    xs, ys : (len(systems), steps * chains) float32
+        Point coordinates per system; may be non-finite for divergent systems.
+    """
+    checked = [_validate_system(m, p) for m, p in systems]
+    n_sys = len(checked)
+    if len(rngs) != n_sys:
+        raise ValueError(f"one generator per system needed: {n_sys} systems, {len(rngs)} generators")
+    chains = max(1, min(chains, points))
+    steps = -(-points // chains)
+    table = np.concatenate([m for m, _ in checked]).astype(np.float32)  # (total maps, 6)
+    a, b, c, d, e, f = (np.ascontiguousarray(col) for col in table.T)
+    offsets = np.cumsum([0] + [len(m) for m, _ in checked[:-1]])
+    lut = _choice_tables([p for _, p in checked], offsets).ravel()
+    # each chain's row in the flattened LUT: system * 2**16
+    lut_base = np.repeat(np.arange(n_sys, dtype=np.int32) << LUT_BITS, chains)
+    # (burn_in + steps, systems * chains) 16-bit draws, each system's block from its own generator
+    draws = np.concatenate([r.integers(0, 1 << LUT_BITS, (burn_in + steps, chains), dtype=np.int32) for r in rngs],
+                           axis=1)
+    draws += lut_base
+    x = np.zeros(n_sys * chains, dtype=np.float32)
+    y = np.zeros(n_sys * chains, dtype=np.float32)
+    xs = np.empty((steps, n_sys * chains), dtype=np.float32)
+    ys = np.empty((steps, n_sys * chains), dtype=np.float32)
+    pick = np.empty(n_sys * chains, dtype=np.int32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for step in range(burn_in + steps):
+            np.take(lut, draws[step], out=pick)
+            x, y = a[pick] * x + b[pick] * y + e[pick], c[pick] * x + d[pick] * y + f[pick]
+            if step >= burn_in:
+                xs[step - burn_in] = x
+                ys[step - burn_in] = y
+    # (steps, systems*chains) -> (systems, steps*chains)
+    xs = xs.reshape(steps, n_sys, chains).transpose(1, 0, 2).reshape(n_sys, steps * chains)
+    ys = ys.reshape(steps, n_sys, chains).transpose(1, 0, 2).reshape(n_sys, steps * chains)
+    return xs, ys
+
+
+def random_patch(rng: np.random.Generator, size: int = 3) -> np.ndarray:
+    """(size, size) bool stamp with random cells on (never empty)."""
+    patch = rng.random((size, size)) < 0.5
+    patch[size // 2, size // 2] = True
+    return patch
+
+
+def rasterise(xs: np.ndarray, ys: np.ndarray, image_size: int, patches: np.ndarray, greys: np.ndarray) -> np.ndarray:
+    """Draw point clouds as grey patches on black.
+
+    Parameters
+    ----------
+    xs, ys : (b, n) float
+        Point clouds; each is rescaled by its own finite min/max into the image.
+    image_size : int
+    patches : (b, p, p) bool
+        Each image's stamp.
+    greys : (b,) uint8
+        Each image's grey level.
+
+    Returns
+    -------
+    (b, image_size, image_size) uint8
+    """
+    b = xs.shape[0]
+    p = patches.shape[-1]
+    pad = p // 2
+    canvas_side = image_size + 2 * pad
+    occupied = np.zeros((b, canvas_side * canvas_side), dtype=bool)
+    for i in range(b):  # per image: min/max rescale and one scatter (no per-point loop)
+        x, y = xs[i], ys[i]
+        finite = np.isfinite(x) & np.isfinite(y)
+        if not finite.all():
+            x, y = x[finite], y[finite]
+        if len(x) == 0:
+            continue
+        px = _to_pixels(x, image_size) + pad
+        py = _to_pixels(y, image_size) + pad
+        occupied[i, py * canvas_side + px] = True
+    occupied = occupied.reshape(b, canvas_side, canvas_side)
+    drawn = np.zeros((b, image_size, image_size), dtype=bool)
+    for dy in range(p):
+        for dx in range(p):
+            on = patches[:, dy, dx]
+            if on.any():  # a stamp cell at (dy, dx) paints pixel (y + dy - pad, x + dx - pad)
+                shifted = occupied[:, 2 * pad - dy:2 * pad - dy + image_size, 2 * pad - dx:2 * pad - dx + image_size]
+                drawn |= shifted & on[:, None, None]
+    # y grows downwards in images; FractalDB draws with y up
+    drawn = drawn[:, ::-1, :]
+    return np.where(drawn, greys[:, None, None], np.uint8(0)).astype(np.uint8)
+
+
+def _to_pixels(v: np.ndarray, image_size: int) -> np.ndarray:
+    lo, hi = float(v.min()), float(v.max())
+    scale = (image_size - 1) / (hi - lo) if hi > lo else 0.0
+    return ((v - lo) * scale + 0.5).astype(np.intp)
+
+
+def apply_flip(image: np.ndarray, flip: int) -> np.ndarray:
+    """Flip index 0..3: none, horizontal, vertical, both (last two axes)."""
+    if flip & 1:
+        image = image[..., :, ::-1]
+    if flip & 2:
+        image = image[..., ::-1, :]
+    return np.ascontiguousarray(image)
+
+
+def draw_fractals(systems: list[tuple[np.ndarray, np.ndarray]], seeds: list[int], *, image_size: int = 362,
+                  points: int = 200_000, patch: int = 3, flips: list[int] | None = None,
+                  chains: int = 1024) -> np.ndarray:
+    """Draw one grey image per (system, seed), all at once.
+
+    Parameters
+    ----------
+    systems : list of (maps (n, 6), probs (n,))
+    seeds : list of int
+        One item seed per image: it fixes the chaos game, the patch and the grey level.
+    flips : list of int, optional
+        Flip index per image (default: none).
+
+    Returns
+    -------
+    (len(systems), image_size, image_size) uint8
+    """
+    if len(systems) != len(seeds):
+        raise ValueError(f"one seed per system needed: {len(systems)} systems, {len(seeds)} seeds")
+    if not systems:
+        return np.zeros((0, image_size, image_size), dtype=np.uint8)
+    # Per-image generators keep every image reproducible alone, whatever its batch.
+    item_rngs = [rng_from_seed(s) for s in seeds]
+    patches = np.stack([random_patch(r, patch) for r in item_rngs])
+    greys = np.array([r.integers(128, 256) for r in item_rngs], dtype=np.uint8)
+    xs, ys = chaos_game(systems, points, item_rngs, chains=chains)
+    images = rasterise(xs, ys, image_size, patches, greys)
+    if flips is not None:
+        images = np.stack([apply_flip(img, f) for img, f in zip(images, flips)])
+    return images

@@ -1,0 +1,40 @@
+"""Batch entry point of the render stage (``flatland job render``; Kubernetes Indexed Job completion ``index``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from services.common.spec.experiment import ExperimentSpec
+from services.common.store import Store
+from services.render.plan import shards_for_index
+
+
+def run_job(spec: ExperimentSpec, store: Store, *, index: int = 0, count: int = 1,
+            progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Render this completion's share of every dataset's shards, resuming finished ones.
+
+    Shard ``j`` of :func:`services.render.plan.all_shards` belongs to completion ``j % count``.
+    Completion 0 also writes each dataset's contact sheet (if missing).
+
+    Returns
+    -------
+    dict
+        ``{"index", "count", "shards", "written", "skipped", "samples", "failures", "contact_sheets", "seconds"}``.
+    """
+    from services.render.contact import write_contact_sheet
+    from services.render.shards import contact_sheet_key, render_shards
+
+    started = time.monotonic()
+    tasks = shards_for_index(spec, index, count)
+    summary = render_shards(spec, store, tasks, progress)
+    sheets = []
+    if index == 0:
+        for dataset in spec.datasets:
+            key = contact_sheet_key(spec.dataset_id(dataset.name))
+            if not store.exists(key):
+                write_contact_sheet(spec, store, dataset.name)
+            sheets.append(key)
+    return {"index": index, "count": count, "shards": len(tasks), "written": len(summary["written"]),
+            "skipped": len(summary["skipped"]), "samples": summary["samples"], "failures": summary["failures"],
+            "contact_sheets": sheets, "seconds": round(time.monotonic() - started, 3)}
