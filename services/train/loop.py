@@ -189,12 +189,15 @@ class PretrainRun:
         progress: Progress | None = None,
         should_stop: Callable[[], bool] | None = None,
         on_epoch: Callable[[dict], None] | None = None,
+        on_batch: Callable[[int, list[str]], None] | None = None,
         stop_after_epoch: int | None = None,
     ) -> dict:
         """Train (or resume) to the end; return the ``done.json`` summary.
 
         ``stop_after_epoch`` ends the call after that epoch's checkpoint (as a crash
         would), leaving the run resumable; it exists for tests and for time-boxed jobs.
+        ``on_batch(epoch, sample_keys)`` sees the keys of every batch this rank trains on.
+        The trained model stays available as ``self.model``.
         """
         if self.is_done():
             return self.store.get_json(self.done_key)
@@ -210,6 +213,7 @@ class PretrainRun:
 
         torch.manual_seed(derive_seed(run.seed, "torch", "init"))
         model = build_model(run.model, label_map.num_classes, run.input_size).to(ctx.device)
+        self.model = model
         use_cuda = ctx.device.type == "cuda"
         channels_last = use_cuda and run.channels_last
         if channels_last:
@@ -260,6 +264,8 @@ class PretrainRun:
                 batch = next(batches, None)
                 if not _all_have_batch(batch is not None, ctx):
                     break
+                if on_batch is not None:
+                    on_batch(epoch, list(batch["key"]))
                 x = to_model_input(batch["image"], ctx.device, channels_last=channels_last)
                 y = batch["label"].to(ctx.device, non_blocking=True)
                 with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp):
@@ -276,6 +282,12 @@ class PretrainRun:
                 top1, top5 = topk_correct(logits.detach().float(), y)
                 sums += [float(loss.detach()) * len(y), top1, top5, len(y), int(batch["corrupt"].sum())]
             del batches, loader
+            if ctx.distributed:
+                # DDP syncs buffers (BatchNorm statistics) from rank 0 at each forward; after the
+                # last step ranks differ until the next one, so sync now: evaluation and the
+                # checkpoint then see the same model on every rank.
+                for buffer in model.buffers():
+                    dist.broadcast(buffer, src=0)
             loss_sum, top1, top5, seen, corrupt = _sum_across_ranks(sums.tolist(), ctx)
             if seen == 0:
                 raise FlatlandError(

@@ -60,7 +60,8 @@ def curves_png(records: Sequence[dict], title: str = "") -> bytes:
             loss_ax.plot(epochs, [np.nan if v is None else v for v in loss], style, label=split, markersize=3)
             acc_ax.plot(epochs, [np.nan if v is None else 100 * v for v in top1], style, label=split, markersize=3)
     loss_ax.set_xlabel("epoch")
-    loss_ax.set_ylabel("cross-entropy loss")
+    loss_ax.set_ylabel("cross-entropy loss (log scale)")
+    loss_ax.set_yscale("log")  # early validation losses of BatchNorm nets can be 1000x the final ones
     acc_ax.set_xlabel("epoch")
     acc_ax.set_ylabel("top-1 accuracy (%)")
     for ax in (loss_ax, acc_ax):

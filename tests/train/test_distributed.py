@@ -1,0 +1,48 @@
+"""DistributedDataParallel under torchrun: two CPU ranks (gloo) see disjoint data, end identical."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from services.common.store import LocalStore
+from test_pretrain import make_spec, render
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_see_disjoint_data_and_end_with_identical_weights(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    spec = make_spec(epochs=2, batch_size=8, workers=1)
+    render(store, spec, train=12, val=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    worker = Path(__file__).with_name("ddp_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+               str(worker), str(store.root), spec.model_dump_json(), str(out)]
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((out / f"keys-{r}.json").read_text()) for r in range(2)]
+    assert all(r["world_size"] == 2 for r in ranks)
+    for epoch in ("0", "1"):
+        a, b = (set(r["keys"][epoch]) for r in ranks)
+        assert a and b and not a & b  # disjoint shares
+        assert len(ranks[0]["keys"][epoch]) == len(ranks[1]["keys"][epoch])  # same number of steps
+    weights = [torch.load(out / f"weights-{r}.pt") for r in range(2)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # Rank 0 alone wrote the run; its checkpoint holds those same weights.
+    ckpt = torch.load(store.root / f"runs/{spec.run_id('r')}/checkpoints/final.pt", weights_only=False)
+    assert all(torch.equal(ckpt["state_dict"][k], weights[0][k]) for k in weights[0])
