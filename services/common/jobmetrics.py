@@ -1,0 +1,183 @@
+"""Prometheus metrics of a batch job (one Kubernetes Job pod), pushed to a Pushgateway.
+
+Jobs are short-lived, so Prometheus cannot count on scraping them: :meth:`JobMetrics.publish`
+pushes the job's registry to the Pushgateway named by ``FLATLAND_PUSHGATEWAY`` under the
+grouping key ``{experiment, stage, index}`` (one group per Indexed-Job completion index, so
+parallel pods never overwrite each other). Without a Pushgateway, ``publish`` does nothing and
+the caller may expose the same registry on its metrics port with :meth:`JobMetrics.serve`.
+
+Metric names (the Grafana dashboard in ``k8s/base/monitoring`` reads these):
+
+* ``flatland_job_items_done_total{stage}``  counter: work items finished by this pod
+* ``flatland_job_items_total{stage}``       gauge: work items this pod has to do
+* ``flatland_train_loss{stage}``, ``flatland_train_top1{stage}``  gauges set by training
+* any other ``flatland_*`` gauge a stage sets with :meth:`JobMetrics.set`
+
+Usage::
+
+    metrics = JobMetrics("render", spec.name, index)
+    summary = run_job(spec, store, index=index, count=count, progress=metrics.progress)
+    metrics.publish()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from urllib.error import URLError
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway, start_http_server
+
+log = logging.getLogger("flatland.jobmetrics")
+
+PUSHGATEWAY_ENV = "FLATLAND_PUSHGATEWAY"
+PUSH_JOB_NAME = "flatland"
+GAUGE_NAME_PATTERN = re.compile(r"^flatland_[a-z][a-z0-9_]*$")
+# Short names accepted by set() for the gauges every dashboard knows.
+GAUGE_ALIASES = {"loss": "flatland_train_loss", "top1": "flatland_train_top1", "items_total": "flatland_job_items_total"}
+
+
+class JobMetrics:
+    """Counters and gauges of one job pod in a private registry, pushed as one Pushgateway group.
+
+    Parameters
+    ----------
+    stage : str
+        "meshgen", "render", "train" or "neuro" (becomes the ``stage`` label).
+    experiment : str
+        Experiment name (grouping key).
+    index : int
+        Completion index of the pod in its (Indexed) Job; 0 for single-pod Jobs.
+    pushgateway : str, optional
+        Pushgateway URL; default: env ``FLATLAND_PUSHGATEWAY`` (unset or empty: no pushing).
+    min_push_interval : float
+        :meth:`progress` pushes at most this often (seconds); the final item always pushes.
+    """
+
+    def __init__(self, stage: str, experiment: str, index: int = 0, *, pushgateway: str | None = None,
+                 min_push_interval: float = 5.0):
+        if not stage or not re.fullmatch(r"[a-z][a-z0-9-]*", stage):
+            raise ValueError(f"stage must be a lower-case name like 'render', got {stage!r}")
+        if not experiment:
+            raise ValueError("experiment must be a non-empty name")
+        if not isinstance(index, int) or index < 0:
+            raise ValueError(f"index must be a non-negative int, got {index!r}")
+        self.stage = stage
+        self.experiment = experiment
+        self.index = index
+        self.pushgateway = pushgateway if pushgateway is not None else os.environ.get(PUSHGATEWAY_ENV, "")
+        self.min_push_interval = min_push_interval
+        self.registry = CollectorRegistry()
+        self._lock = threading.Lock()
+        self._last_push = float("-inf")
+        self._task_done: dict[str, int] = {}
+        self._task_total: dict[str, int] = {}
+        self._items_done = Counter(
+            "flatland_job_items_done", "Work items (classes, shards, runs, scores) finished by this job pod.",
+            ["stage"], registry=self.registry,
+        )
+        self._gauges: dict[str, Gauge] = {}
+        for name, help_text in (
+            ("flatland_job_items_total", "Work items this job pod has to do."),
+            ("flatland_train_loss", "Latest training loss (train stage)."),
+            ("flatland_train_top1", "Latest top-1 accuracy, 0..1 (train stage)."),
+        ):
+            self._gauge(name, help_text)
+        # Make the series exist at 0 so "remaining" queries work before the first item finishes.
+        self._items_done.labels(stage)
+
+    @property
+    def grouping_key(self) -> dict[str, str]:
+        return {"experiment": self.experiment, "stage": self.stage, "index": str(self.index)}
+
+    def _gauge(self, name: str, help_text: str | None = None) -> Gauge:
+        with self._lock:
+            gauge = self._gauges.get(name)
+            if gauge is None:
+                gauge = Gauge(name, help_text or f"{name} (set by the {self.stage} job).", ["stage"], registry=self.registry)
+                self._gauges[name] = gauge
+            return gauge
+
+    def items_total(self, n: int) -> None:
+        """Declare how many work items this pod has (absolute, may be called again)."""
+        if n < 0:
+            raise ValueError(f"items_total must be >= 0, got {n}")
+        self._gauge("flatland_job_items_total").labels(self.stage).set(n)
+
+    def item_done(self, n: int = 1) -> None:
+        """Count ``n`` more finished work items."""
+        if n < 0:
+            raise ValueError(f"item_done counts up; got {n}")
+        self._items_done.labels(self.stage).inc(n)
+
+    def set(self, name: str, value: float) -> None:
+        """Set a gauge: ``"loss"``, ``"top1"``, ``"items_total"`` or any ``flatland_*`` name (created on first use)."""
+        full = GAUGE_ALIASES.get(name, name)
+        if not GAUGE_NAME_PATTERN.fullmatch(full):
+            raise ValueError(
+                f"metric name {name!r} is not allowed: use 'loss', 'top1', 'items_total' or a "
+                "name matching flatland_[a-z][a-z0-9_]*"
+            )
+        if full == "flatland_job_items_done_total":
+            raise ValueError("flatland_job_items_done_total is a counter; use item_done()")
+        self._gauge(full).labels(self.stage).set(float(value))
+
+    def items_done(self) -> float:
+        """Items counted so far (read back from the registry)."""
+        return self.registry.get_sample_value("flatland_job_items_done_total", {"stage": self.stage}) or 0.0
+
+    def progress(self, task: str, done: int, total: int) -> None:
+        """A ``run_job`` progress callback: absolute ``done`` of ``total`` for ``task``.
+
+        Each task keeps its own count, so a job reporting several tasks (one per dataset, say)
+        adds up: the counter grows by the increase of ``done``, and the total gauge is the sum
+        of every task's ``total``. Pushes when ``min_push_interval`` has passed since the last
+        push, and whenever a task completes.
+        """
+        if done < 0 or total < 0:
+            raise ValueError(f"progress needs done >= 0 and total >= 0, got done={done}, total={total}")
+        with self._lock:
+            delta = max(0, done - self._task_done.get(task, 0))
+            self._task_done[task] = max(self._task_done.get(task, 0), done)
+            self._task_total[task] = total
+            grand_total = sum(self._task_total.values())
+            due = done >= total or time.monotonic() - self._last_push >= self.min_push_interval
+        self.items_total(grand_total)
+        if delta:
+            self.item_done(delta)
+        if due:
+            self.publish()
+
+    def publish(self) -> bool:
+        """Push the whole registry as this pod's group; no-op without a Pushgateway.
+
+        Returns True when pushed. A Pushgateway that cannot be reached is logged, not raised:
+        monitoring must not fail the batch work it watches.
+        """
+        if not self.pushgateway:
+            return False
+        with self._lock:
+            self._last_push = time.monotonic()
+        try:
+            push_to_gateway(self.pushgateway, job=PUSH_JOB_NAME, registry=self.registry,
+                            grouping_key=self.grouping_key, timeout=10)
+        except (URLError, OSError) as exc:
+            log.warning("could not push metrics to %s: %s", self.pushgateway, exc)
+            return False
+        return True
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
+        """Expose the registry over HTTP (``/metrics``) instead of pushing; returns the bound port."""
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        self._http_server = server
+        return server.server_port
+
+    def stop_serving(self) -> None:
+        server = getattr(self, "_http_server", None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            self._http_server = None

@@ -1,0 +1,96 @@
+"""JobMetrics: counters and gauges of a batch job, pushed or served (unit level; the real
+Pushgateway and Prometheus are in test_monitoring_integration.py)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import urllib.request
+
+import pytest
+
+from services.common.jobmetrics import JobMetrics
+
+
+def value(metrics: JobMetrics, name: str) -> float | None:
+    return metrics.registry.get_sample_value(name, {"stage": metrics.stage})
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_counts_and_gauges():
+    m = JobMetrics("render", "exp", 3, pushgateway="")
+    assert value(m, "flatland_job_items_done_total") == 0  # exists before the first item
+    m.items_total(12)
+    m.item_done()
+    m.item_done(2)
+    m.set("loss", 0.25)
+    m.set("flatland_train_top1", 0.5)
+    m.set("flatland_render_images_per_second", 41.5)
+    assert value(m, "flatland_job_items_done_total") == 3 == m.items_done()
+    assert value(m, "flatland_job_items_total") == 12
+    assert value(m, "flatland_train_loss") == 0.25
+    assert value(m, "flatland_train_top1") == 0.5
+    assert value(m, "flatland_render_images_per_second") == 41.5
+    assert m.grouping_key == {"experiment": "exp", "stage": "render", "index": "3"}
+
+
+def test_progress_callback_adds_up_tasks():
+    m = JobMetrics("meshgen", "exp", pushgateway="")
+    m.progress("dataset a", 2, 5)
+    m.progress("dataset b", 1, 3)
+    m.progress("dataset a", 5, 5)
+    m.progress("dataset a", 4, 5)  # a stale report never counts backwards
+    assert m.items_done() == 6
+    assert value(m, "flatland_job_items_total") == 8
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="stage"):
+        JobMetrics("Render!", "exp")
+    with pytest.raises(ValueError, match="index"):
+        JobMetrics("render", "exp", -1)
+    m = JobMetrics("train", "exp", pushgateway="")
+    with pytest.raises(ValueError, match="not allowed"):
+        m.set("accuracy", 1.0)
+    with pytest.raises(ValueError, match="counter"):
+        m.set("flatland_job_items_done_total", 1.0)
+    with pytest.raises(ValueError, match="counts up"):
+        m.item_done(-1)
+
+
+def test_publish_without_gateway_is_a_no_op_and_unreachable_gateway_does_not_raise(monkeypatch):
+    monkeypatch.delenv("FLATLAND_PUSHGATEWAY", raising=False)
+    assert JobMetrics("render", "exp").publish() is False
+    monkeypatch.setenv("FLATLAND_PUSHGATEWAY", f"http://127.0.0.1:{closed_port()}")
+    m = JobMetrics("render", "exp")
+    assert m.pushgateway.startswith("http://127.0.0.1:")
+    assert m.publish() is False  # logged, not raised: monitoring must not fail the job
+
+
+def test_thread_safe_counting():
+    m = JobMetrics("render", "exp", pushgateway="")
+    threads = [threading.Thread(target=lambda t=t: [m.progress(f"task{t}", i, 500) for i in range(1, 501)]) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert m.items_done() == 8 * 500
+    assert value(m, "flatland_job_items_total") == 8 * 500
+
+
+def test_serve_exposes_the_registry():
+    m = JobMetrics("neuro", "exp", pushgateway="")
+    m.items_total(4)
+    m.item_done()
+    port = m.serve(0, addr="127.0.0.1")
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        m.stop_serving()
+    assert 'flatland_job_items_done_total{stage="neuro"} 1.0' in body
+    assert 'flatland_job_items_total{stage="neuro"} 4.0' in body
