@@ -26,11 +26,12 @@ about one metre (D ≈ 1000 mm): b_s=50 → scale 0.05 D, c_s=300 → length-sca
 For albedo, b_a=0.05 → RGB standard deviation 0.05 and c_a=0.2 → length-scale 0.2 D.
 The literal reading (c_s=300 as a length-scale in mesh units of ~1) would make
 every field constant over the object, i.e. a rigid shift, so it cannot be meant.
-Looking at contact sheets (docs/meshgen-contact-sheet.png), 0.05 D displacement
-is a barely visible wobble on unions of primitives, so the spec's defaults add a
-second, coarser term: shape = 0.05 D at 0.3 D plus 0.08 D at 0.6 D
-(clearly bent and bulged, still one recognisable object), and albedo uses 0.15 at
-0.2 D so the colour pattern is visible under shading.
+On contact sheets (docs/meshgen-contact-sheet.png) scale 0.05 D at length-scale
+0.3 D gives an RMS displacement of about 0.09 D: primitives visibly bent,
+sheared and bulged, the union still one recognisable object (a coarser second
+term at 0.6 D made the shapes mostly lose their parts), so that single term is
+the default. For albedo, an RGB standard deviation of 0.05 is hard to see under
+shading, so the default raises it to 0.15 at length-scale 0.2 D.
 
 Sampling (truncated Karhunen–Loève with the Nyström method; never a dense draw
 over all vertices): ``nystrom_points`` points X_m are drawn on the surface
@@ -58,16 +59,18 @@ def decimate(mesh: trimesh.Trimesh, max_vertices: int) -> trimesh.Trimesh:
     enough is returned with only that clean-up.
     """
     mesh = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, process=True)  # merge duplicate vertices
-    target_faces = 2 * max_vertices
-    for _ in range(8):
-        if len(mesh.vertices) <= max_vertices:
-            break
-        mesh = mesh.simplify_quadric_decimation(face_count=min(target_faces, len(mesh.faces) - 1))
-        mesh.remove_unreferenced_vertices()
-        target_faces = int(target_faces * 0.8)
-    if len(mesh.vertices) > max_vertices:
-        raise RuntimeError(f"decimation could not bring {len(mesh.vertices)} vertices under max_vertices={max_vertices}")
-    return mesh
+    if len(mesh.vertices) <= max_vertices:
+        return mesh
+    # unions of primitives have about as many vertices as faces (open wireframe tubes), so aim the
+    # face count at the vertex bound by the mesh's own ratio, and tighten from the original if needed
+    ratio = len(mesh.faces) / len(mesh.vertices)
+    for shrink in (0.98, 0.9, 0.8, 0.65, 0.5, 0.35, 0.2):
+        target = max(4, int(max_vertices * ratio * shrink))
+        simple = mesh.simplify_quadric_decimation(face_count=min(target, len(mesh.faces) - 1))
+        simple.remove_unreferenced_vertices()
+        if len(simple.vertices) <= max_vertices:
+            return simple
+    raise RuntimeError(f"decimation could not bring {len(mesh.vertices)} vertices under max_vertices={max_vertices}")
 
 
 def kernel_matrix(x: np.ndarray, y: np.ndarray, terms: list[GPKernelTerm]) -> np.ndarray:

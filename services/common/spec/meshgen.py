@@ -112,14 +112,15 @@ class MorphSynthParams(StrictModel):
     nystrom_points: int = Field(default=300, ge=10, le=5000, description="Surface points for the Nyström approximation.")
     eigen_components: int = Field(default=50, ge=1, description="Leading eigenfunctions kept in the KL expansion.")
     shape_kernel: list[GPKernelTerm] = Field(
-        default_factory=lambda: [GPKernelTerm(scale=0.05, length_scale=0.3), GPKernelTerm(scale=0.08, length_scale=0.6)],
+        default_factory=lambda: [GPKernelTerm(scale=0.05, length_scale=0.3)],
         min_length=1,
         description="Deformation kernel terms (sum), applied per xyz component. Default: the proposal's b_s=50, c_s=300 "
-        "read as scale 0.05, length-scale 0.3 of the mesh size, plus a coarser term (see services/meshgen/morphsynth.py).",
+        "read as scale 0.05, length-scale 0.3 of the mesh size (see services/meshgen/morphsynth.py).",
     )
     albedo_kernel: list[GPKernelTerm] = Field(
         default_factory=lambda: [GPKernelTerm(scale=0.15, length_scale=0.2)], min_length=1,
-        description="Albedo offset kernel terms (sum), per RGB channel (the proposal's c_a=0.2 as the length-scale).",
+        description="Albedo offset kernel terms (sum), per RGB channel (the proposal's c_a=0.2 as the length-scale; "
+        "scale raised from b_a=0.05 to 0.15 so the pattern shows under shading).",
     )
     albedo_channel_correlation: float = Field(default=0.5, ge=0, le=1, description="Correlation between RGB offset channels.")
     base_albedo: tuple[float, float, float] = Field(default=(0.6, 0.6, 0.6), description="Albedo before the offset field (RGB in [0,1]).")
