@@ -143,3 +143,22 @@ def test_class_stored_but_missing_from_manifest_is_merged_not_regenerated(tmp_pa
     summary = generate_dataset(spec, "proc", store)
     assert summary["generated"] == 0 and summary["skipped"] == 2
     assert len(read_manifest(store, key).entries) == 6
+
+
+def test_bytes_identical_in_a_fresh_process(written):
+    """GLB export carries no timestamps or process state: another interpreter writes the same bytes."""
+    import hashlib
+    import subprocess
+    import sys
+
+    spec, store, _ = written
+    code = (
+        "import hashlib, json, sys\n"
+        "from services.meshgen.registry import get_family\n"
+        f"params = json.loads({json.dumps(json.dumps(MORPH))!r})\n"
+        "item = get_family('morphsynth').generate_item(params, 3, 0, 1)\n"
+        "print(hashlib.sha256(item.data).hexdigest())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    stored = store.get_bytes(f"meshes/{spec.dataset_id('morph')}/00000/1.glb")
+    assert out.stdout.strip() == hashlib.sha256(stored).hexdigest()
