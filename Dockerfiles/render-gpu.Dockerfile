@@ -40,7 +40,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     MPLCONFIGDIR=/tmp/matplotlib \
     TORCH_HOME=/tmp/torch \
-    NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics \
     PYOPENGL_PLATFORM=egl
 USER 10001:10001

@@ -34,6 +34,10 @@ STORE_BUCKET = "flatland"
 RUN_AS_UID = 10001
 BAD_SPEC_EXIT_CODE = 2
 TORCHRUN_PORT = 29500
+# User-provided data sets (transfer targets, neural recordings) are read from a PersistentVolumeClaim
+# the lab creates (k8s/README.md); specs name files under this directory.
+USER_DATA_DIR = "/data"
+USER_DATA_CLAIM = "flatland-data"
 
 PART_OF = "beyond-flatland"
 LABEL_EXPERIMENT = "flatland.io/experiment"
@@ -127,6 +131,19 @@ def _resources(spec: ExperimentSpec, stage: str) -> dict[str, Any]:
     return resources
 
 
+def user_data_paths(spec: ExperimentSpec, stage: str) -> list[str]:
+    """Paths under ``/data`` that ``stage`` reads (train: transfer targets; neuro: neural data files)."""
+    if stage == "train":
+        used = {t for transfer in spec.transfer for t in transfer.targets}
+        paths = [t.path for t in spec.targets if t.name in used]
+    elif stage == "neuro":
+        used = {b for scoring in spec.scoring for b in scoring.benchmarks}
+        paths = [n.path for n in spec.neural_data if n.name in used]
+    else:
+        paths = []
+    return [p for p in paths if p and (p == USER_DATA_DIR or p.startswith(USER_DATA_DIR + "/"))]
+
+
 def _pod_spec(spec: ExperimentSpec, stage: str, store_url: str, spec_configmap: str,
               extra_env: list[dict[str, Any]] | None = None, subdomain: str | None = None) -> dict[str, Any]:
     image = image_for(spec, stage)
@@ -139,15 +156,24 @@ def _pod_spec(spec: ExperimentSpec, stage: str, store_url: str, spec_configmap: 
         {"name": "spec", "configMap": {"name": spec_configmap}},
         {"name": "tmp", "emptyDir": {}},
     ]
+    if user_data_paths(spec, stage):
+        mounts.append({"name": "user-data", "mountPath": USER_DATA_DIR, "readOnly": True})
+        volumes.append({"name": "user-data", "persistentVolumeClaim": {"claimName": USER_DATA_CLAIM, "readOnly": True}})
     if stage in SHM_SIZE:
         mounts.append({"name": "shm", "mountPath": "/dev/shm"})
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE[stage]}})
+    gpu = spec.cluster.gpu and stage in GPU_STAGES
+    wait_env = list(env)
+    if gpu:
+        # CUDA images say NVIDIA_VISIBLE_DEVICES=all; a container that requests no GPU must not
+        # see the node's GPUs through the runtime hook.
+        wait_env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"})
     wait = {
         "name": f"wait-{stage}-inputs",
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "args": ["wait", stage, "--spec", SPEC_PATH, "--timeout", str(spec.cluster.active_deadline_seconds)],
-        "env": env,
+        "env": wait_env,
         "volumeMounts": mounts[:2],
         "resources": {"requests": {"cpu": "50m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
         "securityContext": _container_security(),
@@ -181,7 +207,7 @@ def _pod_spec(spec: ExperimentSpec, stage: str, store_url: str, spec_configmap: 
     }
     if subdomain is not None:
         pod["subdomain"] = subdomain
-    if spec.cluster.gpu and stage in GPU_STAGES:
+    if gpu:
         pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     return pod
 

@@ -186,6 +186,11 @@ def test_gpu_switch():
     assert env_of(render["containers"][0])["PYOPENGL_PLATFORM"] == "egl"
     assert render["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert jobs["meshgen"]["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/beyond-flatland/meshgen:0.1.0"
+    for job in jobs.values():  # a GPU image in a container without a GPU request must not see the node's GPUs
+        pod = job["spec"]["template"]["spec"]
+        for container in pod["initContainers"] + pod["containers"]:
+            if "-gpu:" in container["image"] and "nvidia.com/gpu" not in container["resources"]["limits"]:
+                assert env_of(container)["NVIDIA_VISIBLE_DEVICES"] == "void", container["name"]
     cpu_spec, cpu_text = make()
     cpu_jobs = jobs_of(experiment_manifests(cpu_spec, cpu_text))
     assert gpu_containers(list(cpu_jobs.values())) == set()
@@ -257,3 +262,43 @@ def test_checks_catch_unsafe_objects():
     typo["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFS"] = True
     with pytest.raises(AssertionError, match="readOnlyRootFS"):
         validate_object(typo)
+
+
+def test_user_data_claim_mounted_only_where_read():
+    spec, text = make({
+        "targets": [{"name": "c10", "kind": "cifar10", "path": "/data/cifar10"}, {"name": "dig", "kind": "digits"}],
+        "transfer": [{"name": "t", "pretrained": ["r1"], "targets": ["c10", "dig"]}],
+        "neural_data": [{"name": "planted", "kind": "planted"}],
+        "scoring": [{"name": "s", "runs": ["r1"], "benchmarks": ["planted"]}],
+    })
+    jobs = jobs_of(experiment_manifests(spec, text))
+
+    def claims(stage):
+        pod = jobs[stage]["spec"]["template"]["spec"]
+        mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+        return [(v["persistentVolumeClaim"]["claimName"], mounts[v["name"]]["mountPath"], mounts[v["name"]]["readOnly"])
+                for v in pod["volumes"] if "persistentVolumeClaim" in v]
+
+    assert claims("train") == [("flatland-data", "/data", True)]
+    assert claims("neuro") == []  # the planted benchmark needs no files
+    assert claims("meshgen") == claims("render") == []
+    for job in jobs.values():
+        validate_object(job)
+
+
+@pytest.mark.parametrize("name", ["quickstart", "beyond-flatland"])
+def test_committed_examples_are_current_and_valid(name):
+    example = REPO / "k8s" / "experiments" / f"{name}.yaml"
+    source = REPO / "experiments" / f"{name}.yaml"
+    if not source.exists():
+        pytest.skip(f"{source.relative_to(REPO)} does not exist")
+    expected = to_yaml(experiment_manifests(load_spec(source), source.read_text()))
+    assert example.exists() and example.read_text() == expected, (
+        f"{example.relative_to(REPO)} is stale; regenerate it with "
+        f"`flatland k8s manifests {source.relative_to(REPO)} -o {example.relative_to(REPO)}`"
+    )
+    for obj in yaml.safe_load_all(example.read_text()):
+        validate_object(obj)
+        check_pod_security(obj)
+        check_no_secret_values(obj)
+        check_job_bounded(obj)
