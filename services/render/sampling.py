@@ -153,7 +153,8 @@ def sample_view_from_seed(settings: RenderSettings, *, seed: int, rng: np.random
     }
     illum = settings.illumination
     count = max(1, int(round(_draw(illum.count, rng, light_on))))
-    lights = [_light(illum.lights[i % len(illum.lights)], rng, light_on, radius) for i in range(count)]
+    # point/spot lights sit at distance_factor bounding radii of the unjittered mesh: fixed per mesh when frozen
+    lights = [_light(illum.lights[i % len(illum.lights)], rng, light_on, mesh_radius) for i in range(count)]
     ambient = min(1.0, max(0.0, _draw(illum.ambient, rng, light_on)))
     object_pose = np.diag([scale, scale, scale, 1.0])
     object_pose[:3, 3] = -scale * np.asarray(mesh_centre, dtype=float)

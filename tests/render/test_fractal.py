@@ -1,0 +1,51 @@
+"""Fractal drawing: a known attractor, reproducibility per image, flips, and bad systems."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.render.fractal import apply_flip, chaos_game, default_probs, draw_fractals
+from services.common.seeds import rng_from_seed
+
+SIERPINSKI = np.array([[0.5, 0, 0, 0.5, 0, 0], [0.5, 0, 0, 0.5, 0.5, 0], [0.5, 0, 0, 0.5, 0.25, 0.5]])
+
+
+def test_chaos_game_points_lie_on_the_sierpinski_triangle():
+    xs, ys = chaos_game([(SIERPINSKI, np.ones(3) / 3)], 20_000, [rng_from_seed(1)], chains=256)
+    x, y = xs[0], ys[0]
+    assert 20_000 <= len(x) < 20_000 + 256  # whole steps of all chains
+    # the attractor is the triangle (0,0), (1,0), (0.5,1); its central hole holds no points
+    assert x.min() >= -1e-6 and x.max() <= 1 + 1e-6 and y.min() >= -1e-6 and y.max() <= 1 + 1e-6
+    hole = (y > 0.04) & (y < 0.48) & (np.abs(x - 0.5) < y / 2 - 0.02)  # inverted triangle (.25,.5) (.75,.5) (.5,0)
+    assert not hole.any()
+    # all three corners are visited
+    for cx, cy in [(0, 0), (1, 0), (0.5, 1)]:
+        assert np.hypot(x - cx, y - cy).min() < 0.01
+
+
+def test_each_image_is_reproducible_alone_whatever_the_batch():
+    rng = rng_from_seed(5)
+    systems = [(m, default_probs(m)) for m in rng.uniform(-1, 1, (4, 3, 6))] + [(SIERPINSKI, np.ones(3) / 3)]
+    batch = draw_fractals(systems, [10, 11, 12, 13, 14], image_size=64, points=5000)
+    alone = draw_fractals(systems[3:], [13, 14], image_size=64, points=5000)
+    assert np.array_equal(batch[3:], alone)
+    assert not np.array_equal(batch[0], batch[1])
+
+
+def test_images_are_grey_on_black_and_flips_mirror():
+    image = draw_fractals([(SIERPINSKI, np.ones(3) / 3)], [1], image_size=96, points=20_000)[0]
+    values = np.unique(image)
+    assert values[0] == 0 and len(values) == 2 and values[1] >= 128
+    # the triangle's apex is at the top: the top row is mostly empty, the bottom row mostly filled
+    assert (image[2] > 0).mean() < (image[-3] > 0).mean()
+    flipped = draw_fractals([(SIERPINSKI, np.ones(3) / 3)], [1], image_size=96, points=20_000, flips=[2])[0]
+    assert np.array_equal(flipped, image[::-1])
+    assert np.array_equal(apply_flip(image, 3), image[::-1, ::-1])
+
+
+def test_bad_systems_are_refused():
+    with pytest.raises(ValueError, match="shape"):
+        draw_fractals([(np.zeros((2, 5)), np.ones(2))], [0], image_size=32, points=1000)
+    with pytest.raises(ValueError, match="NaN"):
+        draw_fractals([(np.full((2, 6), np.nan), np.ones(2))], [0], image_size=32, points=1000)

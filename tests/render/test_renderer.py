@@ -1,0 +1,124 @@
+"""Geometry of rendered views: depth, silhouettes, re-rendering, bad meshes, the shader cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trimesh
+
+from services.common.spec.base import Fixed
+from services.common.spec.render import CameraSpec, RenderSettings
+from services.render.renderer import DegenerateMeshError, RenderBackendError, mesh_frame, select_platform
+from services.render.sampling import sample_view
+from services.render.views import get_renderer, render_record
+
+SIZE = 64
+
+
+def front_view_settings(distance: float) -> RenderSettings:
+    """Camera on the +z axis looking at the origin, no jitter."""
+    camera = CameraSpec(azimuth_deg=Fixed(value=0), elevation_deg=Fixed(value=0), roll_deg=Fixed(value=0),
+                        fov_deg=Fixed(value=40), distance=Fixed(value=distance))
+    return RenderSettings(image_size=SIZE, camera=camera, scale_jitter=Fixed(value=1.0))
+
+
+def render(mesh, settings, view=0):
+    centre, radius = mesh_frame(mesh)
+    record = sample_view(settings, root_seed=0, dataset_id="geom", class_index=0, instance=0, view=view,
+                         mesh_centre=centre, mesh_radius=radius)
+    renderer = get_renderer(settings.image_size)
+    renderer.set_mesh(mesh, record["material"])
+    return record, renderer.render(record)
+
+
+def test_cube_face_depth_is_camera_distance_minus_half_side():
+    distance = 4.0
+    _, view = render(trimesh.creation.box(extents=(1, 1, 1)), front_view_settings(distance))
+    centre = view.depth[SIZE // 2 - 2:SIZE // 2 + 2, SIZE // 2 - 2:SIZE // 2 + 2]
+    np.testing.assert_allclose(centre, distance - 0.5, rtol=1e-4)
+    # the face is a square: its projected side is f * 1 / (d - 0.5) pixels
+    f = 0.5 * SIZE / np.tan(np.radians(20))
+    expected_side = f / (distance - 0.5)
+    assert abs(view.mask[SIZE // 2].sum() - expected_side) <= 2
+    assert abs(view.mask[:, SIZE // 2].sum() - expected_side) <= 2
+
+
+def test_sphere_centre_depth_is_distance_minus_radius():
+    _, view = render(trimesh.creation.icosphere(subdivisions=5, radius=1.0), front_view_settings(5.0))
+    assert view.depth[SIZE // 2, SIZE // 2] == pytest.approx(4.0, abs=5e-3)
+    # depth grows away from the centre on a sphere
+    assert view.depth[SIZE // 2, SIZE // 2 + 8] > view.depth[SIZE // 2, SIZE // 2]
+
+
+def test_mask_is_exactly_where_depth_is_finite_and_background_is_infinite():
+    settings = RenderSettings(image_size=SIZE)
+    for view_index in range(3):
+        _, view = render(trimesh.creation.torus(major_radius=1.0, minor_radius=0.3), settings, view_index)
+        assert np.array_equal(view.mask, np.isfinite(view.depth))
+        assert 0.02 < view.mask.mean() < 0.9
+        assert np.all(np.isinf(view.depth[~view.mask]))
+        assert np.all(view.rgb[~view.mask] == 0)  # black plain background
+        seg = view.segmentation(4)
+        assert set(np.unique(seg)) == {0, 4} and np.array_equal(seg == 4, view.mask)
+
+
+def test_auto_distance_keeps_object_inside_the_frame():
+    settings = RenderSettings(image_size=SIZE)
+    for view_index in range(5):
+        _, view = render(trimesh.creation.box(extents=(2, 1, 0.5)), settings, view_index)
+        border = np.concatenate([view.mask[0], view.mask[-1], view.mask[:, 0], view.mask[:, -1]])
+        assert not border.any()
+
+
+def test_record_re_renders_to_identical_images():
+    mesh = trimesh.creation.cone(radius=0.7, height=1.5)
+    settings = RenderSettings(image_size=SIZE)
+    record, first = render(mesh, settings, 3)
+    get_renderer(SIZE).set_mesh(trimesh.creation.box(), record["material"])  # something else in between
+    again = render_record(record, mesh)
+    assert np.array_equal(first.rgb, again.rgb)
+    assert np.array_equal(first.depth, again.depth)
+
+
+def test_vertex_colours_are_used():
+    mesh = trimesh.creation.icosphere(subdivisions=2)
+    mesh.visual.vertex_colors = np.tile([255, 0, 0, 255], (len(mesh.vertices), 1)).astype(np.uint8)
+    _, view = render(mesh, front_view_settings(4.0))
+    rgb = view.rgb[view.mask].astype(int)
+    assert rgb[:, 0].mean() > 5 * max(rgb[:, 1].mean(), 1)
+
+
+@pytest.mark.parametrize("mesh, message", [
+    (trimesh.Trimesh(vertices=np.zeros((3, 3)), faces=np.zeros((0, 3), dtype=int), process=False), "no faces"),
+    (trimesh.Trimesh(vertices=[[0, 0, 0], [1, 0, 0], [np.nan, 1, 0]], faces=[[0, 1, 2]], process=False), "NaN"),
+])
+def test_degenerate_meshes_are_refused_clearly(mesh, message):
+    with pytest.raises(DegenerateMeshError, match=message):
+        get_renderer(SIZE).set_mesh(mesh, RenderSettings().material.model_dump())
+
+
+def test_shader_cache_key_is_stable_and_cache_stops_growing():
+    from OpenGL import contextdata
+
+    settings = RenderSettings(image_size=SIZE)
+    render(trimesh.creation.box(), settings, 0)
+    renderer = get_renderer(SIZE)
+    renderer._offscreen._platform.make_current()
+    raw_a, raw_b = contextdata.getContext(), contextdata.getContext()
+    cache = renderer.shader_cache
+    key_a = cache.program_key("mesh.vert", "mesh.frag")
+    assert key_a == cache.program_key("mesh.vert", "mesh.frag")
+    assert raw_a != raw_b or key_a[0] is not None  # the raw handles may differ; our key does not
+    warm = len(cache)
+    for view_index in range(20):
+        render(trimesh.creation.box(), settings, view_index)
+    assert len(cache) == warm
+
+
+def test_platform_cannot_be_switched_after_opengl_import():
+    get_renderer(SIZE)
+    other = "egl" if select_platform("auto") == "osmesa" else "osmesa"
+    with pytest.raises(RenderBackendError, match="already imported"):
+        select_platform(other)
+    with pytest.raises(RenderBackendError, match="must be one of"):
+        select_platform("vulkan")
