@@ -45,7 +45,7 @@ def predictivity_figure(scores: Mapping, title: str) -> bytes:
         ax.set_title(f"{region} ({scores[region][layers[0]]['neuroids']} neuroids)")
         ax.set_ylim(min(0.0, float(raw.min()) - 0.05), 1.0)
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1.04)
     return _png(fig)
 
 

@@ -1,0 +1,87 @@
+"""The Neuro gRPC service on a real server on a free loopback port."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import yaml
+
+from flatland.v1 import common_pb2, neuro_pb2, neuro_pb2_grpc
+from services.common.server import start_server
+from tests.neuro.conftest import TINY
+
+
+@pytest.fixture
+def neuro_client(finished_store):
+    running = start_server("neuro", finished_store, port=0, metrics_port=None)
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        yield neuro_pb2_grpc.NeuroStub(channel), finished_store
+    finally:
+        channel.close()
+        running.stop(grace=1)
+
+
+def _item(spec=TINY, name="main"):
+    return common_pb2.ExperimentItem(spec=common_pb2.SpecText(text=yaml.safe_dump(spec)), name=name)
+
+
+def test_score_streams_progress_then_result(neuro_client):
+    stub, store = neuro_client
+    responses = list(stub.Score(neuro_pb2.ScoreRequest(scoring=_item(), runs=["run-a"]), timeout=120))
+    kinds = [r.WhichOneof("kind") for r in responses]
+    assert kinds[-1] == "result" and kinds.count("result") == 1 and kinds.count("progress") >= 3
+    assert responses[-2].progress.finished
+    (score,) = responses[-1].result.scores
+    assert score.run == "run-a" and score.benchmark == "planted" and score.synthetic and not score.skipped
+    assert {layer.layer for layer in score.layers} == {"layer1", "layer2", "layer4"}
+    assert all(layer.raw_ci_low <= layer.raw <= layer.raw_ci_high for layer in score.layers)
+    assert store.checksum(score.score_json.key) == (score.score_json.size, score.score_json.sha256)
+    assert len(score.figures) == 2
+    # Second call: found in the store.
+    again = list(stub.Score(neuro_pb2.ScoreRequest(scoring=_item(), runs=["run-a"]), timeout=60))
+    assert again[-1].result.scores[0].skipped
+
+
+def test_compare_models(neuro_client):
+    stub, _ = neuro_client
+    reply = stub.CompareModels(neuro_pb2.CompareModelsRequest(
+        scoring=_item(), run_a="run-a", run_b="run-b", benchmark="planted", layers_a=["layer1"], layers_b=["layer1", "layer4"]))
+    assert list(reply.layers_b) == ["layer1", "layer4"] and len(reply.similarity) == 2
+    assert np.all(np.abs(reply.similarity) <= 1) and reply.method == "spearman"
+
+
+def test_bad_requests_get_status_codes_and_server_survives(neuro_client):
+    stub, _ = neuro_client
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Score(neuro_pb2.ScoreRequest(scoring=_item(name="nope"))))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no scoring named 'nope'" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Score(neuro_pb2.ScoreRequest(scoring=_item(), runs=["run-z"])))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "run-z" in err.value.details()
+    bad = {**TINY, "scoring": [{**TINY["scoring"][0], "layers": ["layer9"]}]}
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Score(neuro_pb2.ScoreRequest(scoring=_item(bad), runs=["run-a"])))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "layer9" in err.value.details()
+    bad_spec = {**TINY, "scoring": [{**TINY["scoring"][0], "mapping": "lasso"}]}
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CompareModels(neuro_pb2.CompareModelsRequest(scoring=_item(bad_spec), run_a="run-a", run_b="run-b", benchmark="planted"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "mapping" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CompareModels(neuro_pb2.CompareModelsRequest(scoring=_item(), run_a="run-a", run_b="run-a", benchmark="missing"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "missing" in err.value.details()
+    reply = stub.CompareModels(neuro_pb2.CompareModelsRequest(
+        scoring=_item(), run_a="run-a", run_b="run-b", benchmark="planted", layers_a=["layer4"], layers_b=["layer4"]))
+    assert len(reply.similarity) == 1  # still serving
+
+
+def test_unfinished_run_is_not_found(store):
+    running = start_server("neuro", store, port=0, metrics_port=None)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                list(neuro_pb2_grpc.NeuroStub(channel).Score(neuro_pb2.ScoreRequest(scoring=_item())))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "run 'run-a'" in err.value.details()
+    finally:
+        running.stop(grace=1)
