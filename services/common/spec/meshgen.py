@@ -71,8 +71,10 @@ class ProcSynthParams(StrictModel):
             raise ValueError(f"modifier_probs must be non-negative and sum to 1, got {p}")
         if self.size_range.low <= 0:
             raise ValueError("size_range.low must be > 0")
-        if self.segments_range.low < 3:
-            raise ValueError(f"segments_range.low must be >= 3, got {self.segments_range.low}")
+        if self.segments_range.low < 3 or self.segments_range.high > 256:
+            raise ValueError(
+                f"segments_range must lie in 3..256, got {self.segments_range.low}..{self.segments_range.high}"
+            )
         if self.torus_minor_ratio.low <= 0 or self.torus_minor_ratio.high >= 1:
             raise ValueError("torus_minor_ratio must lie in (0, 1)")
         if self.wire_thickness_range.low <= 0:
@@ -108,7 +110,7 @@ class MorphSynthParams(StrictModel):
     family: Literal["morphsynth"] = "morphsynth"
     base: ProcSynthParams = Field(default_factory=ProcSynthParams, description="The procsynth family the base meshes come from.")
     base_classes: int = Field(default=100, ge=1, description="Use the first N procsynth classes as bases.")
-    max_vertices: int = Field(default=5000, ge=100, description="Quadric decimation bound on base-mesh vertices.")
+    max_vertices: int = Field(default=5000, ge=100, le=200_000, description="Quadric decimation bound on base-mesh vertices.")
     nystrom_points: int = Field(default=300, ge=10, le=5000, description="Surface points for the Nyström approximation.")
     eigen_components: int = Field(default=50, ge=1, description="Leading eigenfunctions kept in the KL expansion.")
     shape_kernel: list[GPKernelTerm] = Field(
@@ -143,7 +145,7 @@ class Fractal2DParams(StrictModel):
     maps_range: IntRange = Field(default_factory=lambda: IntRange(low=2, high=7), description="Number of affine maps N per system.")
     coefficient_range: Range = Field(default_factory=lambda: Range(low=-1.0, high=1.0), description="Each map's six coefficients are uniform in this range.")
     filling_rate: float = Field(default=0.2, gt=0, lt=1, description="Fraction of pixels the point cloud must cover for a system to be accepted.")
-    search_points: int = Field(default=100_000, ge=1000, description="Chaos-game points used to measure the filling rate.")
+    search_points: int = Field(default=100_000, ge=1000, le=10_000_000, description="Chaos-game points used to measure the filling rate.")
     search_size: int = Field(default=256, ge=32, le=2048, description="Image side (pixels) the filling rate is measured on.")
     weight_step: float = Field(default=0.4, gt=0, lt=1, description="w: instances scale one coefficient by 1±w, 1±2w.")
     flips: int = Field(default=4, ge=1, le=4, description="Flip variants per instance (none, horizontal, vertical, both).")
