@@ -1,0 +1,158 @@
+"""gRPC adapter of render: ``flatland.v1.Render`` over the library (no logic of its own)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import grpc
+from pydantic import ValidationError
+
+from flatland.v1 import common_pb2, render_pb2, render_pb2_grpc
+from services.common.errors import ObjectNotFoundError, ResourceLimitError, SpecError
+from services.common.spec.experiment import format_validation_error
+from services.common.spec.render import RenderSettings
+from services.common.store import Store
+
+SERVICE_NAME = "flatland.v1.Render"
+MAX_IMAGE_SIZE = 1024
+MAX_VIEWS = 64
+
+# One GL context serves every request thread: OpenGL contexts are current per thread.
+_GL_LOCK = threading.Lock()
+
+
+def parse_settings(settings_json: str) -> RenderSettings:
+    try:
+        data = json.loads(settings_json) if settings_json.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"settings_json: not valid JSON: {exc}") from None
+    try:
+        return RenderSettings.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError("settings_json." + format_validation_error(exc).replace("\n", "; settings_json.")) from None
+
+
+def render_images(store: Store, request) -> tuple[list[dict], str]:
+    """The work behind ``RenderImages``: a list of {rgb_png, depth_npy, mask_png, record_json} and the GL string."""
+    from services.render.renderer import check_mesh, mesh_frame
+    from services.render.sampling import sample_view
+    from services.render.views import encode_npy, encode_png, get_renderer, load_glb, load_mesh
+
+    records = []
+    for i, text in enumerate(request.records_json):
+        try:
+            records.append(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"records_json[{i}]: not valid JSON: {exc}") from None
+    settings = parse_settings(request.settings_json)
+    count = len(records) or request.count
+    if count < 1:
+        raise ValueError("count: must be >= 1 (or give records_json)")
+    if count > MAX_VIEWS:
+        raise ResourceLimitError(f"count: {count} views requested, at most {MAX_VIEWS} per request")
+    sizes = {int(r.get("image_size", 0)) for r in records} or {settings.image_size}
+    if max(sizes) > MAX_IMAGE_SIZE:
+        raise ResourceLimitError(f"image_size: {max(sizes)} pixels requested, at most {MAX_IMAGE_SIZE}")
+    if request.class_index < 0 or request.instance < 0:
+        raise ValueError("class_index and instance: must be >= 0")
+    which = request.WhichOneof("mesh")
+    if which == "mesh_key":
+        mesh = load_mesh(store, request.mesh_key)  # ObjectNotFoundError -> NOT_FOUND
+    elif which == "glb":
+        mesh = load_glb(request.glb)
+    else:
+        raise ValueError("mesh: give mesh_key or glb")
+    check_mesh(mesh)  # DegenerateMeshError (a ValueError) -> INVALID_ARGUMENT
+    centre, radius = mesh_frame(mesh)
+    if not records:
+        records = [sample_view(settings, root_seed=int(request.seed), dataset_id="render-images",
+                               class_index=request.class_index, instance=request.instance, view=v,
+                               mesh_centre=centre, mesh_radius=radius,
+                               mesh_key=request.mesh_key if which == "mesh_key" else "") for v in range(count)]
+    images = []
+    with _GL_LOCK:
+        for record in records:
+            renderer = get_renderer(int(record["image_size"]), record.get("backend", "auto"))
+            renderer.set_mesh(mesh, record["material"])
+            view = renderer.render(record)
+            item = {"rgb_png": encode_png(view.rgb), "record_json": json.dumps(record, sort_keys=True)}
+            if request.include_depth:
+                item["depth_npy"] = encode_npy(view.depth)
+                item["mask_png"] = encode_png((view.mask * 255).astype("uint8"))
+            images.append(item)
+        gl = renderer.gl_renderer
+    return images, gl
+
+
+class RenderServicer(render_pb2_grpc.RenderServicer):
+    """Thin adapter: parse the request, call the library, map errors to status codes."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def _abort(self, context: grpc.ServicerContext, exc: Exception):
+        if isinstance(exc, ValidationError):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, format_validation_error(exc))
+        if isinstance(exc, ObjectNotFoundError):
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        if isinstance(exc, ResourceLimitError):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        if isinstance(exc, (SpecError, ValueError, KeyError)):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    def RenderImages(self, request, context):
+        try:
+            images, gl = render_images(self.store, request)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a dead server
+            self._abort(context, exc)
+        return render_pb2.RenderImagesResponse(images=[render_pb2.RenderedImage(**i) for i in images], gl_renderer=gl)
+
+    def RenderDataset(self, request, context):
+        from services.meshgen.servicer import spec_from_text
+        from services.render.contact import write_contact_sheet
+        from services.render.plan import shard_plan
+        from services.render.shards import dataset_manifest_key, render_shards
+
+        try:
+            spec = spec_from_text(request.dataset.spec.text, request.dataset.spec.format)
+            name = request.dataset.name
+            if not name:
+                raise ValueError("dataset.name: required (the name of one of the spec's datasets)")
+            try:
+                spec.dataset(name)
+            except KeyError:
+                raise ValueError(f"dataset.name: no dataset named {name!r} in the spec") from None
+            dataset_id = spec.dataset_id(name)
+            tasks = shard_plan(spec, name)
+            skipped = 0
+            for done, task in enumerate(tasks, start=1):
+                if not context.is_active():
+                    return
+                summary = render_shards(spec, self.store, [task])
+                skipped += len(summary["skipped"])
+                errors = [common_pb2.ErrorDetail(item=f["item"], code="INVALID_ARGUMENT", message=f["message"])
+                          for f in summary["failures"]]
+                key = task.key(dataset_id)
+                yield render_pb2.RenderDatasetEvent(
+                    progress=common_pb2.ProgressEvent(
+                        task=f"render:{name}", done=done, total=len(tasks), skipped=skipped,
+                        message=f"{task.split}-{task.shard:05d} {'already done' if summary['skipped'] else 'written'}",
+                        outputs=[common_pb2.StoreRef(key=key)]),
+                    dataset_id=dataset_id, errors=errors)
+            sheet = write_contact_sheet(spec, self.store, name)
+            yield render_pb2.RenderDatasetEvent(
+                progress=common_pb2.ProgressEvent(
+                    task=f"render:{name}", done=len(tasks), total=len(tasks), skipped=skipped, finished=True,
+                    message=f"{len(tasks)} shards ({skipped} already done)",
+                    outputs=[common_pb2.StoreRef(key=dataset_manifest_key(dataset_id)), common_pb2.StoreRef(key=sheet)]),
+                dataset_id=dataset_id)
+        except Exception as exc:  # noqa: BLE001
+            self._abort(context, exc)
+
+
+def register(server: grpc.Server, store: Store) -> list[str]:
+    """Add the Render servicer to ``server``; return the full service names."""
+    render_pb2_grpc.add_RenderServicer_to_server(RenderServicer(store), server)
+    return [SERVICE_NAME]
