@@ -197,6 +197,40 @@ def run(spec_path: str, store_url: str | None, only: tuple[str, ...]) -> None:
         _fail(str(exc))
 
 
+@main.command()
+@click.argument("spec_path", metavar="SPEC.yaml")
+@click.option("--train-images-per-s", type=float, default=None, help="GPU training throughput to assume (default: benchmarks/measured.json).")
+def plan(spec_path: str, train_images_per_s: float | None) -> None:
+    """Estimate an experiment's cost: images, shards, render core-hours, training GPU-hours."""
+    from rich.table import Table
+
+    from services.common.plan import plan_experiment
+
+    spec = _load(spec_path)
+    p = plan_experiment(spec, train_images_per_s=train_images_per_s)
+    out = Console()
+
+    def hours(h):
+        return "unmeasured" if h is None else f"{h:,.1f}"
+
+    table = Table(title=f"{spec.name}: datasets")
+    for col in ("dataset", "family", "images", "train", "shards", "render core-h"):
+        table.add_column(col, justify="right" if col not in ("dataset", "family") else "left")
+    for d in p["datasets"]:
+        table.add_row(d.name, d.family, f"{d.images:,}", f"{d.train_images:,}", f"{d.shards:,}", hours(d.render_core_hours))
+    out.print(table)
+    table = Table(title=f"{spec.name}: pre-training")
+    for col in ("run", "model", "images seen", "GPU-h"):
+        table.add_column(col)
+    for r in p["runs"]:
+        table.add_row(r.name, r.model, f"{r.images_seen:,}", hours(r.gpu_hours))
+    out.print(table)
+    out.print(
+        f"total images {p['total_images']:,}; render {hours(p['render_core_hours'])} core-hours; "
+        f"training {hours(p['train_gpu_hours'])} GPU-hours (throughput measured on: {p['measured_on']})"
+    )
+
+
 @main.group()
 def k8s() -> None:
     """Kubernetes: manifests for running an experiment as Jobs."""

@@ -1,0 +1,80 @@
+"""Estimated cost of an experiment: images, bytes, and compute hours from measured throughput.
+
+Throughput figures come from ``benchmarks/measured.json``, which records what the
+benchmark scripts printed on a named machine (and the command that produced them).
+Figures nobody has measured are reported as unmeasured, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.cluster.workplan import sample_count, shard_counts, split_sizes
+from services.common.spec import ExperimentSpec
+
+MEASURED = Path(__file__).resolve().parents[2] / "benchmarks" / "measured.json"
+
+
+@dataclass
+class DatasetCost:
+    name: str
+    family: str
+    images: int
+    train_images: int
+    shards: int
+    render_core_hours: float | None
+
+
+@dataclass
+class RunCost:
+    name: str
+    model: str
+    images_seen: int
+    gpu_hours: float | None
+
+
+def load_measured(path: Path = MEASURED) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _per_s(measured: dict, key: str) -> float | None:
+    value = measured.get("figures", {}).get(key)
+    return float(value) if value else None
+
+
+def plan_experiment(spec: ExperimentSpec, measured: dict | None = None, train_images_per_s: float | None = None) -> dict:
+    measured = load_measured() if measured is None else measured
+    datasets = []
+    for d in spec.datasets:
+        images = sample_count(d)
+        rate_key = {"fractal2d": "fractal2d_images_per_s", "noisescenes": "noisescenes_images_per_s"}.get(
+            d.kind, "procsynth_images_per_s"
+        )
+        rate = _per_s(measured, rate_key)
+        datasets.append(
+            DatasetCost(
+                d.name, d.kind, images, split_sizes(d)["train"], sum(shard_counts(d).values()),
+                images / rate / 3600 if rate else None,
+            )
+        )
+    by_name = {c.name: c for c in datasets}
+    gpu_rate = train_images_per_s or _per_s(measured, "resnet50_train_images_per_s_gpu")
+    runs = []
+    for r in spec.pretrain:
+        available = sum(by_name[n].train_images for n in r.datasets)
+        classes = sum(spec.dataset(n).classes for n in r.datasets)
+        if r.class_budget:
+            available = int(available * min(1.0, r.class_budget / classes))
+        seen = available * r.epochs
+        runs.append(RunCost(r.name, r.model, seen, seen / gpu_rate / 3600 if gpu_rate else None))
+    return {
+        "experiment": spec.name,
+        "datasets": datasets,
+        "runs": runs,
+        "total_images": sum(c.images for c in datasets),
+        "render_core_hours": sum(c.render_core_hours or 0 for c in datasets) if all(c.render_core_hours for c in datasets) else None,
+        "train_gpu_hours": sum(r.gpu_hours for r in runs) if runs and all(r.gpu_hours for r in runs) else None,
+        "measured_on": measured.get("machine", "nothing measured"),
+    }
