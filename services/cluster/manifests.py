@@ -145,7 +145,8 @@ def user_data_paths(spec: ExperimentSpec, stage: str) -> list[str]:
 
 
 def _pod_spec(spec: ExperimentSpec, stage: str, store_url: str, spec_configmap: str,
-              extra_env: list[dict[str, Any]] | None = None, subdomain: str | None = None) -> dict[str, Any]:
+              extra_env: list[dict[str, Any]] | None = None, subdomain: str | None = None,
+              command: list[str] | None = None, args: list[str] | None = None) -> dict[str, Any]:
     image = image_for(spec, stage)
     env = _env(spec, stage, store_url)
     mounts = [
@@ -182,12 +183,14 @@ def _pod_spec(spec: ExperimentSpec, stage: str, store_url: str, spec_configmap: 
         "name": stage,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "args": ["job", stage, "--spec", SPEC_PATH],
+        "args": args or ["job", stage, "--spec", SPEC_PATH],
         "env": env + list(extra_env or []),
         "volumeMounts": mounts,
         "resources": _resources(spec, stage),
         "securityContext": _container_security(),
     }
+    if command is not None:
+        main["command"] = command
     if subdomain is not None:
         main["ports"] = [{"name": "torchrun", "containerPort": TORCHRUN_PORT}]
     pod: dict[str, Any] = {
@@ -214,8 +217,14 @@ def _pod_spec(spec: ExperimentSpec, stage: str, store_url: str, spec_configmap: 
 
 def _job(spec: ExperimentSpec, stage: str, store_url: str, spec_configmap: str, *, completions: int | None = None,
          parallelism: int | None = None, extra_env: list[dict[str, Any]] | None = None,
-         subdomain: str | None = None) -> dict[str, Any]:
+         subdomain: str | None = None, command: list[str] | None = None, args: list[str] | None = None,
+         shard_by_index: bool = True) -> dict[str, Any]:
     labels = _labels(spec, stage)
+    env_extra = list(extra_env or [])
+    if completions is not None and shard_by_index:
+        # Kubernetes sets JOB_COMPLETION_INDEX in Indexed Job pods but not the count; `flatland job`
+        # needs both to pick its share (item i -> index i % count).
+        env_extra.append({"name": "JOB_COMPLETION_COUNT", "value": str(completions)})
     # The store-access role lets the NetworkPolicies of k8s/base admit these pods to MinIO and the Pushgateway.
     pod_labels = {**labels, LABEL_ROLE: "stage"}
     job_spec: dict[str, Any] = {
@@ -232,7 +241,7 @@ def _job(spec: ExperimentSpec, stage: str, store_url: str, spec_configmap: str, 
         },
         "template": {
             "metadata": {"labels": pod_labels},
-            "spec": _pod_spec(spec, stage, store_url, spec_configmap, extra_env, subdomain),
+            "spec": _pod_spec(spec, stage, store_url, spec_configmap, env_extra, subdomain, command, args),
         },
     }
     if completions is not None:
@@ -261,10 +270,17 @@ def _train_objects(spec: ExperimentSpec, store_url: str, spec_configmap: str) ->
             "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
         {"name": "PET_MASTER_ADDR", "value": f"{job_name}-0.{service_name}"},
         {"name": "PET_MASTER_PORT", "value": str(TORCHRUN_PORT)},
+        {"name": "PET_NPROC_PER_NODE", "value": "1"},  # one GPU (or one CPU process) per pod
         {"name": "FLATLAND_TRAIN_NODES", "value": str(nodes)},
     ]
+    # Every rank does the whole train stage together (DDP), so the Job index is not a work share:
+    # torchrun starts one process per GPU and the training loop reads RANK/WORLD_SIZE.
+    # A failed rank cannot rejoin a static rendezvous, so a retry restarts that pod only after the
+    # others time out; keep cluster.backoff_limit small for multi-node runs.
     job = _job(spec, "train", store_url, spec_configmap, completions=nodes, parallelism=nodes,
-               extra_env=torchrun_env, subdomain=service_name)
+               extra_env=torchrun_env, subdomain=service_name, shard_by_index=False,
+               command=["torchrun"],
+               args=["--module", "services.cli", "job", "train", "--spec", SPEC_PATH, "--index", "0", "--count", "1"])
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -276,7 +292,20 @@ def _train_objects(spec: ExperimentSpec, store_url: str, spec_configmap: str) ->
             "ports": [{"name": "torchrun", "port": TORCHRUN_PORT, "targetPort": TORCHRUN_PORT}],
         },
     }
-    return [service, job]
+    # The base install denies all ingress in the namespace; the ranks of this Job must reach each
+    # other (rendezvous on TORCHRUN_PORT, then NCCL/gloo on ephemeral ports), and nothing else may.
+    ranks_policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": object_name(spec.name, "train-ranks"), "namespace": spec.cluster.namespace,
+                     "labels": _labels(spec, "train")},
+        "spec": {
+            "podSelector": {"matchLabels": {"batch.kubernetes.io/job-name": job_name}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"batch.kubernetes.io/job-name": job_name}}}]}],
+        },
+    }
+    return [service, ranks_policy, job]
 
 
 def experiment_manifests(spec: ExperimentSpec, spec_text: str, *, store_url: str | None = None) -> list[dict[str, Any]]:

@@ -112,6 +112,8 @@ def test_render_indexes_cover_every_shard_exactly_once(parallelism):
     assigned = [item for index in range(count) for item in workplan.render_items_for_index(spec, index, count)]
     assert Counter(assigned) == Counter(workplan.render_items(spec))  # every shard, each exactly once
     assert all(workplan.render_items_for_index(spec, index, count) for index in range(count))  # no idle index
+    # Kubernetes sets JOB_COMPLETION_INDEX itself; the count must come from the manifest.
+    assert env_of(render["template"]["spec"]["containers"][0])["JOB_COMPLETION_COUNT"] == str(count)
     with pytest.raises(ValueError, match="index"):
         workplan.render_items_for_index(spec, count, count)
 
@@ -125,6 +127,7 @@ def test_meshgen_indexes_cover_every_class_exactly_once(parallelism):
     assigned = [item for index in range(count) for item in workplan.meshgen_items_for_index(spec, index, count)]
     assert Counter(assigned) == Counter(workplan.meshgen_items(spec))
     assert len(assigned) == 5 + 3
+    assert env_of(meshgen["template"]["spec"]["containers"][0])["JOB_COMPLETION_COUNT"] == str(count)
     assert all(workplan.meshgen_items_for_index(spec, index, count) for index in range(count))
 
 
@@ -161,7 +164,10 @@ def test_generated_manifests_validate_and_are_safe(spec, text):
         (wait,) = pod["spec"]["initContainers"]
         assert wait["args"][:4] == ["wait", stage, "--spec", "/etc/flatland/spec.yaml"]
         (main,) = pod["spec"]["containers"]
-        assert main["args"] == ["job", stage, "--spec", "/etc/flatland/spec.yaml"]
+        command = [*main.get("command", []), *main["args"]]  # image ENTRYPOINT is `flatland`; torchrun for multi-node train
+        start = command.index("job")
+        assert command[start:start + 4] == ["job", stage, "--spec", "/etc/flatland/spec.yaml"]
+        assert start == 0 or command[:start] == ["torchrun", "--module", "services.cli"]
         assert env_of(main)["FLATLAND_STORE"].startswith("s3://")
         rules = job["spec"]["podFailurePolicy"]["rules"]
         assert {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}} in rules
@@ -212,6 +218,14 @@ def test_multinode_train_is_indexed_with_headless_service():
     assert env["PET_NNODES"] == "4"
     assert env["PET_MASTER_ADDR"] == f"{train['metadata']['name']}-0.{service['metadata']['name']}"
     assert "job-completion-index" in env["PET_NODE_RANK"]["fieldRef"]["fieldPath"]
+    main = pod["containers"][0]
+    # torchrun launches the ranks; every rank does the whole train stage (not a share of it).
+    assert main["command"] == ["torchrun"]
+    assert main["args"][:4] == ["--module", "services.cli", "job", "train"] and main["args"][-4:] == ["--index", "0", "--count", "1"]
+    assert "JOB_COMPLETION_COUNT" not in env
+    (policy,) = [o for o in objs if o["kind"] == "NetworkPolicy"]
+    ranks = {"matchLabels": {"batch.kubernetes.io/job-name": train["metadata"]["name"]}}
+    assert policy["spec"]["podSelector"] == ranks and policy["spec"]["ingress"] == [{"from": [{"podSelector": ranks}]}]
     single = jobs_of(experiment_manifests(*make()))["train"]
     assert "completionMode" not in single["spec"] and "subdomain" not in single["spec"]["template"]["spec"]
 
