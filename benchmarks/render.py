@@ -1,0 +1,157 @@
+"""render throughput on one core.
+
+Prints readable lines, then LAST one JSON line with medians over repeats:
+
+- ``procsynth_images_per_s``: 224x224 views of default procsynth meshes (made with
+  ``services.meshgen``), RGB + depth + segmentation + mask encoded and written into a
+  WebDataset tar, through the shard writer's path (one renderer and scene per worker,
+  each mesh uploaded once, camera and lights changed per view);
+- ``naive_images_per_s``: the same images with a new renderer (OpenGL context) and
+  scene for every image, measured in the same run; ``ratio_vs_naive``;
+- ``fractal2d_images_per_s``: 256x256 FractalDB images with 100k chaos-game points
+  (drawing only, batches of 32); ``fractal2d_encoded_images_per_s`` includes PNG encoding.
+
+Targets (issue 4): procsynth >= 60/s, fractal2d >= 200/s per core.
+Run: ``.venv/bin/python benchmarks/render.py [--repeats 3] [--images 300]``
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"  # one core: set before numpy loads BLAS
+os.environ["LP_NUM_THREADS"] = "1"  # llvmpipe (OSMesa): one rasteriser thread
+os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+import argparse  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from services.common.seeds import derive_seed  # noqa: E402
+from services.common.spec.meshgen import ProcSynthParams  # noqa: E402
+from services.common.spec.render import RenderSettings  # noqa: E402
+from services.render.fractal import default_probs, draw_fractals  # noqa: E402
+from services.render.renderer import SceneRenderer, mesh_frame  # noqa: E402
+from services.render.sampling import sample_view  # noqa: E402
+from services.render.shards import DeterministicTarWriter, sample_key  # noqa: E402
+from services.render.views import encode_png, encode_view, load_glb  # noqa: E402
+
+
+def procsynth_meshes(count: int) -> list:
+    """Default procsynth meshes from meshgen (base shape + stretch variants of a few classes)."""
+    from services.meshgen.registry import get_family
+
+    family = get_family("procsynth")
+    params = ProcSynthParams()
+    meshes = []
+    for cls in range(count):
+        item = family.generate_item(params, 0, cls, cls % params.meshes_per_class)
+        meshes.append(load_glb(item.data))
+    return meshes
+
+
+def records_for(meshes, settings, views_per_mesh):
+    out = []
+    for cls, mesh in enumerate(meshes):
+        centre, radius = mesh_frame(mesh)
+        out.append([sample_view(settings, root_seed=0, dataset_id="bench", class_index=cls, instance=0, view=v,
+                                mesh_centre=centre, mesh_radius=radius) for v in range(views_per_mesh)])
+    return out
+
+
+def pooled(meshes, records, renderer) -> float:
+    """Images/s: one renderer, each mesh uploaded once, views written into a tar."""
+    n = 0
+    buffer = io.BytesIO()
+    tar = DeterministicTarWriter(buffer)
+    start = time.perf_counter()
+    for cls, (mesh, views) in enumerate(zip(meshes, records)):
+        renderer.set_mesh(mesh, views[0]["material"], token=("bench", cls, time.perf_counter()))
+        for record in views:
+            view = renderer.render(record)
+            tar.write(sample_key(cls, 0, record["view"]), encode_view(view, cls, json.dumps(record).encode()))
+            n += 1
+    tar.close()
+    return n / (time.perf_counter() - start)
+
+
+def naive(meshes, records, per_mesh: int) -> float:
+    """Images/s: a new renderer (context) and scene for every image."""
+    n = 0
+    buffer = io.BytesIO()
+    tar = DeterministicTarWriter(buffer)
+    start = time.perf_counter()
+    for cls, (mesh, views) in enumerate(zip(meshes, records)):
+        for record in views[:per_mesh]:
+            renderer = SceneRenderer(record["image_size"], "osmesa")
+            renderer.set_mesh(mesh, record["material"])
+            view = renderer.render(record)
+            renderer.close()
+            tar.write(sample_key(cls, 0, record["view"]), encode_view(view, cls, json.dumps(record).encode()))
+            n += 1
+    tar.close()
+    return n / (time.perf_counter() - start)
+
+
+def fractal_rate(images: int, encode: bool) -> float:
+    rng = np.random.Generator(np.random.PCG64(derive_seed(0, "bench-fractal")))
+    systems = []
+    for _ in range(images):
+        maps = rng.uniform(-1, 1, (int(rng.integers(2, 5)), 6))
+        # keep the maps contractive-ish, as filling-rate-searched FractalDB systems are
+        maps[:, :4] *= 0.7
+        systems.append((maps, default_probs(maps)))
+    start = time.perf_counter()
+    for first in range(0, images, 32):
+        batch = draw_fractals(systems[first:first + 32], list(range(first, min(first + 32, images))),
+                              image_size=256, points=100_000)
+        if encode:
+            for image in batch:
+                encode_png(np.repeat(image[..., None], 3, axis=2))
+    return images / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=300, help="pooled images per repeat")
+    parser.add_argument("--naive-images", type=int, default=30)
+    parser.add_argument("--fractal-images", type=int, default=128)
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, really
+    settings = RenderSettings(image_size=224)
+    meshes = procsynth_meshes(10)
+    per_mesh = max(1, args.images // len(meshes))
+    records = records_for(meshes, settings, per_mesh)
+    faces = [len(m.faces) for m in meshes]
+    print(f"procsynth meshes from services.meshgen (defaults): {len(meshes)}, faces median {int(np.median(faces))}")
+    renderer = SceneRenderer(224, "osmesa")
+    print(f"OpenGL: {renderer.gl_renderer}")
+    pooled(meshes[:1], [records[0][:5]], renderer)  # warm-up: shader compilation
+    results = {"procsynth": [], "naive": [], "fractal": [], "fractal_encoded": []}
+    for repeat in range(args.repeats):
+        results["procsynth"].append(pooled(meshes, records, renderer))
+        results["naive"].append(naive(meshes, records, max(1, args.naive_images // len(meshes))))
+        results["fractal"].append(fractal_rate(args.fractal_images, encode=False))
+        results["fractal_encoded"].append(fractal_rate(args.fractal_images // 2, encode=True))
+        print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in results.items()))
+    medians = {k: statistics.median(v) for k, v in results.items()}
+    print(json.dumps({
+        "procsynth_images_per_s": round(medians["procsynth"], 1),
+        "naive_images_per_s": round(medians["naive"], 1),
+        "ratio_vs_naive": round(medians["procsynth"] / medians["naive"], 1),
+        "fractal2d_images_per_s": round(medians["fractal"], 1),
+        "fractal2d_encoded_images_per_s": round(medians["fractal_encoded"], 1),
+        "image_size": 224, "fractal_image_size": 256, "fractal_points": 100_000, "cores": 1,
+        "meshes": "services.meshgen procsynth defaults",
+    }))
+
+
+if __name__ == "__main__":
+    main()
