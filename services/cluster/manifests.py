@@ -149,10 +149,11 @@ def _pod_spec(spec: ExperimentSpec, stage: str, store_url: str, spec_configmap: 
               command: list[str] | None = None, args: list[str] | None = None) -> dict[str, Any]:
     image = image_for(spec, stage)
     env = _env(spec, stage, store_url)
-    mounts = [
+    base_mounts = [
         {"name": "spec", "mountPath": SPEC_MOUNT_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
+    mounts = list(base_mounts)
     volumes: list[dict[str, Any]] = [
         {"name": "spec", "configMap": {"name": spec_configmap}},
         {"name": "tmp", "emptyDir": {}},
@@ -175,7 +176,7 @@ def _pod_spec(spec: ExperimentSpec, stage: str, store_url: str, spec_configmap: 
         "imagePullPolicy": "IfNotPresent",
         "args": ["wait", stage, "--spec", SPEC_PATH, "--timeout", str(spec.cluster.active_deadline_seconds)],
         "env": wait_env,
-        "volumeMounts": mounts[:2],
+        "volumeMounts": base_mounts,
         "resources": {"requests": {"cpu": "50m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}},
         "securityContext": _container_security(),
     }

@@ -80,6 +80,7 @@ class JobMetrics:
             ["stage"], registry=self.registry,
         )
         self._gauges: dict[str, Gauge] = {}
+        self._http_server = None
         for name, help_text in (
             ("flatland_job_items_total", "Work items this job pod has to do."),
             ("flatland_train_loss", "Latest training loss (train stage)."),
@@ -176,7 +177,7 @@ class JobMetrics:
         return server.server_port
 
     def stop_serving(self) -> None:
-        server = getattr(self, "_http_server", None)
+        server = self._http_server
         if server is not None:
             server.shutdown()
             server.server_close()
