@@ -11,7 +11,6 @@ from .k8s_checks import (
     check_job_bounded,
     check_no_secret_values,
     check_pod_security,
-    containers,
     env_of,
     gpu_containers,
     kustomize,
