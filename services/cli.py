@@ -144,14 +144,15 @@ def _job_index(index: int | None, count: int | None) -> tuple[int, int]:
 @click.option("--index", type=int, default=None, help="Work share index (default: $JOB_COMPLETION_INDEX or 0).")
 @click.option("--count", type=int, default=None, help="Number of shares (default: $JOB_COMPLETION_COUNT or 1).")
 @click.option("--store", "store_url", default=None, help="Store URL (default: $FLATLAND_STORE, then the spec's).")
-def job(stage: str, spec_path: str, index: int | None, count: int | None, store_url: str | None) -> None:
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, help="Serve job metrics here when no Pushgateway ($FLATLAND_PUSHGATEWAY) is set.")
+def job(stage: str, spec_path: str, index: int | None, count: int | None, store_url: str | None, metrics_port: int | None) -> None:
     """Run one stage's batch work (a Kubernetes Job's entry point)."""
     from services.common.progress import run_stage_with_progress
 
     spec = _load(spec_path)
     store = _open_store(spec, store_url)
     index, count = _job_index(index, count)
-    summary = run_stage_with_progress(stage, spec, store, index=index, count=count, console=console)
+    summary = run_stage_with_progress(stage, spec, store, index=index, count=count, console=console, metrics_port=metrics_port)
     print(json.dumps({"stage": stage, "index": index, "count": count, "summary": summary}, default=str))
 
 

@@ -127,7 +127,7 @@ def meshgen_items(spec: ExperimentSpec) -> list[ClassItem]:
     return [
         ClassItem(d.name, c)
         for d in spec.datasets
-        if d.family.family in MESH_FAMILIES
+        if d.family.family in MESH_FAMILIES and d.meshes_from is None
         for c in range(d.classes)
     ]
 
@@ -153,7 +153,7 @@ def meshgen_items_for_index(spec: ExperimentSpec, index: int, count: int) -> lis
 
 def meshgen_completions(spec: ExperimentSpec) -> int:
     """Completions of the meshgen Indexed Job: the parallelism, capped so no index is idle (0: no meshgen work)."""
-    largest = max((d.classes for d in spec.datasets if d.family.family in MESH_FAMILIES), default=0)
+    largest = max((d.classes for d in spec.datasets if d.family.family in MESH_FAMILIES and d.meshes_from is None), default=0)
     return min(spec.cluster.meshgen_parallelism, largest)
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from services.common.jobmetrics import JobMetrics
 from services.common.spec import ExperimentSpec
 from services.common.stages import get_stage, list_stages
 from services.common.store import Store
@@ -56,11 +57,27 @@ def stage_available(name: str) -> bool:
 
 
 def run_stage_with_progress(
-    stage: str, spec: ExperimentSpec, store: Store, *, index: int = 0, count: int = 1, console: Console
+    stage: str, spec: ExperimentSpec, store: Store, *, index: int = 0, count: int = 1, console: Console,
+    metrics_port: int | None = None,
 ) -> dict:
+    """Run one stage's share of the work with a progress bar and job metrics.
+
+    Metrics go to the Pushgateway when ``FLATLAND_PUSHGATEWAY`` is set; otherwise they
+    are served on ``metrics_port`` if one is given.
+    """
     job = get_stage(stage).job()
-    with RichProgress(console) as progress:
-        return job.run_job(spec, store, index=index, count=count, progress=progress)
+    metrics = JobMetrics(stage, spec.name, index)
+    if not metrics.pushgateway and metrics_port is not None:
+        metrics.serve(metrics_port)
+
+    with RichProgress(console) as bar:
+        def progress(task: str, done: int, total: int) -> None:
+            bar(task, done, total)
+            metrics.progress(task, done, total)
+
+        summary = job.run_job(spec, store, index=index, count=count, progress=progress)
+    metrics.publish()
+    return summary
 
 
 def run_experiment(spec: ExperimentSpec, store: Store, *, stages: list[str] | None = None, console: Console) -> dict:

@@ -1,40 +1,59 @@
-"""What each stage needs from the store before it can start (``flatland wait``)."""
+"""What each stage needs from the store before it can start (``flatland wait``).
+
+Each check also heals manifests that parallel workers left incomplete (entries lost to
+concurrent read-then-write updates), so a finished stage is always seen as finished.
+"""
 
 from __future__ import annotations
 
-from services.common.manifest import read_manifest
 from services.common.spec import ExperimentSpec
 from services.common.store import Store
 
 MESH_FAMILIES = ("procsynth", "morphsynth", "fractal2d")
 
 
-def _dataset_complete(store: Store, key: str) -> bool:
-    manifest = read_manifest(store, key)
-    return manifest is not None and bool(manifest.metadata.get("complete"))
+def _missing_meshes(spec: ExperimentSpec, store: Store) -> list[str]:
+    from services.meshgen.dataset import manifest_key, missing_classes
+
+    missing = []
+    for d in spec.datasets:
+        if d.kind in MESH_FAMILIES and d.meshes_from is None:
+            classes = missing_classes(spec, d.name, store)
+            if classes:
+                missing.append(f"{manifest_key(spec.dataset_id(d.name))} ({len(classes)} of {d.classes} classes)")
+    return missing
+
+
+def _missing_shards(spec: ExperimentSpec, store: Store, names: set[str]) -> list[str]:
+    from services.render.plan import shard_plan
+    from services.render.shards import consolidate_manifest, dataset_manifest_key
+
+    missing = []
+    for d in spec.datasets:
+        if d.name not in names:
+            continue
+        dataset_id = spec.dataset_id(d.name)
+        planned = {t.key(dataset_id) for t in shard_plan(spec, d.name)}
+        if next(iter(store.list(f"datasets/{dataset_id}/parts/")), None) is None:
+            missing.append(f"{dataset_manifest_key(dataset_id)} (0 of {len(planned)} shards)")
+            continue
+        listed = {e.key for e in consolidate_manifest(spec, store, d.name).entries}
+        if planned - listed:
+            missing.append(f"{dataset_manifest_key(dataset_id)} ({len(planned - listed)} of {len(planned)} shards)")
+    return missing
 
 
 def missing_inputs(stage: str, spec: ExperimentSpec, store: Store) -> list[str]:
-    """Store keys (or names) ``stage`` still waits for; empty when it can start."""
-    missing: list[str] = []
+    """What ``stage`` still waits for (store keys with counts); empty when it can start."""
     if stage == "render":
-        for d in spec.datasets:
-            if d.kind in MESH_FAMILIES:
-                key = f"meshes/{spec.dataset_id(d.name)}/manifest.json"
-                if not _dataset_complete(store, key):
-                    missing.append(key)
-    elif stage == "train":
-        needed = {name for run in spec.pretrain for name in run.datasets}
-        for d in spec.datasets:
-            if d.name in needed:
-                key = f"datasets/{spec.dataset_id(d.name)}/manifest.json"
-                if not _dataset_complete(store, key):
-                    missing.append(key)
-    elif stage == "neuro":
+        return _missing_meshes(spec, store)
+    if stage == "train":
+        return _missing_shards(spec, store, {name for run in spec.pretrain for name in run.datasets})
+    if stage == "neuro":
         needed = {run for s in spec.scoring for run in s.runs}
-        for run in spec.pretrain:
-            if run.name in needed:
-                key = f"runs/{spec.run_id(run.name)}/done.json"
-                if not store.exists(key):
-                    missing.append(key)
-    return missing
+        return [
+            f"runs/{spec.run_id(r.name)}/done.json"
+            for r in spec.pretrain
+            if r.name in needed and not store.exists(f"runs/{spec.run_id(r.name)}/done.json")
+        ]
+    return []

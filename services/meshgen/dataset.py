@@ -182,3 +182,36 @@ def generate_dataset(
         if progress is not None and not last.finished:
             progress(last.task, last.done, last.total)
     return {"dataset_id": last.dataset_id, "classes": last.done, "generated": last.done - last.skipped, "skipped": last.skipped}
+
+
+def missing_classes(spec: ExperimentSpec, dataset_name: str, store: Store) -> list[int]:
+    """Classes of a dataset not complete in its manifest, after merging finished-but-unlisted ones.
+
+    Parallel workers rewrite ``manifest.json`` read-then-write, so a concurrent update can
+    drop another worker's classes; their ``class.json`` records survive. This merges them
+    (verifying every item), writes the healed manifest, and returns what is truly missing.
+    """
+    dataset = spec.dataset(dataset_name)
+    family = family_of(dataset)
+    dataset_id = spec.dataset_id(dataset_name)
+    key = manifest_key(dataset_id)
+    expected = len(family.stored_instances(dataset.family, instances_of(dataset)))
+    manifest = read_manifest(store, key) or new_manifest(spec, dataset)
+    listed: dict[int, int] = {}
+    for entry in manifest.entries:
+        c = getattr(entry, "class_index", None)
+        listed[c] = listed.get(c, 0) + 1
+    missing, healed = [], False
+    for class_index in range(dataset.classes):
+        if listed.get(class_index, 0) == expected:
+            continue
+        entries = _recorded_class(store, dataset_id, class_index, expected)
+        if entries is None:
+            missing.append(class_index)
+            continue
+        for entry in entries:
+            manifest.upsert(entry)
+        healed = True
+    if healed:
+        write_manifest(store, key, manifest)
+    return missing

@@ -34,8 +34,8 @@ def run_job(
     """
     summary = {"stage": "meshgen", "index": index, "count": count, "datasets": {}}
     for dataset in spec.datasets:
-        if not is_meshgen_dataset(dataset):
-            continue
+        if not is_meshgen_dataset(dataset) or dataset.meshes_from is not None:
+            continue  # noise scenes need no meshes; `meshes_from` datasets render another's
         classes = shard_classes(dataset.classes, index, count)
         summary["datasets"][dataset.name] = generate_dataset(spec, dataset.name, store, classes=classes, progress=progress)
     return summary
