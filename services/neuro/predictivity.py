@@ -6,24 +6,24 @@ training stimuli of each split to the repetition-averaged responses, Pearson r p
 neuroid on the held-out stimuli, median over neuroids, and a split-half noise ceiling
 over repetitions with Spearman–Brown correction.
 
-PLS uses Improved Kernel PLS (``ikpls``): for K-fold splits the fast
-cross-validation variant shares ``X^T X`` and ``X^T Y`` across folds (each fold's
-training Gram matrices are the full ones minus the held-out rows); every fit is
-multi-target, so all neuroids of a region share one decomposition. IKPLS computes
-each weight vector exactly (an eigenvector) where scikit-learn's NIPALS iterates
-towards it, so it agrees with a NIPALS run to convergence
-(:func:`reference_split_r`), not necessarily with one stopped at ``max_iter``.
+PLS is Improved Kernel PLS (Dayal & MacGregor's algorithm 2, as in the ``ikpls``
+package, which the tests use as a cross-check): ``X^T X`` and ``X^T Y`` are computed
+once for all stimuli and every split's training Gram matrices are those minus its
+held-out rows; every fit is multi-target, so all neuroids of a region share one
+decomposition. Each weight vector is computed exactly (a dominant singular vector,
+by Lanczos to machine precision) where scikit-learn's NIPALS iterates towards it,
+so the result agrees with a NIPALS run to convergence (:func:`reference_split_r`),
+not necessarily with one stopped at ``max_iter``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from services.common.seeds import derive_rng, derive_seed
 
@@ -82,21 +82,6 @@ def make_splits(
         return [(np.sort(tr), np.sort(te)) for tr, te in splitter.split(np.zeros(len(labels)), labels)]
 
 
-def _fold_labels(splits: list[Split], n: int) -> np.ndarray | None:
-    """Fold index per sample when the test sets partition the samples, else None."""
-    folds = np.full(n, -1, dtype=np.int64)
-    for k, (_, test) in enumerate(splits):
-        if (folds[test] != -1).any():
-            return None
-        folds[test] = k
-    if (folds == -1).any():
-        return None
-    for k, (train, _) in enumerate(splits):
-        if len(train) != n - np.count_nonzero(folds == k):
-            return None
-    return folds
-
-
 # ---------------------------------------------------------------- correlation
 
 
@@ -153,8 +138,90 @@ def reduce_pca(features: np.ndarray, n_components: int | None, *, seed: int) -> 
     return pca.fit_transform(x)
 
 
+def _dominant_direction(xty: np.ndarray) -> np.ndarray:
+    """Unit dominant left singular vector of ``xty`` (K, M): the PLS weight vector.
+
+    Equivalent to the top eigenvector of ``xty xty^T`` (what IKPLS computes), found by
+    Lanczos (ARPACK) run to machine precision on an implicit operator over the smaller
+    of the two dimensions, so no K×K or M×M product is formed. Dense ``eigh`` for
+    small problems or when Lanczos does not converge.
+    """
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+    k, m = xty.shape
+    if m == 1:
+        w = xty[:, 0]
+        return w / np.linalg.norm(w)
+    small = min(k, m)
+    if small <= 32:
+        if m < k:
+            q = np.linalg.eigh(xty.T @ xty)[1][:, -1]
+            w = xty @ q
+        else:
+            w = np.linalg.eigh(xty @ xty.T)[1][:, -1]
+        return w / np.linalg.norm(w)
+    if m < k:
+        op = LinearOperator((m, m), matvec=lambda v: xty.T @ (xty @ v), dtype=np.float64)
+        start = np.abs(xty).sum(axis=0)
+    else:
+        op = LinearOperator((k, k), matvec=lambda v: xty @ (xty.T @ v), dtype=np.float64)
+        start = np.abs(xty).sum(axis=1)
+    try:
+        _, vec = eigsh(op, k=1, which="LA", tol=0, v0=start)
+        v = vec[:, 0]
+    except ArpackNoConvergence:
+        v = np.linalg.eigh(xty.T @ xty if m < k else xty @ xty.T)[1][:, -1]
+    w = xty @ v if m < k else v
+    return w / np.linalg.norm(w)
+
+
+def ikpls_coefficients(xtx: np.ndarray, xty: np.ndarray, n_components: int) -> np.ndarray:
+    """PLS regression coefficients from centred Gram matrices (Improved Kernel PLS, algorithm 2).
+
+    Dayal & MacGregor (1997): only ``X^T X`` and ``X^T Y`` are needed, so every split's
+    fit reuses Gram matrices computed once for all stimuli. Stops early (fewer
+    components) when the remaining score variance vanishes (past the rank of X).
+
+    Parameters
+    ----------
+    xtx : (K, K) float64, centred ``X^T X`` of the training stimuli
+    xty : (K, M) float64, centred ``X^T Y``
+
+    Returns
+    -------
+    (K, M) float64: centred predictions are ``(x - mean_x) @ B``.
+    """
+    k, m = xty.shape
+    weights_r = np.zeros((k, n_components))
+    loadings_p = np.zeros((k, n_components))
+    loadings_q = np.zeros((m, n_components))
+    xty = xty.copy()
+    largest = 0.0
+    used = 0
+    for a in range(n_components):
+        if not np.any(xty):
+            break
+        w = _dominant_direction(xty)
+        r = w - weights_r[:, :a] @ (loadings_p[:, :a].T @ w)
+        xtx_r = xtx @ r
+        tt = float(r @ xtx_r)
+        largest = max(largest, tt)
+        if tt <= 1e-12 * largest:
+            break
+        p = xtx_r / tt
+        q = (r @ xty) / tt
+        xty -= tt * np.outer(p, q)
+        weights_r[:, a], loadings_p[:, a], loadings_q[:, a] = r, p, q
+        used = a + 1
+    return weights_r[:, :used] @ loadings_q[:, :used].T
+
+
 def pls_split_predictions(x: np.ndarray, y: np.ndarray, splits: list[Split], n_components: int = 25) -> list[np.ndarray]:
     """Held-out PLS predictions (no scaling, centred X and Y) for every split.
+
+    ``X^T X``, ``X^T Y`` and the column sums are computed once for all stimuli; each
+    split's training Gram matrices are those minus its held-out rows, centred with
+    the training means. Works for any split scheme (K-fold or shuffle splits).
 
     Parameters
     ----------
@@ -166,31 +233,54 @@ def pls_split_predictions(x: np.ndarray, y: np.ndarray, splits: list[Split], n_c
     -------
     list of (n_test_k, N) float64 predictions, in the order of ``splits``.
     """
-    from ikpls.fast_cross_validation.numpy import PLS as FastCVPLS
+    # Centre once globally: PLS with centring is shift invariant, and the Gram
+    # downdates below then subtract small numbers (no cancellation).
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    y = y - y.mean(axis=0)
+    n = len(x)
+    full_xtx = x.T @ x
+    full_xty = x.T @ y
+    predictions = []
+    for train, test in splits:
+        x_test, y_test = x[test], y[test]
+        n_train = len(train)
+        if n_train + len(test) == n:
+            xtx = full_xtx - x_test.T @ x_test
+            xty = full_xty - x_test.T @ y_test
+            mean_x = -x_test.sum(axis=0) / n_train
+            mean_y = -y_test.sum(axis=0) / n_train
+        else:  # train and test do not cover the stimuli: Gram matrices of the training rows directly
+            x_train, y_train = x[train], y[train]
+            xtx, xty = x_train.T @ x_train, x_train.T @ y_train
+            mean_x, mean_y = x_train.mean(axis=0), y_train.mean(axis=0)
+        xtx = xtx - n_train * np.outer(mean_x, mean_x)
+        xty = xty - n_train * np.outer(mean_x, mean_y)
+        components = int(min(n_components, x.shape[1], n_train - 1))
+        # The component loop is many small BLAS/LAPACK calls: multithreaded OpenBLAS
+        # makes them up to 100x slower on a busy machine, so it runs single-threaded.
+        with threadpool_limits(limits=1, user_api="blas"):
+            coef = ikpls_coefficients(xtx, xty, components)
+        predictions.append((x_test - mean_x) @ coef + mean_y)
+    return predictions
+
+
+def ikpls_split_predictions(x: np.ndarray, y: np.ndarray, splits: list[Split], n_components: int = 25) -> list[np.ndarray]:
+    """The same predictions with the ``ikpls`` package (a cross-check of :func:`pls_split_predictions`)."""
     from ikpls.numpy import PLS
 
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    y = np.ascontiguousarray(y, dtype=np.float64)
-    min_train = min(len(tr) for tr, _ in splits)
-    components = int(min(n_components, x.shape[1], min_train - 1))
-    algorithm = 2 if x.shape[0] >= x.shape[1] else 1
-    folds = _fold_labels(splits, len(x))
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    predictions = []
     with warnings.catch_warnings():
-        # ikpls warns when a residual reaches machine precision (fewer informative components).
         warnings.simplefilter("ignore", UserWarning)
-        if folds is not None:
-            model = FastCVPLS(algorithm=algorithm, center_X=True, center_Y=True, scale_X=False, scale_Y=False)
-            with contextlib.redirect_stdout(io.StringIO()):  # it prints a banner
-                by_fold = model.cross_validate(
-                    x, y, components, folds, lambda _y_val, y_pred: y_pred[components - 1], n_jobs=1, verbose=0
-                )
-            return [by_fold[k] for k in range(len(splits))]
-        predictions = []
         for train, test in splits:
-            model = PLS(algorithm=algorithm, center_X=True, center_Y=True, scale_X=False, scale_Y=False)
+            components = int(min(n_components, x.shape[1], len(train) - 1))
+            model = PLS(algorithm=2, center_X=True, center_Y=True, scale_X=False, scale_Y=False)
             model.fit(x[train], y[train], components)
             predictions.append(model.predict(x[test], n_components=components))
-        return predictions
+    return predictions
 
 
 def ridge_split_predictions(x: np.ndarray, y: np.ndarray, splits: list[Split], alphas: Sequence[float]) -> list[np.ndarray]:

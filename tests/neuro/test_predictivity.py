@@ -7,6 +7,7 @@ import pytest
 from scipy.stats import pearsonr
 
 from services.neuro.predictivity import (
+    ikpls_split_predictions,
     make_splits,
     pearson_columns,
     pls_split_predictions,
@@ -28,14 +29,28 @@ def _problem(seed=0, stimuli=150, dims=60, neuroids=20):
 
 @pytest.mark.parametrize("scheme", ["stratified_kfold", "brainscore"])
 def test_pls_matches_converged_sklearn(scheme):
-    x, y, objects = _problem()
+    x, y, objects = _problem(neuroids=40)  # 40 neuroids < 60 features: the Lanczos branch
     splits = make_splits(objects, scheme, 5, seed=3)
     ours = split_correlations(y, splits, pls_split_predictions(x, y, splits, 25))
     converged = reference_split_r(x, y, splits, 25, max_iter=100_000, tol=1e-14)
     default = reference_split_r(x, y, splits, 25)
     assert np.abs(ours - converged).max() < 1e-4
+    via_ikpls = split_correlations(y, splits, ikpls_split_predictions(x, y, splits, 25))
+    assert np.abs(ours - via_ikpls).max() < 1e-8
     # The default NIPALS stops early on this problem: that is why the converged run is the reference.
     assert np.abs(ours - default).max() > np.abs(ours - converged).max()
+
+
+def test_pls_many_neuroids_and_uncentred_features():
+    # More neuroids than features (the other eigen-branch), features far from zero mean.
+    rng = np.random.default_rng(5)
+    x = 50 + rng.normal(size=(120, 40)) @ rng.normal(size=(40, 40))
+    y = (x - 50) @ rng.normal(size=(40, 70)) / 5 + rng.normal(size=(120, 70)) * 4
+    objects = np.repeat([f"o{k}" for k in range(6)], 20)
+    splits = make_splits(objects, "brainscore", 4, seed=1)
+    ours = split_correlations(y, splits, pls_split_predictions(x, y, splits, 25))
+    converged = reference_split_r(x, y, splits, 25, max_iter=100_000, tol=1e-14)
+    assert np.abs(ours - converged).max() < 1e-4
 
 
 def test_pls_components_clipped_to_features():
