@@ -74,6 +74,11 @@ class TargetSpec(StrictModel):
     )
     path: str | None = Field(default=None, description="Root of the user-provided data set (imagefolder, cifar).")
     test_fraction: float = Field(default=0.25, gt=0, lt=1, description="Held-out split, fixed by seed.")
+    train_per_class: int | None = Field(
+        default=None, ge=1,
+        description="Few-shot transfer: keep this many training images per class (seeded); None keeps all. "
+        "The held-out split is unchanged.",
+    )
 
     @model_validator(mode="after")
     def _path(self):

@@ -1,0 +1,101 @@
+"""Transfer to offline targets: fine-tune and probe from a checkpoint and from scratch, CV search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from services.common.errors import ObjectNotFoundError
+from services.common.spec.experiment import parse_spec
+from services.common.spec.train import TargetSpec
+from services.train.loop import pretrain
+from services.train.transfer import Source, load_target, prepare_model, run_transfer, transfer_id
+from synthetic_shards import write_dataset
+
+
+def spec_with(transfer: dict, targets=None, pretrain_runs=True):
+    data = {
+        "name": "t",
+        "datasets": [{"name": "shapes", "family": {"family": "procsynth"}, "classes": 4}],
+        "pretrain": [{"name": "r", "datasets": ["shapes"], "model": "resnet18", "input_size": 16, "epochs": 2,
+                      "batch_size": 16, "workers": 0, "optim": {"lr": 0.05, "warmup_epochs": 0}}] if pretrain_runs else [],
+        "targets": targets or [{"name": "digits", "kind": "digits", "test_fraction": 0.3, "train_per_class": 10}],
+        "transfer": [{"name": "x", "targets": ["digits"], "model": "resnet18", "input_size": 16, "batch_size": 25,
+                      "optim": {"lr": 0.01, "warmup_epochs": 0, "weight_decay": 5e-4}, **transfer}],
+    }
+    if not pretrain_runs:
+        data.pop("datasets")
+    return parse_spec(data)
+
+
+@pytest.mark.slow
+def test_finetune_from_checkpoint_and_from_scratch_on_digits(local_store):
+    # Few-shot (10 per class) and few steps keep this fast on a busy 2-core machine; the
+    # probe mode is exercised in the search test below.
+    spec = spec_with({"pretrained": ["r"], "epochs": 5, "modes": ["finetune"]})
+    with pytest.raises(ObjectNotFoundError, match=r"pre-training run 'r'.*done.json"):
+        run_transfer(spec, "x", local_store)
+    write_dataset(local_store, spec.dataset_id("shapes"), classes=4, views={"train": 12, "val": 2}, size=24)
+    pretrain(spec, "r", local_store)
+    summary = run_transfer(spec, "x", local_store)
+    results = {(r["source"], r["mode"]): r for r in summary["results"]}
+    assert set(results) == {("r", "finetune"), ("scratch", "finetune")}
+    for result in results.values():
+        assert result["test_samples"] == 540 and result["train_samples"] == 100  # 30 % of 1797 held out; 10 per class kept
+        assert 0.0 <= result["test_top1"] <= 1.0 and result["test_loss"] > 0
+    assert results[("r", "finetune")]["source_run_id"] == spec.run_id("r")
+    assert results[("scratch", "finetune")]["source_run_id"] is None
+    # 20 steps from scratch already beat chance (10 %) on held-out digits (deterministic on the CPU).
+    assert results[("scratch", "finetune")]["test_top1"] > 0.2
+    # The two starts are different models, not one result written twice.
+    assert results[("r", "finetune")]["test_loss"] != results[("scratch", "finetune")]["test_loss"]
+    tid = transfer_id(spec, spec.transfer[0])
+    assert local_store.get_json(f"runs/{tid}/transfer.json") == summary
+    assert local_store.exists(f"runs/{tid}/done.json")
+    assert run_transfer(spec, "x", local_store) == summary  # done: nothing recomputed
+
+
+def test_linear_probe_trains_only_the_head():
+    state = {k: v + 1.0 if v.is_floating_point() else v
+             for k, v in prepare_model(Source("s", None, "resnet18", 16, (0,) * 3, (1,) * 3, None), 4, "finetune").state_dict().items()}
+    source = Source("s", "run", "resnet18", 16, (0.5,) * 3, (0.25,) * 3, state)
+    model = prepare_model(source, 10, "linear_probe")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"fc.weight", "fc.bias"}
+    assert torch.equal(model.state_dict()["conv1.weight"], state["conv1.weight"])  # backbone copied
+    assert model.fc.out_features == 10
+
+
+def test_cross_validated_search_records_every_fold(local_store):
+    spec = spec_with({"pretrained": [], "modes": ["linear_probe"], "epochs": 2,
+                      "search": {"folds": 2, "lr": [0.001, 0.2], "weight_decay": [0.0]}}, pretrain_runs=False)
+    result = run_transfer(spec, "x", local_store)["results"][0]
+    search = result["search"]
+    assert search["folds"] == 2 and len(search["grid"]) == 2
+    assert all(len(g["fold_top1"]) == 2 and g["mean_top1"] == pytest.approx(np.mean(g["fold_top1"])) for g in search["grid"])
+    best = max(search["grid"], key=lambda g: g["mean_top1"])
+    assert result["lr"] == best["lr"] == search["best"]["lr"]
+    assert result["source"] == "scratch" and result["model"] == "resnet18"
+
+
+def test_image_folder_targets_split_by_seed_and_missing_data_is_named(tmp_path):
+    rng = np.random.default_rng(0)
+    for c, colour in enumerate(((255, 0, 0), (0, 0, 255))):
+        (tmp_path / "folder" / f"class{c}").mkdir(parents=True)
+        for i in range(10):
+            pixels = np.clip(np.array(colour) + rng.integers(-30, 30, (12, 12, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "folder" / f"class{c}" / f"{i}.png")
+    target = TargetSpec(name="f", kind="imagefolder", path=str(tmp_path / "folder"), test_fraction=0.2)
+    data = load_target(target, 16, seed=3)
+    assert data.num_classes == 2 and len(data.train) == 16 and len(data.test) == 4
+    image, label = data.test[0]
+    assert image.shape == (16, 16, 3) and image.dtype == torch.uint8
+    again = load_target(target, 16, seed=3)
+    assert list(again.test.indices) == list(data.test.indices)
+    assert sorted(np.bincount(data.train_labels)) == [8, 8]  # stratified
+    with pytest.raises(ObjectNotFoundError, match="no cifar10 data under"):
+        load_target(TargetSpec(name="c", kind="cifar10", path=str(tmp_path / "nothing")), 32, seed=0)
+    with pytest.raises(ObjectNotFoundError, match="does not exist"):
+        load_target(TargetSpec(name="g", kind="imagefolder", path=str(tmp_path / "nope")), 32, seed=0)
