@@ -42,6 +42,7 @@ from services.common.errors import FlatlandError
 log = logging.getLogger(__name__)
 
 PLATFORMS = ("osmesa", "egl")
+PHONG_FRAGMENT_SHADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shaders", "phong.frag")
 
 
 class RenderBackendError(FlatlandError, RuntimeError):
@@ -100,7 +101,18 @@ def _make_stable_cache_class():
     import OpenGL.contextdata
 
     class StableShaderProgramCache(ShaderProgramCache):
-        """ShaderProgramCache keyed on the context's address, not its ctypes wrapper."""
+        """ShaderProgramCache keyed on the context's address, not its ctypes wrapper.
+
+        ``shading = "phong"`` swaps pyrender's GGX ``mesh.frag`` for our Blinn-Phong
+        ``shaders/phong.frag`` (same uniforms and inputs, so pyrender binds it unchanged).
+        """
+
+        shading = "pbr"
+
+        def _fragment(self, fragment_shader):
+            if self.shading == "phong" and fragment_shader == "mesh.frag":
+                return PHONG_FRAGMENT_SHADER
+            return fragment_shader
 
         def program_key(self, vertex_shader, fragment_shader, geometry_shader=None, defines=None) -> tuple:
             defines = defines or {}
@@ -110,6 +122,7 @@ def _make_stable_cache_class():
 
         def get_program(self, vertex_shader, fragment_shader, geometry_shader=None, defines=None):
             defines = defines or {}
+            fragment_shader = self._fragment(fragment_shader)
             key = self.program_key(vertex_shader, fragment_shader, geometry_shader, defines)
             program = self._program_cache.get(key)
             if program is None:
@@ -303,6 +316,7 @@ class SceneRenderer:
         self._scene.set_pose(self._camera_node, np.asarray(camera["pose"], dtype=float))
         self._scene.set_pose(self._mesh_node, np.asarray(record["object"]["pose"], dtype=float))
         self._scene.ambient_light = np.full(3, float(record["ambient"]))
+        self.shader_cache.shading = record["material"].get("shading", "pbr")
         for node in self._light_nodes:
             self._scene.remove_node(node)
         self._light_nodes = [self._scene.add(_make_light(light, pyrender), pose=np.asarray(light["pose"], dtype=float))

@@ -122,3 +122,18 @@ def test_platform_cannot_be_switched_after_opengl_import():
         select_platform(other)
     with pytest.raises(RenderBackendError, match="must be one of"):
         select_platform("vulkan")
+
+
+def test_phong_and_pbr_shading_agree_on_silhouette_and_roughly_on_brightness():
+    mesh = trimesh.creation.icosphere(subdivisions=3)
+    views = {}
+    for shading in ("phong", "pbr"):
+        settings = front_view_settings(4.0).model_copy(deep=True)
+        settings.material.shading = shading
+        _, views[shading] = render(mesh, settings)
+    phong, pbr = views["phong"], views["pbr"]
+    assert np.array_equal(phong.mask, pbr.mask) and np.array_equal(phong.depth, pbr.depth)
+    a, b = phong.rgb[phong.mask].mean(), pbr.rgb[pbr.mask].mean()
+    assert abs(a - b) < 0.25 * b
+    names = {name for key in get_renderer(SIZE).shader_cache._program_cache for name, _ in key[1:]}
+    assert {"phong.frag", "mesh.frag"} <= names

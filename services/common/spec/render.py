@@ -50,6 +50,11 @@ class MaterialSpec(StrictModel):
     metallic: float = Field(default=0.0, ge=0, le=1)
     roughness: float = Field(default=0.6, ge=0, le=1)
     use_vertex_colors: bool = Field(default=True, description="Use per-vertex albedo when the mesh has it.")
+    shading: Literal["phong", "pbr"] = Field(
+        default="phong",
+        description="Lighting model: 'phong' (Blinn-Phong, same diffuse term, about twice as fast in software GL) "
+        "or 'pbr' (pyrender's metallic-roughness GGX BRDF).",
+    )
     smooth_shading: bool = Field(default=False, description="Interpolate vertex normals (smooth) instead of one normal per face (flat, right for primitives with sharp edges).")
 
 
