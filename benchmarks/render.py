@@ -21,7 +21,7 @@ import os
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # one core: set before numpy loads BLAS
-os.environ["LP_NUM_THREADS"] = "1"  # llvmpipe (OSMesa): one rasteriser thread
+os.environ.setdefault("LP_NUM_THREADS", "0")  # llvmpipe (OSMesa): rasterise in the calling thread (one core)
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
 import argparse  # noqa: E402
