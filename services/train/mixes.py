@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.errors import FlatlandError
+from services.common.errors import FlatlandError, SpecError
 from services.common.seeds import derive_rng
 from services.common.spec.experiment import ExperimentSpec
 from services.common.spec.train import PretrainSpec
@@ -94,7 +94,7 @@ def plan_mix(available: dict[str, tuple[str, int]], run: PretrainSpec) -> LabelM
     for name, share in zip(run.datasets, shares):
         dataset_id, count = available[name]
         if share > count:
-            raise FlatlandError(
+            raise SpecError(
                 f"pretrain '{run.name}': class_budget {run.class_budget} asks for {share} classes from dataset "
                 f"'{name}', which has only {count} (lower the budget or render more classes)"
             )

@@ -1,0 +1,67 @@
+"""Batch entry point of the train stage: pre-training runs, then transfers.
+
+Work split. Pre-training run ``i`` (in spec order) belongs to job index ``i % count``;
+transfer ``j`` to index ``j % count``. Under ``torchrun`` (``WORLD_SIZE`` > 1) the
+ranks of one process group train every run together instead (DDP), and rank 0 alone
+runs the transfers.
+
+Inputs. Nothing waits here: a pre-training run whose dataset is not rendered yet
+raises :class:`ObjectNotFoundError` naming the missing manifest, and a transfer whose
+pre-training run has not finished names the missing ``done.json`` (a Kubernetes Job
+retries; ``flatland run`` orders the stages).
+
+Resume. Runs with ``done.json`` are skipped; unfinished runs continue from their
+newest epoch checkpoint; transfers skip combinations already in the store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from services.common.spec.experiment import ExperimentSpec
+from services.common.store import Store
+from services.train.loop import PretrainRun, init_distributed
+from services.train.transfer import run_transfer, transfer_id
+
+
+def run_job(
+    spec: ExperimentSpec, store: Store, *, index: int = 0, count: int = 1,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """Pre-train this worker's runs, then run its transfers.
+
+    Returns
+    -------
+    dict
+        ``{"stage": "train", "index", "count", "pretrain": {name: {"run_id", "status", "val_top1"}},
+        "transfer": {name: {"transfer_id", "status", "results"}}}``; status is "done"
+        (finished now) or "skipped" (already finished).
+    """
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"index/count: need 0 <= index < count, got index={index}, count={count}")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    ctx = init_distributed() if distributed or spec.pretrain else None
+    mine = (lambda i: True) if distributed else (lambda i: i % count == index)
+    summary: dict = {"stage": "train", "index": index, "count": count, "pretrain": {}, "transfer": {}}
+    for i, run_spec in enumerate(spec.pretrain):
+        if not mine(i):
+            continue
+        run = PretrainRun(spec, run_spec.name, store, ctx=ctx, index=index)
+        status = "skipped" if run.is_done() else "done"
+        result = run.execute(progress=progress)
+        summary["pretrain"][run_spec.name] = {"run_id": run.run_id, "status": status,
+                                              "val_top1": result.get("final", {}).get("val_top1")}
+    if ctx is not None and ctx.rank != 0:
+        return summary
+    for j, transfer in enumerate(spec.transfer):
+        if not (j % count == index or distributed):
+            continue
+        tid = transfer_id(spec, transfer)
+        status = "skipped" if store.exists(f"runs/{tid}/done.json") else "done"
+        result = run_transfer(spec, transfer.name, store, progress=progress)
+        summary["transfer"][transfer.name] = {
+            "transfer_id": tid, "status": status,
+            "results": [{k: r[k] for k in ("source", "target", "mode", "test_top1")} for r in result["results"]],
+        }
+    return summary

@@ -1,0 +1,89 @@
+"""The Train gRPC service on a real server on loopback: start, watch, get, cancel, bad requests."""
+
+from __future__ import annotations
+
+from concurrent import futures
+
+import grpc
+import pytest
+
+from flatland.v1 import common_pb2, train_pb2, train_pb2_grpc
+from services.train.servicer import register
+from synthetic_shards import write_dataset
+from test_pretrain import make_spec
+
+
+@pytest.fixture
+def client(local_store):
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    names = register(server, local_store)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield train_pb2_grpc.TrainStub(channel), names
+    finally:
+        channel.close()
+        server.stop(grace=None)
+
+
+def item(spec, name="r"):
+    return common_pb2.ExperimentItem(spec=common_pb2.SpecText(text=spec.model_dump_json(), format="json"), name=name)
+
+
+def test_start_watch_and_get_a_run(client, local_store):
+    stub, names = client
+    assert names == ["flatland.v1.Train"]
+    spec = make_spec(epochs=2, batch_size=8, input_size=16)
+    write_dataset(local_store, spec.dataset_id("shapes"), classes=6, views={"train": 4, "val": 1}, size=16)
+    ref = stub.StartRun(item(spec), timeout=30)
+    assert ref.run_id == spec.run_id("r")
+    assert stub.StartRun(item(spec), timeout=30).run_id == ref.run_id  # idempotent while running
+    events = list(stub.WatchRun(ref, timeout=120))
+    epochs = [e.metrics.epoch for e in events if e.HasField("metrics")]
+    assert epochs == [0, 1]
+    assert events[-1].state == train_pb2.RUN_STATE_SUCCEEDED and events[-1].progress.finished
+    status = stub.GetRun(ref, timeout=10)
+    assert status.state == train_pb2.RUN_STATE_SUCCEEDED and status.kind == "pretrain"
+    assert [m.epoch for m in status.metrics] == [0, 1] and 0 <= status.metrics[-1].val_top1 <= 1
+    assert status.result.key == f"runs/{ref.run_id}/done.json" and local_store.exists(status.result.key)
+
+
+def test_bad_requests_get_status_codes_and_the_server_survives(client, local_store):
+    stub, _ = client
+    spec = make_spec()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.StartRun(common_pb2.ExperimentItem(spec=common_pb2.SpecText(text="name: [unclosed"), name="r"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "spec.text" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.StartRun(item(make_spec(model="resnet5")), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "resnet50" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.StartRun(item(spec), timeout=10)  # not rendered yet
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "manifest.json" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.StartRun(item(spec, name="nope"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "name" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetRun(train_pb2.RunRef(run_id="never-ran"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetRun(train_pb2.RunRef(run_id="../escape"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_cancel_stops_a_run_and_leaves_it_resumable(client, local_store):
+    stub, _ = client
+    spec = make_spec(epochs=50, batch_size=4, input_size=16)
+    write_dataset(local_store, spec.dataset_id("shapes"), classes=6, views={"train": 2, "val": 1}, size=16)
+    ref = stub.StartRun(item(spec), timeout=30)
+    watch = stub.WatchRun(ref, timeout=120)
+    first = next(e for e in watch if e.HasField("metrics"))  # let one epoch finish
+    assert first.metrics.epoch == 0
+    status = stub.CancelRun(ref, timeout=10)
+    assert status.run_id == ref.run_id
+    final = [e for e in watch][-1]
+    assert final.state == train_pb2.RUN_STATE_CANCELLED and final.error.code == "CANCELLED"
+    assert stub.GetRun(ref, timeout=10).state == train_pb2.RUN_STATE_CANCELLED
+    assert local_store.exists(f"runs/{ref.run_id}/checkpoints/epoch-0.pt")
+    assert not local_store.exists(f"runs/{ref.run_id}/done.json")
