@@ -8,6 +8,8 @@ Prints readable lines, then LAST one JSON line with medians over repeats:
   each mesh uploaded once, camera and lights changed per view);
 - ``naive_images_per_s``: the same images with a new renderer (OpenGL context) and
   scene for every image, measured in the same run; ``ratio_vs_naive``;
+- ``procsynth_culled_images_per_s``: as procsynth with ``material.double_sided: false``
+  (back-face culling; not the default, see MaterialSpec);
 - ``fractal2d_images_per_s``: 256x256 FractalDB images with 100k chaos-game points
   (drawing only, batches of 32); ``fractal2d_encoded_images_per_s`` includes PNG encoding.
 
@@ -134,9 +136,11 @@ def main() -> None:
     renderer = SceneRenderer(224, "osmesa")
     print(f"OpenGL: {renderer.gl_renderer}")
     pooled(meshes[:1], [records[0][:5]], renderer)  # warm-up: shader compilation
-    results = {"procsynth": [], "naive": [], "fractal": [], "fractal_encoded": []}
+    culled = [[dict(r, material=dict(r["material"], double_sided=False)) for r in views] for views in records]
+    results = {"procsynth": [], "culled": [], "naive": [], "fractal": [], "fractal_encoded": []}
     for repeat in range(args.repeats):
         results["procsynth"].append(pooled(meshes, records, renderer))
+        results["culled"].append(pooled(meshes, culled, renderer))
         results["naive"].append(naive(meshes, records, max(1, args.naive_images // len(meshes))))
         results["fractal"].append(fractal_rate(args.fractal_images, encode=False))
         results["fractal_encoded"].append(fractal_rate(args.fractal_images // 2, encode=True))
@@ -144,6 +148,7 @@ def main() -> None:
     medians = {k: statistics.median(v) for k, v in results.items()}
     print(json.dumps({
         "procsynth_images_per_s": round(medians["procsynth"], 1),
+        "procsynth_culled_images_per_s": round(medians["culled"], 1),
         "naive_images_per_s": round(medians["naive"], 1),
         "ratio_vs_naive": round(medians["procsynth"] / medians["naive"], 1),
         "fractal2d_images_per_s": round(medians["fractal"], 1),

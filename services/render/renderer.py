@@ -215,7 +215,7 @@ def _pyrender_mesh(mesh: trimesh.Trimesh, material: dict):
     base = [*material["base_color"], 1.0] if vertex_colors is None else [1.0, 1.0, 1.0, 1.0]
     pr_material = pyrender.MetallicRoughnessMaterial(
         baseColorFactor=base, metallicFactor=material["metallic"], roughnessFactor=material["roughness"],
-        alphaMode="OPAQUE", doubleSided=True,
+        alphaMode="OPAQUE", doubleSided=material.get("double_sided", True),
     )
     faces = np.asarray(mesh.faces)
     if material.get("smooth_shading", False):
