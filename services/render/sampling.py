@@ -26,10 +26,9 @@ RECORD_VERSION = 1
 
 
 def _draw(distribution, rng: np.random.Generator, vary: bool) -> float:
-    """One draw, or the distribution's centre when variation is off.
+    """One draw, or the distribution's centre when variation is off (then the rng is not advanced).
 
-    The rng is advanced the same way either way only when drawing; callers keep the
-    order of draws fixed so records stay reproducible.
+    Callers keep the order of draws fixed, so a record depends only on its seed and the settings.
     """
     return float(distribution.sample(rng)) if vary else float(distribution.center())
 
@@ -163,6 +162,7 @@ def sample_view_from_seed(settings: RenderSettings, *, seed: int, rng: np.random
     background["color"] = background.pop("color_rgb")
     background["noise_seed"] = int(rng.integers(0, 2**31)) if background["kind"] == "noise" else 0
     record = {
+        "kind": "mesh",
         "version": RECORD_VERSION,
         **(extra or {}),
         "seed": int(seed),

@@ -72,7 +72,7 @@ def sample_scene(params: NoiseSceneParams, classes: int, *, root_seed: int, data
     light = rng.normal(size=3)
     light[2] = abs(light[2]) + 0.5  # from the camera's side
     return {
-        "scene": int(scene), "seed": int(seed), "dataset_id": dataset_id, "image_size": params.image_size,
+        "kind": "noisescene", "scene": int(scene), "seed": int(seed), "dataset_id": dataset_id, "image_size": params.image_size,
         "noise": params.noise, "objects": objects,
         "light_direction": (light / np.linalg.norm(light)).tolist(),
         "ambient": 0.25, "diffuse": 0.75, "specular": 0.35, "shininess": 20.0,

@@ -237,7 +237,7 @@ def fractal_records(ctx: DatasetContext, task: ShardTask) -> list[dict]:
         ifs = load_ifs(ctx, cls)
         maps = ifs_instance_maps(ifs, instance, ctx.dataset.family.weight_step)
         records.append({
-            "dataset_id": ctx.dataset_id, "class_index": cls, "instance": instance, "view": slot,
+            "kind": "fractal", "dataset_id": ctx.dataset_id, "class_index": cls, "instance": instance, "view": slot,
             "flip": flip, "drawing": drawing,
             "seed": derive_seed(ctx.root_seed, ctx.dataset_id, cls, instance, slot),
             "image_size": fr.image_size, "points": fr.points, "patch": fr.patch,
@@ -390,24 +390,27 @@ def render_shards(spec: ExperimentSpec, store: Store, tasks: list[ShardTask],
     summary = {"written": [], "skipped": [], "failures": [], "samples": 0}
     contexts: dict[str, DatasetContext] = {}
     manifests: dict[str, Manifest | None] = {}
-    total = len(tasks)
-    for done, task in enumerate(tasks):
+    # One progress bar per dataset: shards done of that dataset's shards in ``tasks``.
+    per_dataset_total = {name: sum(t.dataset == name for t in tasks) for name in {t.dataset for t in tasks}}
+    per_dataset_done = dict.fromkeys(per_dataset_total, 0)
+    for task in tasks:
         if task.dataset not in contexts:
             contexts[task.dataset] = dataset_context(spec, store, task.dataset)
             manifests[task.dataset] = read_manifest(store, dataset_manifest_key(contexts[task.dataset].dataset_id))
         ctx = contexts[task.dataset]
-        label = f"render:{task.dataset}:{task.split}-{task.shard:05d}"
+        label = f"render:{task.dataset}"
+        per_dataset_done[task.dataset] += 1
         if shard_done(store, ctx.dataset_id, task, manifests[task.dataset]):
             summary["skipped"].append(task.key(ctx.dataset_id))
             if progress is not None:
-                progress(label + " (already done)", done + 1, total)
+                progress(label, per_dataset_done[task.dataset], per_dataset_total[task.dataset])
             continue
         entry = write_shard(ctx, task)
         summary["written"].append(entry.key)
         summary["samples"] += entry.samples
         summary["failures"].extend(entry.failures)
         if progress is not None:
-            progress(label, done + 1, total)
+            progress(label, per_dataset_done[task.dataset], per_dataset_total[task.dataset])
     for name, ctx in contexts.items():  # heal entries lost to concurrent manifest writes
         manifest = read_manifest(store, dataset_manifest_key(ctx.dataset_id))
         listed = {e.key for e in manifest.entries} if manifest is not None else set()

@@ -83,6 +83,22 @@ def encode_view(view, label: int, record_json: bytes) -> dict[str, bytes]:
     }
 
 
+def redraw_record(record: dict, store: Store | None = None, mesh: trimesh.Trimesh | None = None) -> np.ndarray:
+    """The (h, w, 3) uint8 RGB image of any shard record (mesh view, fractal or noise scene), drawn again."""
+    kind = record.get("kind", "mesh")
+    if kind == "mesh":
+        return render_record(record, mesh=mesh, store=store).rgb
+    if kind == "fractal":
+        from services.render.shards import draw_fractal_records
+
+        return np.repeat(draw_fractal_records([record])[0][..., None], 3, axis=2)
+    if kind == "noisescene":
+        from services.render.scenes import draw_scene
+
+        return draw_scene(record)[0]
+    raise ValueError(f"record kind must be mesh, fractal or noisescene, got {kind!r}")
+
+
 def render_record(record: dict, mesh: trimesh.Trimesh | None = None, store: Store | None = None):
     """Re-render one image from its JSON record.
 

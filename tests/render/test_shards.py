@@ -14,7 +14,7 @@ from services.common.spec.experiment import parse_spec
 from services.render import shards as shards_module
 from services.render.job import run_job
 from services.render.plan import all_shards, shard_plan, shards_for_index
-from services.render.views import decode_npy, decode_png, render_record
+from services.render.views import decode_npy, decode_png, redraw_record, render_record
 
 from .meshdata import SIERPINSKI, write_ifs
 
@@ -172,6 +172,8 @@ def test_fractal_and_noise_scene_datasets(store):
     image_b = decode_png(files[f"00000_0_{b['view']:05d}.rgb.png"])[..., 0]
     assert image_a.any() and set(np.unique(image_a)) <= {0, int(image_a.max())}
     assert not np.array_equal(image_a, image_b)  # another drawing seed and a flip
+    # any record re-draws its stored image
+    assert np.array_equal(redraw_record(a), decode_png(files[f"00000_0_{a['view']:05d}.rgb.png"]))
     noise = members(store, f"datasets/{noise_id}/train-00000.tar")
     assert len([k for k in noise if k.endswith(".cls")]) == 4
     for name, data in noise.items():
@@ -181,3 +183,4 @@ def test_fractal_and_noise_scene_datasets(store):
             drawn = {o["class_index"] + 1 for o in record["objects"]}
             assert set(np.unique(labels)) - {0} <= drawn
             assert int(noise[name.replace(".seg.png", ".cls")]) == record["class_index"]
+            assert np.array_equal(redraw_record(record), decode_png(noise[name.replace(".seg.png", ".rgb.png")]))
