@@ -42,6 +42,7 @@ from services.common.errors import FlatlandError
 log = logging.getLogger(__name__)
 
 PLATFORMS = ("osmesa", "egl")
+SOFTWARE_DRIVERS = ("llvmpipe", "softpipe", "swrast")
 PHONG_FRAGMENT_SHADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shaders", "phong.frag")
 
 
@@ -261,6 +262,10 @@ class SceneRenderer:
         self.image_size = int(image_size)
         self.gl_renderer = self._gl_string()
         log.info("OpenGL renderer: %s (platform %s)", self.gl_renderer, self.platform)
+        if self.platform == "egl" and self.software:
+            # libEGL picks Mesa's CPU driver when the NVIDIA vendor file (10_nvidia.json) or the GPU is missing
+            log.warning("EGL is rendering in software (%s): the NVIDIA EGL vendor files or the GPU are not visible "
+                        "to this container; expect CPU speed", self.gl_renderer)
         self._scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[0.0, 0.0, 0.0])
         self._camera = pyrender.IntrinsicsCamera(fx=1.0, fy=1.0, cx=0.0, cy=0.0, znear=0.01, zfar=100.0)
         self._camera_node = self._scene.add(self._camera, pose=np.eye(4))
@@ -275,6 +280,12 @@ class SceneRenderer:
         name = GL.glGetString(GL.GL_RENDERER)
         version = GL.glGetString(GL.GL_VERSION)
         return f"{name.decode() if name else '?'} / OpenGL {version.decode() if version else '?'}"
+
+    @property
+    def software(self) -> bool:
+        """True when the GL driver rasterises on the CPU (llvmpipe, softpipe, swrast)."""
+        name = self.gl_renderer.lower()
+        return any(driver in name for driver in SOFTWARE_DRIVERS)
 
     @property
     def shader_cache(self):

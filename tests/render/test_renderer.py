@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import trimesh
@@ -137,3 +142,32 @@ def test_phong_and_pbr_shading_agree_on_silhouette_and_roughly_on_brightness():
     assert abs(a - b) < 0.25 * b
     names = {name for key in get_renderer(SIZE).shader_cache._program_cache for name, _ in key[1:]}
     assert {"phong.frag", "mesh.frag"} <= names
+
+
+def _fresh_process(code: str, env: dict) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != "PYOPENGL_PLATFORM"} | env
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=environment, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_egl_says_when_it_fell_back_to_software():
+    code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
+            "from services.render.renderer import SceneRenderer, RenderBackendError\n"
+            "try:\n    r = SceneRenderer(16, 'egl'); print('SOFTWARE' if r.software else 'HARDWARE', r.gl_renderer)\n"
+            "except RenderBackendError as exc:\n    print('REFUSED', exc)\n")
+    result = _fresh_process(code, {})
+    assert result.returncode == 0, result.stderr
+    if result.stdout.startswith("SOFTWARE"):
+        assert "EGL is rendering in software" in result.stderr
+    elif result.stdout.startswith("REFUSED"):
+        assert "PYOPENGL_PLATFORM=egl" in result.stdout
+    else:
+        assert "software" not in result.stderr
+
+
+def test_unstartable_platform_is_a_clear_error():
+    code = ("from services.render.renderer import SceneRenderer\n"
+            "SceneRenderer(16, 'egl')\n")
+    result = _fresh_process(code, {"EGL_DEVICE_ID": "999"})
+    assert result.returncode != 0
+    assert "RenderBackendError" in result.stderr and "could not start OpenGL with PYOPENGL_PLATFORM=egl" in result.stderr
