@@ -22,9 +22,11 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
+from services.common.errors import ResourceLimitError
 from services.common.store import Store
 
 ProgressFn = Callable[[str, int, int], None]
+MAX_FEATURE_BYTES = 8 * 1024**3  # all layers' float32 features of one stimulus set
 
 
 @dataclass
@@ -141,6 +143,7 @@ def extract_features(
     grid: int = 4,
     batch_size: int = 64,
     progress: ProgressFn | None = None,
+    max_bytes: int = MAX_FEATURE_BYTES,
 ) -> dict[str, np.ndarray]:
     """Features of ``layers`` for every stimulus.
 
@@ -151,6 +154,11 @@ def extract_features(
     Returns
     -------
     dict layer → (S, D_layer) float32
+
+    Raises
+    ------
+    ResourceLimitError
+        When the features would exceed ``max_bytes`` (e.g. 'flatten' of early layers).
     """
     check_layers(model, layers)
     extractor = create_feature_extractor(model.eval(), return_nodes={layer: layer for layer in layers})
@@ -161,6 +169,14 @@ def extract_features(
         out = extractor(batch)
         for layer in layers:
             chunks[layer].append(pool_activation(out[layer], pooling, grid).float().numpy())
+        if start == 0:
+            dims = {layer: chunks[layer][0].shape[1] for layer in layers}
+            needed = 4 * total * sum(dims.values())
+            if needed > max_bytes:
+                raise ResourceLimitError(
+                    f"features of {dims} for {total} stimuli need {needed / 1024**3:.1f} GiB (cap "
+                    f"{max_bytes / 1024**3:.1f} GiB); use pooling 'avg' or 'grid' instead of {pooling!r}"
+                )
         if progress:
             progress("features", min(start + batch_size, total), total)
     return {layer: np.concatenate(parts).astype(np.float32) for layer, parts in chunks.items()}

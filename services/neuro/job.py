@@ -55,11 +55,12 @@ def run_job(
                  else f"neuro:{scoring.name}:{runs[0]}-vs-{runs[1]}:{benchmark}")
         if progress:
             progress(label, done, len(mine))
+        inner = (lambda step, d, t, label=label: progress(f"{label} {step}", d, t)) if progress else None
         if kind == "score":
-            record = score_run(spec, store, scoring, runs, benchmark)
+            record = score_run(spec, store, scoring, runs, benchmark, progress=inner)
             outputs.append(f"scores/{record['run_id']}/{benchmark}.json")
         else:
-            record = compare_models(spec, store, scoring, runs[0], runs[1], benchmark)
+            record = compare_models(spec, store, scoring, runs[0], runs[1], benchmark, progress=inner)
             outputs.append(record["figure"].removesuffix(".png") + ".json")
         if record.get("skipped"):
             skipped += 1

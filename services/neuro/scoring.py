@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.errors import ObjectNotFoundError
+from services.common.errors import InvalidKeyError, ObjectNotFoundError
 from services.common.spec.experiment import ExperimentSpec, content_hash
 from services.common.spec.neuro import NeuralDataSpec, ScoringSpec
 from services.common.store import Store
@@ -71,7 +71,11 @@ def load_benchmark(store: Store, neural: NeuralDataSpec) -> NeuralData:
     path = os.path.expanduser(neural.path or "")
     if Path(path).is_file():
         return read_neural_data(path, name=f"{neural.name} ({path})")
-    if store.exists(neural.path):
+    try:
+        in_store = store.exists(neural.path)
+    except InvalidKeyError:  # an absolute or odd local path: not a store key either
+        in_store = False
+    if in_store:
         return read_neural_data(store.get_bytes(neural.path), name=f"{neural.name} (store:{neural.path})")
     raise ObjectNotFoundError(f"neural_data '{neural.name}': no file {neural.path!r} locally or in the store")
 

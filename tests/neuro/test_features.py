@@ -7,6 +7,7 @@ import pytest
 import torch
 import torchvision
 
+from services.common.errors import ResourceLimitError
 from services.neuro.features import (
     cached_features,
     checkpoint_bytes,
@@ -44,6 +45,13 @@ def test_unknown_layer_named():
     ck = _checkpoint()
     with pytest.raises(ValueError, match=r"\['layer9'\] are not nodes"):
         extract_features(ck.build(), np.zeros((1, 32, 32, 3), np.uint8), ["layer9"], input_size=32, mean=ck.mean, std=ck.std)
+
+
+def test_feature_memory_cap():
+    ck = _checkpoint()
+    with pytest.raises(ResourceLimitError, match="use pooling 'avg' or 'grid'"):
+        extract_features(ck.build(), np.zeros((4, 32, 32, 3), np.uint8), ["layer1"], input_size=32, mean=ck.mean,
+                         std=ck.std, pooling="flatten", max_bytes=1000)
 
 
 def test_cache_reuses_features_and_batching_is_invisible(store):

@@ -21,6 +21,7 @@ def test_job_scores_runs_writes_figures_and_resumes(finished_store, tiny_spec):
     summary = run_job(tiny_spec, store, progress=lambda task, done, total: events.append((task, done, total)))
     assert summary["tasks"] == 3 and summary["computed"] == 3 and summary["skipped"] == 0  # 2 scores + 1 comparison
     assert events[-1] == ("neuro", 3, 3)
+    assert any("predictivity planted" in task for task, _, _ in events)  # inner progress is forwarded
     assert store.exists(planted_key(tiny_spec.neural_data[0]))
 
     run_id = tiny_spec.run_id("run-a")
@@ -60,3 +61,25 @@ def test_missing_run_is_named(tmp_path, tiny_spec):
     finish_run(store, tiny_spec, "run-a", 0)
     with pytest.raises(ObjectNotFoundError, match=r"run 'run-b' \(run-b-[0-9a-f]+\) is not finished.*done.json"):
         run_job(tiny_spec, store)
+
+
+def test_user_file_benchmark(tmp_path, finished_store, tiny_spec):
+    from services.common.spec.experiment import parse_spec
+    from services.neuro.dataformat import write_neural_data
+    from services.neuro.planted import generate_planted
+    from tests.neuro.conftest import TINY
+
+    data = generate_planted(tiny_spec.neural_data[0])
+    data.regions = np.array(["V4"] * 6 + ["IT"] * 6, dtype=object)
+    data.synthetic = False
+    write_neural_data(tmp_path / "rec.h5", data)
+    spec = parse_spec({**TINY, "neural_data": [{"name": "rec", "kind": "file", "path": str(tmp_path / "rec.h5")}],
+                       "scoring": [{**TINY["scoring"][0], "runs": ["run-a"], "benchmarks": ["rec"], "rsa_compare": "kendall_tau_a"}]})
+    run_job(spec, finished_store)
+    record = finished_store.get_json(f"scores/{spec.run_id('run-a')}/rec.json")
+    assert set(record["predictivity"]) == {"V4", "IT"} and record["data"]["synthetic"] is False
+    assert all(-1 <= v <= 1 for v in record["rsa"]["IT"].values())
+    missing = parse_spec({**TINY, "neural_data": [{"name": "rec", "kind": "file", "path": "/nowhere/rec.h5"}],
+                          "scoring": [{**TINY["scoring"][0], "runs": ["run-a"], "benchmarks": ["rec"]}]})
+    with pytest.raises(ObjectNotFoundError, match="neural_data 'rec': no file '/nowhere/rec.h5'"):
+        run_job(missing, finished_store)

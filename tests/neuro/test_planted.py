@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.common.spec.neuro import NeuralDataSpec, ScoringSpec
-from services.neuro.dataformat import read_neural_data
+from services.neuro.dataformat import neural_data_bytes, read_neural_data
 from services.neuro.features import checkpoint_from_bytes
 from services.neuro.planted import ensure_planted, generate_planted, generate_stimuli, planted_checkpoint, planted_key
 from services.neuro.scoring import score_checkpoint
@@ -37,6 +37,7 @@ def test_planted_is_deterministic_and_keyed_by_spec():
     first, again, other = generate_planted(a), generate_planted(a), generate_planted(b)
     np.testing.assert_array_equal(first.responses, again.responses)
     np.testing.assert_array_equal(first.images, again.images)
+    assert neural_data_bytes(first) == neural_data_bytes(again)  # same seed, same file bytes
     assert not np.array_equal(first.responses, other.responses)
     assert planted_key(a) != planted_key(b) and planted_key(a).startswith("neural/p-")
 
