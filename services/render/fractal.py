@@ -58,7 +58,7 @@ def _choice_tables(probs: list[np.ndarray], offsets: np.ndarray) -> np.ndarray:
 
 
 def chaos_game(systems: list[tuple[np.ndarray, np.ndarray]], points: int, rngs: list[np.random.Generator], *,
-               chains: int = 1024, burn_in: int = 16) -> tuple[np.ndarray, np.ndarray]:
+               chains: int = 1024, burn_in: int = 16, device: str | None = None):
     """Chaos-game points of several systems at once.
 
     Parameters
@@ -74,11 +74,15 @@ def chaos_game(systems: list[tuple[np.ndarray, np.ndarray]], points: int, rngs: 
         Independent chains per system.
     burn_in : int
         Leading points dropped from every chain.
+    device : str, optional
+        A torch device (e.g. ``"cuda"``): iterate there with torch. The map choices are
+        still drawn by the numpy generators, so the points match the numpy path.
 
     Returns
     -------
     xs, ys : (len(systems), steps * chains) float32
-        Point coordinates per system; may be non-finite for divergent systems.
+        Point coordinates per system (numpy arrays; torch tensors on ``device`` when given);
+        may be non-finite for divergent systems.
     """
     checked = [_validate_system(m, p) for m, p in systems]
     n_sys = len(checked)
@@ -96,6 +100,8 @@ def chaos_game(systems: list[tuple[np.ndarray, np.ndarray]], points: int, rngs: 
     draws = np.concatenate([r.integers(0, 1 << LUT_BITS, (burn_in + steps, chains), dtype=np.int32) for r in rngs],
                            axis=1)
     draws += lut_base
+    if device is not None:
+        return _iterate_torch(table, lut, draws, n_sys, chains, steps, burn_in, device)
     x = np.zeros(n_sys * chains, dtype=np.float32)
     y = np.zeros(n_sys * chains, dtype=np.float32)
     xs = np.empty((steps, n_sys * chains), dtype=np.float32)
@@ -120,6 +126,65 @@ def chaos_game(systems: list[tuple[np.ndarray, np.ndarray]], points: int, rngs: 
     xs = xs.reshape(steps, n_sys, chains).transpose(1, 0, 2).reshape(n_sys, steps * chains)
     ys = ys.reshape(steps, n_sys, chains).transpose(1, 0, 2).reshape(n_sys, steps * chains)
     return xs, ys
+
+
+def _iterate_torch(table: np.ndarray, lut: np.ndarray, draws: np.ndarray, n_sys: int, chains: int, steps: int,
+                   burn_in: int, device: str):
+    """The chaos-game loop of :func:`chaos_game` in torch (one kernel chain per step on a GPU)."""
+    import torch
+
+    coefficients = torch.as_tensor(np.ascontiguousarray(table.T), device=device)  # (6, total maps)
+    picks = torch.as_tensor(lut, device=device, dtype=torch.int64)[torch.as_tensor(draws, device=device,
+                                                                                     dtype=torch.int64)]
+    n = n_sys * chains
+    x = torch.zeros(n, dtype=torch.float32, device=device)
+    y = torch.zeros(n, dtype=torch.float32, device=device)
+    xs = torch.empty((steps, n), dtype=torch.float32, device=device)
+    ys = torch.empty((steps, n), dtype=torch.float32, device=device)
+    for step in range(burn_in + steps):
+        a, b, c, d, e, f = coefficients[:, picks[step]]
+        # same operation order as the numpy path: (a*x + b*y) + e
+        new_x = a * x + b * y + e
+        new_y = c * x + d * y + f
+        x, y = new_x, new_y
+        if step >= burn_in:
+            xs[step - burn_in] = x
+            ys[step - burn_in] = y
+    xs = xs.reshape(steps, n_sys, chains).permute(1, 0, 2).reshape(n_sys, steps * chains)
+    ys = ys.reshape(steps, n_sys, chains).permute(1, 0, 2).reshape(n_sys, steps * chains)
+    return xs, ys
+
+
+def rasterise_torch(xs, ys, image_size: int, patches: np.ndarray, greys: np.ndarray) -> np.ndarray:
+    """:func:`rasterise` for torch point clouds (on their device); returns numpy uint8 images."""
+    import torch
+
+    device = xs.device
+    b = xs.shape[0]
+    p = patches.shape[-1]
+    pad = p // 2
+    side = image_size + 2 * pad
+    finite = torch.isfinite(xs) & torch.isfinite(ys)
+
+    def to_pixels(v):
+        lo = torch.where(finite, v, torch.full_like(v, float("inf"))).amin(dim=1, keepdim=True)
+        hi = torch.where(finite, v, torch.full_like(v, float("-inf"))).amax(dim=1, keepdim=True)
+        scale = torch.where(hi > lo, (image_size - 1) / (hi - lo), torch.zeros_like(hi))
+        return ((torch.where(finite, v, lo) - lo) * scale + 0.5).to(torch.int64) + pad
+
+    flat = to_pixels(ys) * side + to_pixels(xs) + torch.arange(b, device=device)[:, None] * side * side
+    occupied = torch.zeros(b * side * side, dtype=torch.bool, device=device)
+    occupied[flat[finite]] = True
+    occupied = occupied.reshape(b, side, side)
+    stamps = torch.as_tensor(patches, device=device)
+    drawn = torch.zeros((b, image_size, image_size), dtype=torch.bool, device=device)
+    for dy in range(p):
+        for dx in range(p):
+            shifted = occupied[:, 2 * pad - dy:2 * pad - dy + image_size, 2 * pad - dx:2 * pad - dx + image_size]
+            drawn |= shifted & stamps[:, dy, dx][:, None, None]
+    drawn = torch.flip(drawn, dims=[1])
+    grey = torch.as_tensor(greys, device=device)[:, None, None]
+    return torch.where(drawn, grey, torch.zeros_like(grey)).to(torch.uint8).cpu().numpy()
 
 
 def random_patch(rng: np.random.Generator, size: int = 3) -> np.ndarray:
@@ -191,7 +256,7 @@ def apply_flip(image: np.ndarray, flip: int) -> np.ndarray:
 
 def draw_fractals(systems: list[tuple[np.ndarray, np.ndarray]], seeds: list[int], *, image_size: int = 362,
                   points: int = 200_000, patch: int = 3, flips: list[int] | None = None,
-                  chains: int = 1024) -> np.ndarray:
+                  chains: int = 1024, device: str | None = None) -> np.ndarray:
     """Draw one grey image per (system, seed), all at once.
 
     Parameters
@@ -201,6 +266,8 @@ def draw_fractals(systems: list[tuple[np.ndarray, np.ndarray]], seeds: list[int]
         One item seed per image: it fixes the chaos game, the patch and the grey level.
     flips : list of int, optional
         Flip index per image (default: none).
+    device : str, optional
+        Torch device to draw on (e.g. ``"cuda"``); default: numpy on the CPU.
 
     Returns
     -------
@@ -214,8 +281,11 @@ def draw_fractals(systems: list[tuple[np.ndarray, np.ndarray]], seeds: list[int]
     item_rngs = [rng_from_seed(s) for s in seeds]
     patches = np.stack([random_patch(r, patch) for r in item_rngs])
     greys = np.array([r.integers(128, 256) for r in item_rngs], dtype=np.uint8)
-    xs, ys = chaos_game(systems, points, item_rngs, chains=chains)
-    images = rasterise(xs, ys, image_size, patches, greys)
+    xs, ys = chaos_game(systems, points, item_rngs, chains=chains, device=device)
+    if device is None:
+        images = rasterise(xs, ys, image_size, patches, greys)
+    else:
+        images = rasterise_torch(xs, ys, image_size, patches, greys)
     if flips is not None:
         images = np.stack([apply_flip(img, f) for img, f in zip(images, flips)])
     return images

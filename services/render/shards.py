@@ -246,7 +246,11 @@ def fractal_records(ctx: DatasetContext, task: ShardTask) -> list[dict]:
     return records
 
 
-def draw_fractal_records(records: list[dict]) -> np.ndarray:
+class RenderDeviceError(ValueError):
+    """A requested compute device is not available."""
+
+
+def draw_fractal_records(records: list[dict], device: str | None = None) -> np.ndarray:
     """(len(records), s, s) uint8 images of fractal records (all the same size and point count)."""
     from services.render.fractal import draw_fractals
 
@@ -255,7 +259,21 @@ def draw_fractal_records(records: list[dict]) -> np.ndarray:
     first = records[0]
     return draw_fractals([(np.asarray(r["maps"]), np.asarray(r["probs"])) for r in records],
                          [r["seed"] for r in records], image_size=first["image_size"], points=first["points"],
-                         patch=first["patch"], flips=[r["flip"] for r in records])
+                         patch=first["patch"], flips=[r["flip"] for r in records], device=device)
+
+
+def fractal_device(setting: str) -> str | None:
+    """The torch device for ``FractalRenderSettings.device`` (None: numpy on the CPU)."""
+    if setting == "cpu":
+        return None
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    available = torch is not None and torch.cuda.is_available()
+    if setting == "cuda" and not available:
+        raise RenderDeviceError("fractal_render.device is 'cuda' but torch sees no CUDA device")
+    return "cuda" if available else None
 
 
 @sample_writer("fractal2d")
@@ -263,9 +281,10 @@ def fractal_samples(ctx: DatasetContext, task: ShardTask) -> Iterator[Sample]:
     from services.render.views import encode_png
 
     records = fractal_records(ctx, task)
+    device = fractal_device(ctx.dataset.fractal_render.device)
     for start in range(0, len(records), FRACTAL_BATCH):
         batch = records[start:start + FRACTAL_BATCH]
-        for record, image in zip(batch, draw_fractal_records(batch)):
+        for record, image in zip(batch, draw_fractal_records(batch, device)):
             cls = record["class_index"]
             seg = np.where(image > 0, np.uint16(cls + 1), np.uint16(0)).astype(np.uint16)
             yield (sample_key(cls, record["instance"], record["view"]), {

@@ -89,6 +89,11 @@ class FractalRenderSettings(StrictModel):
     points: int = Field(default=200_000, ge=1000, le=10_000_000, description="Chaos-game points per image.")
     drawings_per_variant: int = Field(default=10, ge=1, description="Images per (weight variant, flip).")
     patch: int = Field(default=3, ge=1, le=9, description="Each point is drawn as a random patch of this size.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="Where the chaos game runs: numpy on the CPU, or torch on a CUDA GPU; 'auto' uses CUDA when "
+        "torch sees one. Images agree across devices up to float rounding (same map choices).",
+    )
     shard_size: int = Field(default=1000, ge=1, le=100_000)
     val_fraction: float = Field(default=0.1, ge=0, lt=1)
 
