@@ -47,8 +47,8 @@ class IlluminationSpec(StrictModel):
 
 class MaterialSpec(StrictModel):
     base_color: tuple[float, float, float] = Field(default=(0.7, 0.7, 0.7), description="Grey by default (ProcSynthDB); morphsynth uses its per-vertex albedo.")
-    metallic: float = Field(default=0.0, ge=0, le=1)
-    roughness: float = Field(default=0.6, ge=0, le=1)
+    metallic: float = Field(default=0.0, ge=0, le=1, description="Metalness in [0,1] (0: dielectric, like plastic or clay).")
+    roughness: float = Field(default=0.6, ge=0, le=1, description="Surface roughness in [0,1]: 0 mirror-like highlights, 1 matte.")
     use_vertex_colors: bool = Field(default=True, description="Use per-vertex albedo when the mesh has it.")
     shading: Literal["phong", "pbr"] = Field(
         default="phong",
@@ -72,10 +72,10 @@ class BackgroundSpec(StrictModel):
 class RenderSettings(StrictModel):
     image_size: int = Field(default=224, ge=16, le=2048, description="Square image side (pixels).")
     views_per_instance: int = Field(default=10, ge=1, le=100_000, description="Images rendered of each mesh instance.")
-    camera: CameraSpec = Field(default_factory=CameraSpec)
-    illumination: IlluminationSpec = Field(default_factory=IlluminationSpec)
-    material: MaterialSpec = Field(default_factory=MaterialSpec)
-    background: BackgroundSpec = Field(default_factory=BackgroundSpec)
+    camera: CameraSpec = Field(default_factory=CameraSpec, description="Camera pose and field of view, drawn per image.")
+    illumination: IlluminationSpec = Field(default_factory=IlluminationSpec, description="Lights and ambient level, drawn per image.")
+    material: MaterialSpec = Field(default_factory=MaterialSpec, description="Surface material of the object.")
+    background: BackgroundSpec = Field(default_factory=BackgroundSpec, description="What is behind the object.")
     scale_jitter: Distribution = Field(default_factory=lambda: _u(0.9, 1.1), description="Random object scale factor.")
     pose_variation: bool = Field(default=True, description="False: every view uses the centre of each camera distribution (FlatWorld ablation).")
     illumination_variation: bool = Field(default=True, description="False: every view uses the centre of each light distribution (FlatWorld ablation).")
@@ -94,8 +94,8 @@ class FractalRenderSettings(StrictModel):
         description="Where the chaos game runs: numpy on the CPU, or torch on a CUDA GPU; 'auto' uses CUDA when "
         "torch sees one. Images agree across devices up to float rounding (same map choices).",
     )
-    shard_size: int = Field(default=1000, ge=1, le=100_000)
-    val_fraction: float = Field(default=0.1, ge=0, lt=1)
+    shard_size: int = Field(default=1000, ge=1, le=100_000, description="Samples per WebDataset shard.")
+    val_fraction: float = Field(default=0.1, ge=0, lt=1, description="Fraction of each (variant, flip)'s drawings held out as the validation split.")
 
 
 class NoiseSceneParams(StrictModel):
@@ -107,10 +107,10 @@ class NoiseSceneParams(StrictModel):
     hue_std: float = Field(default=0.05, ge=0, le=0.5, description="Per-object hue spread around the class mean (fraction of the hue circle).")
     elongation_std: float = Field(default=0.2, ge=0, description="Per-object elongation spread around the class mean.")
     noise_scale_std: float = Field(default=0.2, ge=0, description="Per-object relative spread of the noise scale around the class mean.")
-    image_size: int = Field(default=224, ge=16, le=2048)
+    image_size: int = Field(default=224, ge=16, le=2048, description="Square image side (pixels).")
     scenes: int = Field(default=100, ge=1, description="Scenes in the dataset.")
-    shard_size: int = Field(default=1000, ge=1, le=100_000)
-    val_fraction: float = Field(default=0.1, ge=0, lt=1)
+    shard_size: int = Field(default=1000, ge=1, le=100_000, description="Samples per WebDataset shard.")
+    val_fraction: float = Field(default=0.1, ge=0, lt=1, description="Fraction of the scenes held out as the validation split (the last ones).")
 
     @model_validator(mode="after")
     def _check(self):
