@@ -87,6 +87,17 @@ def checkpoint_bytes(model: torch.nn.Module, model_name: str, num_classes: int, 
     return buffer.getvalue()
 
 
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto``: the GPU when torch sees one, else the CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' requested but torch sees no GPU here; use 'auto' or 'cpu'")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device: unknown {device!r} (known: auto, cpu, cuda)")
+    return torch.device(device)
+
+
 def check_layers(model: torch.nn.Module, layers: Sequence[str]) -> None:
     """Raise ``ValueError`` naming any layer that is not a node of the model's graph."""
     _, eval_nodes = get_graph_node_names(model)
@@ -144,6 +155,7 @@ def extract_features(
     batch_size: int = 64,
     progress: ProgressFn | None = None,
     max_bytes: int = MAX_FEATURE_BYTES,
+    device: str = "cpu",
 ) -> dict[str, np.ndarray]:
     """Features of ``layers`` for every stimulus.
 
@@ -161,14 +173,15 @@ def extract_features(
         When the features would exceed ``max_bytes`` (e.g. 'flatten' of early layers).
     """
     check_layers(model, layers)
-    extractor = create_feature_extractor(model.eval(), return_nodes={layer: layer for layer in layers})
+    target = resolve_device(device)
+    extractor = create_feature_extractor(model.eval(), return_nodes={layer: layer for layer in layers}).to(target)
     chunks: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
     total = len(images)
     for start in range(0, total, batch_size):
-        batch = preprocess(images[start:start + batch_size], input_size, mean, std)
+        batch = preprocess(images[start:start + batch_size], input_size, mean, std).to(target)
         out = extractor(batch)
         for layer in layers:
-            chunks[layer].append(pool_activation(out[layer], pooling, grid).float().numpy())
+            chunks[layer].append(pool_activation(out[layer], pooling, grid).float().cpu().numpy())
         if start == 0:
             dims = {layer: chunks[layer][0].shape[1] for layer in layers}
             needed = 4 * total * sum(dims.values())
@@ -205,6 +218,7 @@ def cached_features(
     grid: int = 4,
     batch_size: int = 64,
     progress: ProgressFn | None = None,
+    device: str = "cpu",
 ) -> dict[str, np.ndarray]:
     """Features of ``layers``, read from the store cache or extracted (one forward pass for all missing layers) and cached."""
     keys = {layer: feature_cache_key(checkpoint.sha256, stimulus_hash, layer, pooling, grid) for layer in layers}
@@ -214,7 +228,7 @@ def cached_features(
     if missing:
         fresh = extract_features(
             checkpoint.build(), images, missing, input_size=checkpoint.input_size, mean=checkpoint.mean,
-            std=checkpoint.std, pooling=pooling, grid=grid, batch_size=batch_size, progress=progress,
+            std=checkpoint.std, pooling=pooling, grid=grid, batch_size=batch_size, progress=progress, device=device,
         )
         for layer, array in fresh.items():
             store.put_bytes(keys[layer], _npy_bytes(array))

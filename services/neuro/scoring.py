@@ -45,7 +45,7 @@ def comparison_key(run_id_a: str, run_id_b: str, benchmark: str) -> str:
 
 def scoring_hash(scoring: ScoringSpec, neural: NeuralDataSpec) -> str:
     """What a score depends on besides the checkpoint: scoring settings (minus run/benchmark lists) and the data spec."""
-    settings = scoring.model_dump(mode="json", exclude={"name", "runs", "benchmarks", "compare_models"})
+    settings = scoring.model_dump(mode="json", exclude={"name", "runs", "benchmarks", "compare_models", "device", "batch_size"})
     return content_hash({"scoring": settings, "neural": neural})
 
 
@@ -120,7 +120,7 @@ def score_checkpoint(
     layers = list(scoring.layers)
     features = cached_features(
         store, checkpoint, data.images, data.stimulus_set_hash(), layers, pooling=scoring.pooling,
-        grid=scoring.grid, batch_size=scoring.batch_size,
+        grid=scoring.grid, batch_size=scoring.batch_size, device=scoring.device,
         progress=(lambda _t, d, t: _stage(progress, "features", d, t)) if progress else None,
     )
     splits = make_splits(data.objects, scoring.splits, scoring.n_splits, seed=scoring.seed,
@@ -251,7 +251,8 @@ def compare_models(
     for i, (run_id, layers) in enumerate(((run_id_a, layers_a), (run_id_b, layers_b))):
         checkpoint = load_checkpoint(store, checkpoint_key(run_id))
         feats = cached_features(store, checkpoint, data.images, data.stimulus_set_hash(), layers,
-                                pooling=scoring.pooling, grid=scoring.grid, batch_size=scoring.batch_size)
+                                pooling=scoring.pooling, grid=scoring.grid, batch_size=scoring.batch_size,
+                                device=scoring.device)
         rdm_sets.append(np.stack([rdm(feats[l], scoring.rdm_metric) for l in layers]))
         _stage(progress, "compare features", i + 1, 3)
     similarity = compare_rdms(rdm_sets[0], rdm_sets[1], scoring.rsa_compare)

@@ -67,3 +67,13 @@ def test_cache_reuses_features_and_batching_is_invisible(store):
     ck.state_dict = {k: v * float("nan") if v.is_floating_point() else v for k, v in ck.state_dict.items()}
     again = cached_features(store, ck, images, "a" * 64, ["layer1", "avgpool"])
     np.testing.assert_array_equal(again["avgpool"], first["avgpool"])
+
+
+def test_device_choice():
+    from services.neuro.features import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device: 'cuda' requested"):
+            resolve_device("cuda")

@@ -22,8 +22,8 @@ class NeuralDataSpec(StrictModel):
     # Planted benchmark parameters (synthetic, clearly labelled as such).
     stimuli: int = Field(default=200, ge=10, le=100_000, description="Planted: number of generated stimuli.")
     objects: int = Field(default=10, ge=2, le=1000, description="Planted: object labels (stimuli are split evenly; used to stratify splits).")
-    neuroids: int = Field(default=64, ge=1, le=100_000)
-    repetitions: int = Field(default=4, ge=2, le=1000)
+    neuroids: int = Field(default=64, ge=1, le=100_000, description="Planted: number of synthetic neuroids (one region, 'planted').")
+    repetitions: int = Field(default=4, ge=2, le=1000, description="Planted: presentations per stimulus (>= 2 for a split-half ceiling).")
     reliability: float = Field(
         default=0.7, gt=0, lt=1,
         description="Planted reliability of the repetition-averaged response (what the Spearman-Brown corrected split-half ceiling estimates).",
@@ -32,7 +32,7 @@ class NeuralDataSpec(StrictModel):
     planted_model: str = Field(default="resnet18", description="Planted: torchvision model of the fixed, seeded network.")
     image_size: int = Field(default=64, ge=16, le=1024, description="Planted: stimulus image side in pixels.")
     pooling: Pooling = Field(default="avg", description="Planted: how the planted layer's activations are reduced to features.")
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, description="Planted: seed of the stimuli, the fixed network's weights, the linear map and the noise.")
 
     @model_validator(mode="after")
     def _path(self):
@@ -47,7 +47,10 @@ class ScoringSpec(StrictModel):
     name: Name
     runs: list[Name] = Field(min_length=1, description="Pre-training runs to score (names from `pretrain`).")
     benchmarks: list[Name] = Field(min_length=1, description="Neural data sets to score against (names from `neural_data`).")
-    layers: list[str] = Field(default_factory=lambda: ["layer1", "layer2", "layer3", "layer4", "avgpool"], min_length=1)
+    layers: list[str] = Field(
+        default_factory=lambda: ["layer1", "layer2", "layer3", "layer4", "avgpool"], min_length=1,
+        description="Layers to score: torchvision feature-extraction node or module names (e.g. 'layer3', 'layer3.1.relu').",
+    )
     pooling: Pooling = Field(
         default="avg",
         description="How a layer's (C, H, W) activations become features: 'avg' global average (C), "
@@ -55,19 +58,24 @@ class ScoringSpec(StrictModel):
     )
     grid: int = Field(default=4, ge=1, le=64, description="Side of the pooled grid when pooling is 'grid'.")
     batch_size: int = Field(default=64, ge=1, le=4096, description="Stimuli per forward pass.")
-    mapping: Literal["pls", "ridge"] = Field(default="pls")
-    pls_components: int = Field(default=25, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where activations are computed; 'auto': the GPU when there is one.")
+    mapping: Literal["pls", "ridge"] = Field(default="pls", description="Features-to-responses mapping: PLS regression (no scaling) or ridge.")
+    pls_components: int = Field(default=25, ge=1, description="PLS components (clipped to the features and training stimuli available).")
     ridge_alphas: list[float] = Field(
         default_factory=lambda: [10.0 ** k for k in range(-2, 7)], min_length=1,
         description="Ridge: penalties tried per neuroid by efficient leave-one-out on the training stimuli.",
     )
-    splits: Literal["stratified_kfold", "brainscore"] = Field(default="stratified_kfold")
-    n_splits: int = Field(default=10, ge=2)
+    splits: Literal["stratified_kfold", "brainscore"] = Field(
+        default="stratified_kfold",
+        description="'stratified_kfold': K folds stratified by object (each stimulus held out once); "
+        "'brainscore': stratified shuffle splits holding out test_fraction (Brain-Score's scheme).",
+    )
+    n_splits: int = Field(default=10, ge=2, description="Folds or shuffle splits.")
     test_fraction: float = Field(default=0.1, gt=0, lt=1, description="'brainscore' splits: held-out fraction (Brain-Score: 0.1).")
     pca_components: int | None = Field(default=1000, ge=1, description="Reduce features with PCA first (Brain-Score uses 1000). None: off.")
     ceiling_halvings: int = Field(default=10, ge=1, le=1000, description="Random split-halves of repetitions for the noise ceiling.")
     bootstrap: int = Field(default=1000, ge=0, le=100_000, description="Bootstrap resamples of neuroids for confidence intervals (0: off).")
-    rdm_metric: Literal["correlation", "euclidean"] = Field(default="correlation")
-    rsa_compare: Literal["spearman", "kendall_tau_a"] = Field(default="spearman")
+    rdm_metric: Literal["correlation", "euclidean"] = Field(default="correlation", description="RDM dissimilarity: 1 - Pearson r, or Euclidean distance.")
+    rsa_compare: Literal["spearman", "kendall_tau_a"] = Field(default="spearman", description="How RDMs are compared: Spearman rho or Kendall's tau-a.")
     compare_models: bool = Field(default=True, description="Also compute model–model RSA between the scored runs.")
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, description="Seed of the splits, ceiling halvings, PCA and bootstrap.")
