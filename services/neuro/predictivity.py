@@ -135,7 +135,9 @@ def reduce_pca(features: np.ndarray, n_components: int | None, *, seed: int) -> 
     k = min(n_components, x.shape[0])
     pca = PCA(n_components=k, svd_solver="randomized" if k < 0.8 * min(x.shape) else "full",
               random_state=derive_seed(seed, "neuro", "pca") % (2**32))
-    return pca.fit_transform(x)
+    # Small decompositions are much faster single-threaded on a busy machine (OpenBLAS contention).
+    with threadpool_limits(limits=1 if x.size < 4_000_000 else None, user_api="blas"):
+        return pca.fit_transform(x)
 
 
 def _dominant_direction(xty: np.ndarray) -> np.ndarray:
