@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +12,7 @@ import torch
 from services.common.errors import FlatlandError, IntegrityError, ObjectNotFoundError
 from services.common.spec.train import AugmentSpec
 from services.train.data import (
-    ShardStream, WorkUnit, dataset_shards, decode_image, iter_shard_samples, make_loader, random_resized_crop_box, split_units,
+    ShardStream, WorkUnit, _tar_members, dataset_shards, decode_image, iter_shard_samples, make_loader, random_resized_crop_box, split_units,
 )
 from services.common.seeds import derive_rng
 from synthetic_shards import write_dataset
@@ -96,8 +99,8 @@ def test_augmentation_crops_and_flips_within_bounds():
 
     png = _png(image)
     plain = decode_image(png, 20, None, rng)
-    assert np.array_equal(plain, image)
-    flips = [decode_image(png, 20, AugmentSpec(random_resized_crop=False), rng)[:, 0, 0].mean() for _ in range(40)]
+    assert np.array_equal(plain.numpy(), image)
+    flips = [float(decode_image(png, 20, AugmentSpec(random_resized_crop=False), rng)[:, 0, 0].float().mean()) for _ in range(40)]
     assert {0.0, 255.0} == set(flips)  # sometimes flipped, sometimes not
 
 
@@ -142,3 +145,19 @@ def test_streams_from_s3_without_downloading(s3_store):
     keys, images, _ = _keys(s3_store, shards, workers=0)
     assert len(keys) == 12 == len(set(keys))
     assert images.float().std() > 10  # real pixels came through
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_reader_understands_long_names_and_skips_other_members(tar_format):
+    long_key = "x" * 120 if tar_format != tarfile.USTAR_FORMAT else "short"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as tar:
+        for name, data in ((f"{long_key}.rgb.png", b"png-bytes"), (f"{long_key}.depth.npy", b"d" * 3000),
+                           (f"{long_key}.cls", b"3"), ("ünï.cls", b"1")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    members = list(_tar_members(buffer, "shard"))
+    assert [(m["fname"], m["data"]) for m in members] == [
+        (f"{long_key}.rgb.png", b"png-bytes"), (f"{long_key}.cls", b"3"), ("ünï.cls", b"1")]
