@@ -130,7 +130,8 @@ class RenderServicer(render_pb2_grpc.RenderServicer):
             for done, task in enumerate(tasks, start=1):
                 if not context.is_active():
                     return
-                summary = render_shards(spec, self.store, [task])
+                with _GL_LOCK:  # the pooled GL contexts are shared with RenderImages
+                    summary = render_shards(spec, self.store, [task])
                 skipped += len(summary["skipped"])
                 errors = [common_pb2.ErrorDetail(item=f["item"], code="INVALID_ARGUMENT", message=f["message"])
                           for f in summary["failures"]]
@@ -141,7 +142,8 @@ class RenderServicer(render_pb2_grpc.RenderServicer):
                         message=f"{task.split}-{task.shard:05d} {'already done' if summary['skipped'] else 'written'}",
                         outputs=[common_pb2.StoreRef(key=key)]),
                     dataset_id=dataset_id, errors=errors)
-            sheet = write_contact_sheet(spec, self.store, name)
+            with _GL_LOCK:
+                sheet = write_contact_sheet(spec, self.store, name)
             yield render_pb2.RenderDatasetEvent(
                 progress=common_pb2.ProgressEvent(
                     task=f"render:{name}", done=len(tasks), total=len(tasks), skipped=skipped, finished=True,
