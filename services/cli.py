@@ -184,14 +184,28 @@ def wait(stage: str, spec_path: str, store_url: str | None, timeout: float, poll
 @click.argument("spec_path", metavar="SPEC.yaml")
 @click.option("--store", "store_url", default=None, help="Store URL (default: $FLATLAND_STORE, then the spec's).")
 @click.option("--stage", "only", multiple=True, type=click.Choice(list_stages()), help="Run only these stages (repeatable).")
-def run(spec_path: str, store_url: str | None, only: tuple[str, ...]) -> None:
+@click.option(
+    "--remote", default=None, metavar="HOST:PORT",
+    help="Drive the stages through gRPC servers sharing the store: HOST:PORT (flatland serve all) "
+    "or meshgen=H:P,render=H:P,train=H:P,neuro=H:P.",
+)
+def run(spec_path: str, store_url: str | None, only: tuple[str, ...], remote: str | None) -> None:
     """Run an experiment end to end, then write its report."""
     from services.common.progress import run_experiment
 
     spec = _load(spec_path)
     store = _open_store(spec, store_url)
+    if remote is not None:
+        from services.common.remote import parse_addresses
+
+        try:
+            parse_addresses(remote)
+        except ValueError as exc:
+            _fail(str(exc), EXIT_BAD_INPUT)
     try:
-        run_experiment(spec, store, stages=list(only) or None, console=console)
+        run_experiment(
+            spec, store, stages=list(only) or None, console=console, remote=remote, spec_text=Path(spec_path).read_text()
+        )
     except SpecError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     except FlatlandError as exc:

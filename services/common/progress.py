@@ -80,17 +80,26 @@ def run_stage_with_progress(
     return summary
 
 
-def run_experiment(spec: ExperimentSpec, store: Store, *, stages: list[str] | None = None, console: Console) -> dict:
-    """Run every stage of ``spec`` in-process against ``store``, then write the report.
+def run_experiment(
+    spec: ExperimentSpec, store: Store, *, stages: list[str] | None = None, console: Console,
+    remote: str | None = None, spec_text: str | None = None,
+) -> dict:
+    """Run every stage of ``spec`` against ``store``, then write the report.
 
-    Each stage skips what the store already holds, so a second run finishes in seconds.
-    Returns per-stage summaries and timings.
+    In-process by default; with ``remote`` (``HOST:PORT`` or ``stage=HOST:PORT,...``) the
+    stages run on gRPC servers that share ``store``. Each stage skips what the store
+    already holds, so a second run finishes in seconds. Returns summaries and timings.
     """
     wanted = stages or list_stages()
-    console.print(f"[bold]experiment[/] {spec.name}  store {store.url}")
+    console.print(f"[bold]experiment[/] {spec.name}  store {store.url}" + (f"  remote {remote}" if remote else ""))
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}
-    for name in list_stages():
+    if remote is not None:
+        from services.common.remote import parse_addresses, run_remote
+
+        with RichProgress(console) as bar:
+            timings = run_remote(spec, spec_text or "", parse_addresses(remote), stages=wanted, progress=bar)
+    for name in ([] if remote is not None else list_stages()):
         if name not in wanted:
             continue
         if not stage_available(name):
