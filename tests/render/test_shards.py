@@ -184,3 +184,55 @@ def test_fractal_and_noise_scene_datasets(store):
             assert set(np.unique(labels)) - {0} <= drawn
             assert int(noise[name.replace(".seg.png", ".cls")]) == record["class_index"]
             assert np.array_equal(redraw_record(record), decode_png(noise[name.replace(".seg.png", ".rgb.png")]))
+
+
+KILL_SCRIPT = """
+import os, sys, time
+os.environ["PYOPENGL_PLATFORM"] = "osmesa"
+from services.common.spec.experiment import load_spec
+from services.common.store import LocalStore
+from services.render.job import run_job
+def slow(task, done, total):
+    time.sleep(0.3)  # leave the parent time to kill us between and inside shards
+run_job(load_spec(sys.argv[1]), LocalStore(sys.argv[2]), progress=slow)
+"""
+
+
+def test_sigkilled_job_resumes_to_the_same_shards(shapes, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    from services.common.store import LocalStore
+    from .meshdata import primitive_meshes, write_meshes
+
+    spec, store = shapes
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    dataset_id = spec.dataset_id("shapes")
+    manifest_key = f"datasets/{dataset_id}/manifest.json"
+    process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(spec_path), str(store.root)],
+                               cwd=Path(__file__).resolve().parents[2], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        manifest = read_manifest(store, manifest_key) if store.exists(manifest_key) else None
+        if manifest is not None and len(manifest.entries) >= 1:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, process.stderr.read().decode()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_with = len(read_manifest(store, manifest_key).entries)
+    assert 1 <= killed_with < 4
+    summary = run_job(spec, store)
+    assert summary["skipped"] >= 1 and summary["skipped"] + summary["written"] == 4
+    clean = LocalStore(tmp_path / "clean")
+    prims = primitive_meshes()
+    write_meshes(clean, spec, "shapes", {(c, i): prims[2 * c + i] for c in range(2) for i in range(2)})
+    run_job(spec, clean)
+    resumed, reference = read_manifest(store, manifest_key), read_manifest(clean, manifest_key)
+    assert [(e.key, e.sha256, e.samples) for e in resumed.entries] == [(e.key, e.sha256, e.samples) for e in reference.entries]
