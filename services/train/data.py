@@ -62,6 +62,10 @@ _SHARD_KEY = re.compile(r"^datasets/[^/]+/(?P<split>[a-z0-9-]+)-(?P<shard>\d{5})
 _WANTED = ("rgb.png", "cls")
 
 
+class EmptySplitError(FlatlandError):
+    """A dataset split with no samples."""
+
+
 def manifest_key(dataset_id: str) -> str:
     return f"datasets/{dataset_id}/manifest.json"
 
@@ -110,7 +114,7 @@ def dataset_shards(store: Store, dataset_id: str, split: str, *, source: int = 0
     ------
     ObjectNotFoundError
         No manifest yet.
-    FlatlandError
+    EmptySplitError
         The split has no shards or no samples (an empty dataset).
     """
     manifest = dataset_manifest(store, dataset_id)
@@ -128,7 +132,7 @@ def dataset_shards(store: Store, dataset_id: str, split: str, *, source: int = 0
         )
     shards.sort(key=lambda s: s.key)
     if not shards or sum(s.samples for s in shards) == 0:
-        raise FlatlandError(
+        raise EmptySplitError(
             f"dataset '{dataset_id}' has no '{split}' samples in {manifest_key(dataset_id)} "
             f"(splits listed: {manifest.metadata.get('splits', {})})"
         )

@@ -29,6 +29,7 @@ epoch with grouping key experiment/stage/index.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -47,7 +48,7 @@ from services.common.spec.experiment import ExperimentSpec
 from services.common.spec.train import OptimSpec, PretrainSpec
 from services.common.store import Store
 from services.train import metrics as prom
-from services.train.data import IMAGENET_MEAN, IMAGENET_STD, ShardStream, dataset_shards, make_loader, to_model_input
+from services.train.data import EmptySplitError, IMAGENET_MEAN, IMAGENET_STD, ShardStream, dataset_shards, make_loader, to_model_input
 from services.train.mixes import LabelMap, mix_for_run
 from services.train.models import (
     build_model, checkpoint_dict, load_checkpoint, logits_of, save_checkpoint, unwrap,
@@ -57,6 +58,7 @@ from services.train.plots import curves_png, filters_png
 Progress = Callable[[str, int, int], None]
 _EPOCH_KEY = re.compile(r"/checkpoints/epoch-(\d+)\.pt$")
 KEEP_EPOCH_CHECKPOINTS = 2
+_log = logging.getLogger(__name__)
 
 
 class RunCancelled(FlatlandError):
@@ -327,7 +329,12 @@ class PretrainRun:
             tables.append(part.label_table())
             train += dataset_shards(self.store, part.dataset_id, run.train_split, source=source)
             if run.val_split is not None:
-                val += dataset_shards(self.store, part.dataset_id, run.val_split, source=source)
+                try:
+                    val += dataset_shards(self.store, part.dataset_id, run.val_split, source=source)
+                except EmptySplitError:
+                    # e.g. rendered with val_fraction 0: train anyway, without validation metrics.
+                    _log.warning("run %s: dataset %s has no '%s' split; no validation for it",
+                                 self.run_id, part.dataset_id, run.val_split)
         return train, val, tables
 
     @staticmethod

@@ -132,3 +132,11 @@ def test_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(values[21:], values[22:]))  # cosine falls
     step = OptimSpec(warmup_epochs=0, schedule="step", step_size=3, step_gamma=0.5)
     assert [lr_factor(e, step, 9) for e in (0, 2.9, 3, 6.5)] == [1, 1, 0.5, 0.25]
+
+
+def test_a_dataset_without_val_split_trains_without_validation(local_store):
+    spec = make_spec(epochs=1, batch_size=8, input_size=16)
+    write_dataset(local_store, spec.dataset_id("shapes"), classes=6, views={"train": 2}, size=16)
+    summary = pretrain(spec, "r", local_store)
+    assert summary["finished"] and "val_top1" not in summary["final"]
+    assert summary["final"]["train_samples"] == 8  # 12 samples, one full batch of 8
