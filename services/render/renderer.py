@@ -109,6 +109,7 @@ def _make_stable_cache_class():
         """
 
         shading = "pbr"
+        light_counts = (0, 0, 0)  # (directional, point, spot) of the scene about to be drawn
 
         def _fragment(self, fragment_shader):
             if self.shading == "phong" and fragment_shader == "mesh.frag":
@@ -123,7 +124,11 @@ def _make_stable_cache_class():
 
         def get_program(self, vertex_shader, fragment_shader, geometry_shader=None, defines=None):
             defines = defines or {}
-            fragment_shader = self._fragment(fragment_shader)
+            if self._fragment(fragment_shader) != fragment_shader:
+                fragment_shader = self._fragment(fragment_shader)
+                directional, point, spot = self.light_counts
+                defines = {**defines, "N_DIRECTIONAL_LIGHTS": directional, "N_POINT_LIGHTS": point,
+                           "N_SPOT_LIGHTS": spot}
             key = self.program_key(vertex_shader, fragment_shader, geometry_shader, defines)
             program = self._program_cache.get(key)
             if program is None:
@@ -328,6 +333,8 @@ class SceneRenderer:
         self._scene.set_pose(self._mesh_node, np.asarray(record["object"]["pose"], dtype=float))
         self._scene.ambient_light = np.full(3, float(record["ambient"]))
         self.shader_cache.shading = record["material"].get("shading", "pbr")
+        kinds = [light["kind"] for light in record["lights"]]
+        self.shader_cache.light_counts = (kinds.count("directional"), kinds.count("point"), kinds.count("spot"))
         for node in self._light_nodes:
             self._scene.remove_node(node)
         self._light_nodes = [self._scene.add(_make_light(light, pyrender), pose=np.asarray(light["pose"], dtype=float))

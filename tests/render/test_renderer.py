@@ -171,3 +171,22 @@ def test_unstartable_platform_is_a_clear_error():
     result = _fresh_process(code, {"EGL_DEVICE_ID": "999"})
     assert result.returncode != 0
     assert "RenderBackendError" in result.stderr and "could not start OpenGL with PYOPENGL_PLATFORM=egl" in result.stderr
+
+
+def test_every_light_kind_lights_the_object_under_phong():
+    from services.common.spec.render import IlluminationSpec, LightSpec
+
+    mesh = trimesh.creation.icosphere(subdivisions=3)
+    front = dict(azimuth_deg=Fixed(value=0), elevation_deg=Fixed(value=0))  # the camera's side
+    means = {}
+    for kind in ("directional", "point", "spot", None):
+        settings = front_view_settings(4.0).model_copy(deep=True)
+        lights = [LightSpec(kind=kind or "directional", intensity=Fixed(value=2.0 if kind else 0.0), **front)]
+        settings.illumination = IlluminationSpec(count=Fixed(value=1), lights=lights, ambient=Fixed(value=0.1))
+        record, view = render(mesh, settings)
+        means[kind] = view.rgb[view.mask].mean()
+    for kind in ("directional", "point", "spot"):
+        assert means[kind] > means[None] + 40, means
+    keys = get_renderer(SIZE).shader_cache._program_cache
+    counts = {dict(key[1:]).get("N_POINT_LIGHTS") for key in keys}
+    assert {0, 1} <= counts  # one program per light configuration

@@ -4,6 +4,9 @@
 // (c_diff / pi * n.l * radiance); specular: normalised Blinn-Phong whose exponent comes
 // from the material roughness. About half the per-fragment cost of the GGX BRDF in
 // llvmpipe, which dominates CPU rendering time. No shadows, textures or IBL (unused here).
+// The renderer defines N_DIRECTIONAL_LIGHTS, N_POINT_LIGHTS and N_SPOT_LIGHTS (the scene's exact
+// counts): loops with compile-time bounds are unrolled, absent light kinds compile away. Loops
+// bounded by a uniform cost llvmpipe about twice as much per fragment.
 
 struct SpotLight {
     vec3 color;
@@ -142,18 +145,23 @@ void main()
         n = -n;
     }
 
-    for (int i = 0; i < n_directional_lights; i++) {
+#if N_DIRECTIONAL_LIGHTS > 0
+    for (int i = 0; i < N_DIRECTIONAL_LIGHTS; i++) {
         vec3 l = normalize(-1.0 * directional_lights[i].direction);
         vec3 radiance = directional_lights[i].intensity * directional_lights[i].color;
         color.xyz += shade(n, v, l, c_diff, f0, shininess, radiance);
     }
-    for (int i = 0; i < n_point_lights; i++) {
+#endif
+#if N_POINT_LIGHTS > 0
+    for (int i = 0; i < N_POINT_LIGHTS; i++) {
         vec3 to_light = point_lights[i].position - frag_position;
         float dist2 = dot(to_light, to_light);
         vec3 radiance = point_lights[i].intensity / dist2 * point_lights[i].color;
         color.xyz += shade(n, v, normalize(to_light), c_diff, f0, shininess, radiance);
     }
-    for (int i = 0; i < n_spot_lights; i++) {
+#endif
+#if N_SPOT_LIGHTS > 0
+    for (int i = 0; i < N_SPOT_LIGHTS; i++) {
         vec3 to_light = spot_lights[i].position - frag_position;
         vec3 l = normalize(to_light);
         float cd = clamp(dot(spot_lights[i].direction, -l), 0.0, 1.0);
@@ -161,6 +169,7 @@ void main()
         attenuation = attenuation * attenuation * spot_lights[i].intensity / dot(to_light, to_light);
         color.xyz += shade(n, v, l, c_diff, f0, shininess, attenuation * spot_lights[i].color);
     }
+#endif
     color.xyz += base_color.xyz * ambient_light;
     color.xyz += material.emissive_factor * material.emissive_factor;
 #ifdef COLOR_0_LOC
