@@ -193,7 +193,7 @@ from services.common.spec.experiment import load_spec
 from services.common.store import LocalStore
 from services.render.job import run_job
 def slow(task, done, total):
-    time.sleep(0.3)  # leave the parent time to kill us between and inside shards
+    time.sleep(1.0)  # leave the parent time to kill us before the next shard
 run_job(load_spec(sys.argv[1]), LocalStore(sys.argv[2]), progress=slow)
 """
 
