@@ -190,3 +190,17 @@ def test_every_light_kind_lights_the_object_under_phong():
     keys = get_renderer(SIZE).shader_cache._program_cache
     counts = {dict(key[1:]).get("N_POINT_LIGHTS") for key in keys}
     assert {0, 1} <= counts  # one program per light configuration
+
+
+def test_noise_background_fills_only_the_background_and_re_renders():
+    from services.common.spec.render import BackgroundSpec
+
+    settings = RenderSettings(image_size=SIZE, background=BackgroundSpec(kind="noise", noise_scale=4.0))
+    mesh = trimesh.creation.box()
+    record, view = render(mesh, settings, 2)
+    background = view.rgb[~view.mask]
+    assert background.std() > 5 and background.max() > 100  # a texture, not a plain colour
+    other, _ = render(mesh, settings, 3)
+    assert other["background"]["noise_seed"] != record["background"]["noise_seed"]
+    again = render_record(record, mesh)
+    assert np.array_equal(again.rgb, view.rgb)
