@@ -98,6 +98,8 @@ class RenderServicer(render_pb2_grpc.RenderServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         if isinstance(exc, ResourceLimitError):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        if type(exc).__name__ == "RenderBackendError":  # this server's OpenGL platform cannot do what was asked
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         if isinstance(exc, (SpecError, ValueError, KeyError)):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")

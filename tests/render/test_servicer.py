@@ -52,6 +52,7 @@ def test_render_images_from_glb_and_re_render_records(stub):
     ({"glb": b"x", "count": 10_000}, grpc.StatusCode.RESOURCE_EXHAUSTED, "count"),
     ({"glb": b"x", "count": 1, "settings_json": json.dumps({"image_size": 3})}, grpc.StatusCode.INVALID_ARGUMENT, "image_size"),
     ({"glb": b"not a mesh", "count": 1}, grpc.StatusCode.INVALID_ARGUMENT, "GLB"),
+    ({"glb": b"x", "count": 1, "settings_json": json.dumps({"backend": "vulkan"})}, grpc.StatusCode.INVALID_ARGUMENT, "backend"),
 ])
 def test_bad_requests_map_to_status_codes(stub, fields, code, words):
     client, _ = stub
@@ -92,3 +93,16 @@ def test_render_dataset_streams_progress_and_resumes(stub):
     with pytest.raises(grpc.RpcError) as info:
         list(client.RenderDataset(bad))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "missing" in info.value.details()
+
+
+def test_other_gl_platform_than_the_servers_is_failed_precondition(stub):
+    from services.render.renderer import select_platform
+
+    client, _ = stub
+    client.RenderImages(render_pb2.RenderImagesRequest(glb=glb_bytes(trimesh.creation.box()), count=1,
+                                                       settings_json='{"image_size": 32}'))
+    other = "egl" if select_platform("auto") == "osmesa" else "osmesa"
+    with pytest.raises(grpc.RpcError) as info:
+        client.RenderImages(render_pb2.RenderImagesRequest(glb=glb_bytes(trimesh.creation.box()), count=1,
+                                                           settings_json=json.dumps({"image_size": 32, "backend": other})))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "already imported" in info.value.details()
