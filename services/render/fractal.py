@@ -3,16 +3,22 @@
 FractalDB (Kataoka et al., 2020) draws a class's IFS with the chaos game: starting
 from the origin, apply a map chosen with probability ``probs`` to the current
 point, repeatedly; the visited points are rescaled by their min/max into the
-image and each is drawn as a 3x3 patch, grey on black.
+image and each is pasted as a 3x3 patch with its own random on/off pattern
+(one of the 511 non-empty 9-bit masks), grey (127) on black.
 
 Instead of one long Python loop over points, we run many independent chains of
 each system in parallel (``chains`` per image, every image of a batch at once):
 one numpy step advances every chain of every image by one map application,
 selecting each chain's coefficients by fancy indexing into the stacked map
 table. Each chain drops its first ``burn_in`` points (it starts at the origin,
-off the attractor). Rasterising is a scatter of booleans into the images
-followed by a dilation with the image's 3x3 patch (9 shifted ORs), which is
-exactly "every point drawn as the patch".
+off the attractor).
+
+Rasterising without a loop over points: FractalDB pastes whole patches, so a
+pixel ends up with one bit of the *last* patch covering it, and each bit of a
+random non-empty mask is on with probability 256/511. We scatter the points into
+an occupancy image, dilate it by the patch's square (9 shifted ORs) to get the
+covered pixels, and keep each covered pixel with that probability, drawn from the
+image's own generator: the same per-pixel distribution, in a few array passes.
 
 Variants: ``services.meshgen.fractal2d.ifs_variants`` gives 25 coefficient
 variants per class (the original plus one coefficient scaled by 1±w, 1±2w);
@@ -26,6 +32,13 @@ import numpy as np
 from services.common.seeds import rng_from_seed
 
 FLIPS = ("none", "horizontal", "vertical", "both")
+GREY = 127  # FractalDB's grey level
+
+
+def patch_bit_probability(patch: int) -> float:
+    """P(a given cell is on) for a uniformly random non-empty patch x patch on/off mask."""
+    cells = patch * patch
+    return 2.0 ** (cells - 1) / (2.0**cells - 1)
 
 
 def _validate_system(maps: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,14 +168,13 @@ def _iterate_torch(table: np.ndarray, lut: np.ndarray, draws: np.ndarray, n_sys:
     return xs, ys
 
 
-def rasterise_torch(xs, ys, image_size: int, patches: np.ndarray, greys: np.ndarray) -> np.ndarray:
+def rasterise_torch(xs, ys, image_size: int, patch: int, keep: np.ndarray) -> np.ndarray:
     """:func:`rasterise` for torch point clouds (on their device); returns numpy uint8 images."""
     import torch
 
     device = xs.device
     b = xs.shape[0]
-    p = patches.shape[-1]
-    pad = p // 2
+    pad = patch // 2
     side = image_size + 2 * pad
     finite = torch.isfinite(xs) & torch.isfinite(ys)
 
@@ -176,44 +188,41 @@ def rasterise_torch(xs, ys, image_size: int, patches: np.ndarray, greys: np.ndar
     occupied = torch.zeros(b * side * side, dtype=torch.bool, device=device)
     occupied[flat[finite]] = True
     occupied = occupied.reshape(b, side, side)
-    stamps = torch.as_tensor(patches, device=device)
-    drawn = torch.zeros((b, image_size, image_size), dtype=torch.bool, device=device)
-    for dy in range(p):
-        for dx in range(p):
-            shifted = occupied[:, 2 * pad - dy:2 * pad - dy + image_size, 2 * pad - dx:2 * pad - dx + image_size]
-            drawn |= shifted & stamps[:, dy, dx][:, None, None]
-    drawn = torch.flip(drawn, dims=[1])
-    grey = torch.as_tensor(greys, device=device)[:, None, None]
-    return torch.where(drawn, grey, torch.zeros_like(grey)).to(torch.uint8).cpu().numpy()
+    covered = torch.zeros((b, image_size, image_size), dtype=torch.bool, device=device)
+    for dy in range(patch):
+        for dx in range(patch):
+            covered |= occupied[:, dy:dy + image_size, dx:dx + image_size]
+    drawn = torch.flip(covered, dims=[1]) & torch.as_tensor(keep, device=device)
+    return (drawn.to(torch.uint8) * GREY).cpu().numpy()
 
 
-def random_patch(rng: np.random.Generator, size: int = 3) -> np.ndarray:
-    """(size, size) bool stamp with random cells on (never empty)."""
-    patch = rng.random((size, size)) < 0.5
-    patch[size // 2, size // 2] = True
-    return patch
+def patch_bits(rng: np.random.Generator, image_size: int, patch: int) -> np.ndarray:
+    """(image_size, image_size) bool: each pixel on with :func:`patch_bit_probability` (exactly, up to 3x3)."""
+    cells = patch * patch
+    if cells <= 15:  # 2^(cells-1) of the 2^cells - 1 non-empty masks have a given cell on
+        return rng.integers(0, 2**cells - 1, (image_size, image_size), dtype=np.uint16) < 2 ** (cells - 1)
+    return rng.random((image_size, image_size), dtype=np.float32) < np.float32(patch_bit_probability(patch))
 
 
-def rasterise(xs: np.ndarray, ys: np.ndarray, image_size: int, patches: np.ndarray, greys: np.ndarray) -> np.ndarray:
-    """Draw point clouds as grey patches on black.
+def rasterise(xs: np.ndarray, ys: np.ndarray, image_size: int, patch: int, keep: np.ndarray) -> np.ndarray:
+    """Draw point clouds as FractalDB patches, grey on black.
 
     Parameters
     ----------
     xs, ys : (b, n) float
         Point clouds; each is rescaled by its own finite min/max into the image.
     image_size : int
-    patches : (b, p, p) bool
-        Each image's stamp.
-    greys : (b,) uint8
-        Each image's grey level.
+    patch : int
+        Side of the square patch pasted at every point.
+    keep : (b, image_size, image_size) bool
+        Per-pixel random bits (on with :func:`patch_bit_probability`): which covered pixels are grey.
 
     Returns
     -------
     (b, image_size, image_size) uint8
     """
     b = xs.shape[0]
-    p = patches.shape[-1]
-    pad = p // 2
+    pad = patch // 2
     canvas_side = image_size + 2 * pad
     occupied = np.zeros((b, canvas_side * canvas_side), dtype=bool)
     for i in range(b):  # per image: min/max rescale and one scatter (no per-point loop)
@@ -227,16 +236,13 @@ def rasterise(xs: np.ndarray, ys: np.ndarray, image_size: int, patches: np.ndarr
         py = _to_pixels(y, image_size) + pad
         occupied[i, py * canvas_side + px] = True
     occupied = occupied.reshape(b, canvas_side, canvas_side)
-    drawn = np.zeros((b, image_size, image_size), dtype=bool)
-    for dy in range(p):
-        for dx in range(p):
-            on = patches[:, dy, dx]
-            if on.any():  # a stamp cell at (dy, dx) paints pixel (y + dy - pad, x + dx - pad)
-                shifted = occupied[:, 2 * pad - dy:2 * pad - dy + image_size, 2 * pad - dx:2 * pad - dx + image_size]
-                drawn |= shifted & on[:, None, None]
+    covered = np.zeros((b, image_size, image_size), dtype=bool)
+    for dy in range(patch):
+        for dx in range(patch):
+            covered |= occupied[:, dy:dy + image_size, dx:dx + image_size]
     # y grows downwards in images; FractalDB draws with y up
-    drawn = drawn[:, ::-1, :]
-    return np.where(drawn, greys[:, None, None], np.uint8(0)).astype(np.uint8)
+    drawn = covered[:, ::-1, :] & keep
+    return np.where(drawn, np.uint8(GREY), np.uint8(0)).astype(np.uint8)
 
 
 def _to_pixels(v: np.ndarray, image_size: int) -> np.ndarray:
@@ -263,7 +269,7 @@ def draw_fractals(systems: list[tuple[np.ndarray, np.ndarray]], seeds: list[int]
     ----------
     systems : list of (maps (n, 6), probs (n,))
     seeds : list of int
-        One item seed per image: it fixes the chaos game, the patch and the grey level.
+        One item seed per image: it fixes the chaos game and the patch bits.
     flips : list of int, optional
         Flip index per image (default: none).
     device : str, optional
@@ -279,13 +285,12 @@ def draw_fractals(systems: list[tuple[np.ndarray, np.ndarray]], seeds: list[int]
         return np.zeros((0, image_size, image_size), dtype=np.uint8)
     # Per-image generators keep every image reproducible alone, whatever its batch.
     item_rngs = [rng_from_seed(s) for s in seeds]
-    patches = np.stack([random_patch(r, patch) for r in item_rngs])
-    greys = np.array([r.integers(128, 256) for r in item_rngs], dtype=np.uint8)
+    keep = np.stack([patch_bits(r, image_size, patch) for r in item_rngs])
     xs, ys = chaos_game(systems, points, item_rngs, chains=chains, device=device)
     if device is None:
-        images = rasterise(xs, ys, image_size, patches, greys)
+        images = rasterise(xs, ys, image_size, patch, keep)
     else:
-        images = rasterise_torch(xs, ys, image_size, patches, greys)
+        images = rasterise_torch(xs, ys, image_size, patch, keep)
     if flips is not None:
         images = np.stack([apply_flip(img, f) for img, f in zip(images, flips)])
     return images
