@@ -18,7 +18,7 @@ def test_rendered_fractal_shards_stream_and_train(local_store):
     render_job = pytest.importorskip("services.render.job")
     spec = parse_spec({
         "name": "contract",
-        "datasets": [{"name": "fr", "family": {"family": "fractal2d"}, "classes": 2,
+        "datasets": [{"name": "fr", "family": {"family": "fractal2d"}, "classes": 2, "instances_per_class": 3,
                       "fractal_render": {"image_size": 24, "points": 20000, "drawings_per_variant": 10}}],
         "pretrain": [{"name": "r", "datasets": ["fr"], "model": "resnet18", "input_size": 16, "epochs": 1,
                       "batch_size": 16, "workers": 0}],
