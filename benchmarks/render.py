@@ -15,7 +15,7 @@ Prints readable lines, then LAST one JSON line with medians over repeats:
 
 ``*_per_cpu_s`` divide by this process's CPU time instead of wall time: what one core does
 when other jobs share the machine. Targets (issue 4): procsynth >= 60/s, fractal2d >= 200/s per core.
-Run: ``.venv/bin/python benchmarks/render.py [--repeats 3] [--images 300]``
+Run: ``.venv/bin/python benchmarks/render.py [--repeats 3] [--images 300] [--backend egl]``
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # one core: set before numpy loads BLAS
 os.environ.setdefault("LP_NUM_THREADS", "0")  # llvmpipe (OSMesa): rasterise in the calling thread (one core)
-os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 
 import argparse  # noqa: E402
 import io  # noqa: E402
@@ -94,7 +93,7 @@ def pooled(meshes, records, renderer) -> float:
     return clock.rates(n)
 
 
-def naive(meshes, records, per_mesh: int) -> float:
+def naive(meshes, records, per_mesh: int, backend: str) -> float:
     """Images/s: a new renderer (context) and scene for every image."""
     n = 0
     buffer = io.BytesIO()
@@ -102,7 +101,7 @@ def naive(meshes, records, per_mesh: int) -> float:
     clock = Clock()
     for cls, (mesh, views) in enumerate(zip(meshes, records)):
         for record in views[:per_mesh]:
-            renderer = SceneRenderer(record["image_size"], "osmesa")
+            renderer = SceneRenderer(record["image_size"], backend)
             renderer.set_mesh(mesh, record["material"])
             view = renderer.render(record)
             renderer.close()
@@ -136,6 +135,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300, help="pooled images per repeat")
     parser.add_argument("--naive-images", type=int, default=30)
     parser.add_argument("--fractal-images", type=int, default=128)
+    parser.add_argument("--backend", choices=("osmesa", "egl"), default="osmesa",
+                        help="OpenGL platform (egl on a GPU machine: the EGL figure of the issue)")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, really
@@ -145,15 +146,15 @@ def main() -> None:
     records = records_for(meshes, settings, per_mesh)
     faces = [len(m.faces) for m in meshes]
     print(f"procsynth meshes from services.meshgen (defaults): {len(meshes)}, faces median {int(np.median(faces))}")
-    renderer = SceneRenderer(224, "osmesa")
-    print(f"OpenGL: {renderer.gl_renderer}")
+    renderer = SceneRenderer(224, args.backend)
+    print(f"OpenGL: {renderer.gl_renderer} (platform {renderer.platform}, software: {renderer.software})")
     pooled(meshes[:1], [records[0][:5]], renderer)  # warm-up: shader compilation
     culled = [[dict(r, material=dict(r["material"], double_sided=False)) for r in views] for views in records]
     results = {"procsynth": [], "culled": [], "naive": [], "fractal": [], "fractal_encoded": []}
     for repeat in range(args.repeats):
         results["procsynth"].append(pooled(meshes, records, renderer))
         results["culled"].append(pooled(meshes, culled, renderer))
-        results["naive"].append(naive(meshes, records, max(1, args.naive_images // len(meshes))))
+        results["naive"].append(naive(meshes, records, max(1, args.naive_images // len(meshes)), args.backend))
         results["fractal"].append(fractal_rate(args.fractal_images, encode=False))
         results["fractal_encoded"].append(fractal_rate(args.fractal_images // 2, encode=True))
         print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1][0]:.1f}/s ({v[-1][1]:.1f}/cpu-s)"
@@ -170,6 +171,7 @@ def main() -> None:
         "procsynth_images_per_cpu_s": round(cpu["procsynth"], 1),
         "naive_images_per_cpu_s": round(cpu["naive"], 1),
         "fractal2d_images_per_cpu_s": round(cpu["fractal"], 1),
+        "gl_platform": renderer.platform, "gl_renderer": renderer.gl_renderer,
         "image_size": 224, "fractal_image_size": 256, "fractal_points": 100_000, "cores": 1,
         "meshes": "services.meshgen procsynth defaults",
     }))
