@@ -30,7 +30,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     MPLCONFIGDIR=/tmp/matplotlib \
     TORCH_HOME=/tmp/torch \
-    PYOPENGL_PLATFORM=osmesa
+    PYOPENGL_PLATFORM=osmesa \
+    # llvmpipe renders in the calling thread: one render process per requested core.
+    LP_NUM_THREADS=0
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 50051 9090

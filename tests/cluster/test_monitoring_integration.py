@@ -92,7 +92,9 @@ def test_prometheus_scrapes_server_and_pushgateway(tmp_path, processes):
         push_port, prom_port = free_port(), free_port()
         pushgateway = f"http://127.0.0.1:{push_port}"
         prometheus = f"http://127.0.0.1:{prom_port}"
-        processes.append(subprocess.Popen([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{push_port}"],
+        # Debian's build persists to /var/lib by default: keep each run's metrics to itself.
+        processes.append(subprocess.Popen([PUSHGATEWAY, f"--web.listen-address=127.0.0.1:{push_port}",
+                                           f"--persistence.file={tmp_path / 'pushgateway.data'}"],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         config = tmp_path / "prometheus.yml"
         config.write_text(json.dumps({  # JSON is YAML
