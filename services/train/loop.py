@@ -61,6 +61,10 @@ KEEP_EPOCH_CHECKPOINTS = 2
 _log = logging.getLogger(__name__)
 
 
+class DivergedError(FlatlandError):
+    """The loss became NaN or infinite."""
+
+
 class RunCancelled(FlatlandError):
     """The run was asked to stop; its last epoch checkpoint lets it resume later."""
 
@@ -281,8 +285,13 @@ class PretrainRun:
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise DivergedError(
+                        f"run {self.run_id}: training loss became {loss_value} in epoch {epoch}; lower optim.lr, "
+                        "raise optim.warmup_epochs or set optim.grad_clip_norm")
                 top1, top5 = topk_correct(logits.detach().float(), y)
-                sums += [float(loss.detach()) * len(y), top1, top5, len(y), int(batch["corrupt"].sum())]
+                sums += [loss_value * len(y), top1, top5, len(y), int(batch["corrupt"].sum())]
             del batches, loader
             if ctx.distributed:
                 # DDP syncs buffers (BatchNorm statistics) from rank 0 at each forward; after the

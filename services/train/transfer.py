@@ -55,7 +55,7 @@ from services.common.spec.experiment import ExperimentSpec, content_hash
 from services.common.spec.train import OptimSpec, TargetSpec, TransferSpec
 from services.common.store import Store
 from services.train.data import IMAGENET_MEAN, IMAGENET_STD, to_model_input
-from services.train.loop import lr_factor, run_prefix
+from services.train.loop import DivergedError, lr_factor, run_prefix
 from services.train.models import build_model, head_parameter_names, load_checkpoint, logits_of
 
 Progress = Callable[[str, int, int], None]
@@ -250,6 +250,9 @@ def fit(source: Source, mode: str, train: Dataset, num_classes: int, *, lr: floa
         for images, labels in loader:
             logits = logits_of(model(to_model_input(images, device, mean=source.mean, std=source.std)))
             loss = criterion(logits, labels.to(device))
+            if not torch.isfinite(loss):
+                raise DivergedError(f"transfer of '{source.name}' ({mode}, lr={lr}, weight_decay={weight_decay}): "
+                                    f"loss became {float(loss)}; lower the learning rate or set optim.grad_clip_norm")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if optim.grad_clip_norm is not None:

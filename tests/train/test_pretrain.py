@@ -140,3 +140,13 @@ def test_a_dataset_without_val_split_trains_without_validation(local_store):
     summary = pretrain(spec, "r", local_store)
     assert summary["finished"] and "val_top1" not in summary["final"]
     assert summary["final"]["train_samples"] == 8  # 12 samples, one full batch of 8
+
+
+def test_a_diverging_run_stops_with_a_named_cause(local_store):
+    from services.train.loop import DivergedError
+
+    spec = make_spec(epochs=2, batch_size=4, input_size=16, optim={"lr": 1e12, "warmup_epochs": 0})
+    write_dataset(local_store, spec.dataset_id("shapes"), classes=6, views={"train": 3, "val": 1}, size=16)
+    with pytest.raises(DivergedError, match="loss became .* in epoch 0; lower optim.lr"):
+        pretrain(spec, "r", local_store)
+    assert not local_store.exists(f"runs/{spec.run_id('r')}/done.json")

@@ -10,7 +10,7 @@ from PIL import Image
 from services.common.errors import ObjectNotFoundError
 from services.common.spec.experiment import parse_spec
 from services.common.spec.train import TargetSpec
-from services.train.loop import pretrain
+from services.train.loop import DivergedError, pretrain
 from services.train.transfer import Source, load_target, prepare_model, run_transfer, transfer_id
 from synthetic_shards import write_dataset
 
@@ -99,3 +99,24 @@ def test_image_folder_targets_split_by_seed_and_missing_data_is_named(tmp_path):
         load_target(TargetSpec(name="c", kind="cifar10", path=str(tmp_path / "nothing")), 32, seed=0)
     with pytest.raises(ObjectNotFoundError, match="does not exist"):
         load_target(TargetSpec(name="g", kind="imagefolder", path=str(tmp_path / "nope")), 32, seed=0)
+
+
+def test_transfer_runs_on_an_image_folder(tmp_path, local_store):
+    rng = np.random.default_rng(1)
+    for c, colour in enumerate(((230, 30, 30), (30, 30, 230))):
+        (tmp_path / "folder" / f"class{c}").mkdir(parents=True)
+        for i in range(12):
+            pixels = np.clip(np.array(colour) + rng.integers(-40, 40, (10, 10, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "folder" / f"class{c}" / f"{i}.png")
+    spec = spec_with({"pretrained": [], "targets": ["f"], "modes": ["finetune"], "epochs": 10, "batch_size": 6},
+                     targets=[{"name": "f", "kind": "imagefolder", "path": str(tmp_path / "folder"), "test_fraction": 0.25}],
+                     pretrain_runs=False)
+    result = run_transfer(spec, "x", local_store)["results"][0]
+    assert result["target"] == "f" and result["test_samples"] == 6 and result["train_samples"] == 18
+    assert result["train_top1"] > 0.5  # two noisy colours: learnable in a few steps
+    # A learning rate far too large blows the loss up; that is an error naming the cure, not a result.
+    spec = spec_with({"pretrained": [], "targets": ["f"], "modes": ["finetune"], "epochs": 3, "batch_size": 6,
+                      "optim": {"lr": 1e12, "warmup_epochs": 0}},
+                     targets=[{"name": "f", "kind": "imagefolder", "path": str(tmp_path / "folder")}], pretrain_runs=False)
+    with pytest.raises(DivergedError, match="lower the learning rate"):
+        run_transfer(spec, "x", local_store)
