@@ -10,11 +10,8 @@ Job gets) and the stages' ``run_job(index=..., count=...)`` (which items an inde
   in the order of ``spec.datasets``, then ``train`` before ``val``, then shard number);
   item ``i`` of that flattened list goes to index ``i % count``.
 
-The shard counts below must agree with the render stage's writer
-(``services/render/plan.py``; ``tests/cluster/test_experiment_jobs.py`` checks that they do):
-samples = classes × instances × views (fractal2d: × flips × drawings; noisescenes: scenes),
-validation held out per instance (see :func:`split_sizes`), each split ceil-divided by
-``shard_size``.
+The shard counts come from the render stage's own plan (``services/render/plan.py``,
+import-light), so the manifests and the workers cannot disagree.
 """
 
 from __future__ import annotations
@@ -22,11 +19,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from services.common.spec.experiment import DatasetSpec, ExperimentSpec
+from services.render.plan import SPLITS, all_shards, dataset_shards, layout
 
 MESH_FAMILIES = ("procsynth", "morphsynth", "fractal2d")
-SPLITS = ("train", "val")
-FRACTAL_WEIGHT_VARIANTS = 25  # the original system plus 4 scalings of each of 6 coefficients (FractalDB)
-MORPHSYNTH_SAMPLES = 3
 
 
 class ShardItem(NamedTuple):
@@ -44,82 +39,28 @@ class ClassItem(NamedTuple):
     class_index: int
 
 
-def instances_per_class(dataset: DatasetSpec) -> int:
-    """Meshes (3D) or IFS weight variants (fractal2d) per class; noisescenes has no classes of instances."""
-    if dataset.instances_per_class is not None:
-        return dataset.instances_per_class
-    family = dataset.family
-    if family.family == "procsynth":
-        return family.meshes_per_class
-    if family.family == "morphsynth":
-        return MORPHSYNTH_SAMPLES
-    if family.family == "fractal2d":
-        return FRACTAL_WEIGHT_VARIANTS
-    return 1
-
-
 def sample_count(dataset: DatasetSpec) -> int:
     """Images the render stage makes for ``dataset`` (both splits together)."""
-    family = dataset.family
-    if family.family == "noisescenes":
-        return family.scenes
-    if family.family == "fractal2d":
-        per_instance = family.flips * dataset.fractal_render.drawings_per_variant
-    else:
-        per_instance = dataset.render.views_per_instance
-    return dataset.classes * instances_per_class(dataset) * per_instance
-
-
-def shard_size(dataset: DatasetSpec) -> int:
-    """Samples per shard of ``dataset`` (the setting of its family)."""
-    family = dataset.family
-    if family.family == "noisescenes":
-        return family.shard_size
-    if family.family == "fractal2d":
-        return dataset.fractal_render.shard_size
-    return dataset.render.shard_size
+    return sum(split_sizes(dataset).values())
 
 
 def split_sizes(dataset: DatasetSpec) -> dict[str, int]:
-    """Samples per split: ``{"train": n_train, "val": n_val}``, summing to :func:`sample_count`.
-
-    The validation samples are held out per unit, as the render stage numbers them
-    (``services/render/plan.py``): the last ``round(views_per_instance * val_fraction)`` views
-    of every 3D instance; the last ``round(drawings_per_variant * val_fraction)`` drawings of
-    every fractal (variant, flip); the last ``round(scenes * val_fraction)`` noise scenes.
-    ``round`` is Python's (half to even), as there.
-    """
-    family = dataset.family
-    if family.family == "noisescenes":
-        units, per_unit, val_fraction = 1, family.scenes, family.val_fraction
-        val_per_unit = round(per_unit * val_fraction)
-    elif family.family == "fractal2d":
-        settings = dataset.fractal_render
-        units = dataset.classes * instances_per_class(dataset) * family.flips
-        per_unit = settings.drawings_per_variant
-        val_per_unit = round(per_unit * settings.val_fraction)
-    else:
-        settings = dataset.render
-        units = dataset.classes * instances_per_class(dataset)
-        per_unit = settings.views_per_instance
-        val_per_unit = round(per_unit * settings.val_fraction)
-    return {"train": units * (per_unit - val_per_unit), "val": units * val_per_unit}
+    """Samples per split, ``{"train": n_train, "val": n_val}``, as the render stage numbers them."""
+    lay = layout(dataset)
+    return {split: lay.count(split) for split in SPLITS}
 
 
 def shard_counts(dataset: DatasetSpec) -> dict[str, int]:
-    """Shards per split (ceil of samples / shard_size; 0 for an empty split)."""
-    size = shard_size(dataset)
-    return {split: -(-n // size) for split, n in split_sizes(dataset).items()}
+    """Shards per split (0 for an empty split)."""
+    counts = dict.fromkeys(SPLITS, 0)
+    for task in dataset_shards(dataset):
+        counts[task.split] += 1
+    return counts
 
 
 def render_items(spec: ExperimentSpec) -> list[ShardItem]:
     """Every shard of the experiment, flattened in spec order (dataset, split, shard)."""
-    items: list[ShardItem] = []
-    for dataset in spec.datasets:
-        counts = shard_counts(dataset)
-        for split in SPLITS:
-            items.extend(ShardItem(dataset.name, split, shard) for shard in range(counts[split]))
-    return items
+    return [ShardItem(t.dataset, t.split, t.shard) for t in all_shards(spec)]
 
 
 def meshgen_items(spec: ExperimentSpec) -> list[ClassItem]:

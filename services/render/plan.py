@@ -127,7 +127,11 @@ def shard_size(dataset: DatasetSpec) -> int:
 
 def shard_plan(spec: ExperimentSpec, dataset_name: str) -> list[ShardTask]:
     """Every shard of one dataset: train shards, then validation shards."""
-    dataset = spec.dataset(dataset_name)
+    return dataset_shards(spec.dataset(dataset_name))
+
+
+def dataset_shards(dataset: DatasetSpec) -> list[ShardTask]:
+    """Every shard of ``dataset`` (a dataset spec alone: the plan needs nothing else)."""
     lay = layout(dataset)
     size = shard_size(dataset)
     tasks = []
