@@ -13,7 +13,10 @@ Held-out split: digits and image folders are split stratified by class with
 
 Modes: ``finetune`` trains every layer; ``linear_probe`` freezes the backbone (in eval
 mode, so BatchNorm statistics stay put) and trains a new classification head. The head
-is found generically (:func:`services.train.models.head_parameter_names`). Each source
+is found generically (:func:`services.train.models.head_parameter_names`). A probe
+computes the backbone's features once per (source, target) and trains the head on them
+(:func:`probe_features`) whenever the head is the model's last step (checked
+numerically); otherwise it trains through the frozen network. Each source
 (every listed pre-training run, plus ``scratch`` — the same architecture, randomly
 initialised) is combined with every target and mode.
 
@@ -31,8 +34,8 @@ and the run ids it starts from>``::
 
 A result: ``{"source", "source_run_id", "model", "target", "mode", "input_size",
 "lr", "weight_decay", "epochs", "train_samples", "test_samples", "train_top1",
-"test_top1", "test_loss", "search": null | {"folds", "grid": [{"lr", "weight_decay",
-"fold_top1": [...], "mean_top1"}], "best": {...}}}``.
+"test_top1", "test_loss", "cached_features", "search": null | {"folds", "grid": [{"lr",
+"weight_decay", "fold_top1": [...], "mean_top1"}], "best": {...}}}``.
 """
 
 from __future__ import annotations
@@ -262,22 +265,130 @@ def fit(source: Source, mode: str, train: Dataset, num_classes: int, *, lr: floa
     return model
 
 
-def cross_validate(source: Source, mode: str, data: TargetData, transfer: TransferSpec, seed: int, device) -> dict:
+# -- linear probes on cached features ---------------------------------------------------
+@dataclass
+class ProbeFeatures:
+    """Backbone outputs (the head's inputs) of a target's splits, computed once per source.
+
+    With a frozen backbone in eval mode and no augmentation these never change, so a
+    probe trains only the head on them: epochs and cross-validation folds cost a pass
+    over a linear layer instead of the whole network.
+    """
+
+    head: str  # module name of the head, e.g. "fc", "classifier.3", "heads.head"
+    train: TensorDataset
+    test: TensorDataset
+
+
+def _head_module_name(source: Source) -> str | None:
+    names = {key.rsplit(".", 1)[0] for key in head_parameter_names(source.model, source.input_size)}
+    return names.pop() if len(names) == 1 else None
+
+
+def probe_features(source: Source, data: TargetData, batch_size: int, device) -> ProbeFeatures | None:
+    """Features for a cached-feature probe, or None when the model's head is not its last step.
+
+    The shortcut is taken only when applying the head to the captured input reproduces
+    the model's logits (true for ResNets, ViTs, MobileNets, ...; not for SqueezeNet,
+    whose head convolution is followed by pooling).
+    """
+    head_name = _head_module_name(source)
+    if head_name is None:
+        return None
+    model = prepare_model(source, data.num_classes, "linear_probe").to(device).eval()
+    head = model.get_submodule(head_name)
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach()))
+    try:
+        splits = []
+        with torch.no_grad():
+            for dataset in (data.train, data.test):
+                features, labels, checked = [], [], False
+                for images, batch_labels in DataLoader(dataset, batch_size=max(batch_size, 128), shuffle=False):
+                    captured.clear()
+                    logits = logits_of(model(to_model_input(images, device, mean=source.mean, std=source.std)))
+                    if not checked:
+                        replayed = head(captured[0]) if len(captured) == 1 else None
+                        if replayed is None or replayed.shape != logits.shape or not torch.allclose(replayed, logits, atol=1e-5):
+                            return None
+                        checked = True
+                    features.append(captured[0].cpu())
+                    labels.append(batch_labels)
+                splits.append(TensorDataset(torch.cat(features), torch.cat(labels)))
+    finally:
+        hook.remove()
+    return ProbeFeatures(head_name, splits[0], splits[1])
+
+
+def fit_head(source: Source, features: ProbeFeatures, train: Dataset, num_classes: int, *, lr: float,
+             weight_decay: float, optim: OptimSpec, epochs: int, batch_size: int, seed: int, device) -> nn.Module:
+    """Train a new head on cached features; the same initialisation and schedule as :func:`fit`."""
+    torch.manual_seed(seed)
+    head = prepare_model(source, num_classes, "linear_probe").get_submodule(features.head).to(device)
+    optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=optim.momentum, weight_decay=weight_decay)
+    loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
+                        drop_last=len(train) > batch_size)
+    steps = max(1, len(loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step / steps, optim, epochs))
+    criterion = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
+    head.train()
+    for _epoch in range(epochs):
+        for inputs, labels in loader:
+            loss = criterion(head(inputs.to(device)), labels.to(device))
+            if not torch.isfinite(loss):
+                raise DivergedError(f"linear probe of '{source.name}' (lr={lr}, weight_decay={weight_decay}): "
+                                    f"loss became {float(loss)}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    return head
+
+
+def _evaluate_head(head: nn.Module, data: Dataset, device) -> tuple[float, float]:
+    head.eval()
+    correct, loss_sum, count = 0, 0.0, 0
+    with torch.no_grad():
+        for inputs, labels in DataLoader(data, batch_size=1024, shuffle=False):
+            logits = head(inputs.to(device)).float()
+            labels = labels.to(device)
+            loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+            correct += int((logits.argmax(1) == labels).sum())
+            count += len(labels)
+    return correct / max(count, 1), loss_sum / max(count, 1)
+
+
+def _trainer(source: Source, mode: str, data: TargetData, transfer: TransferSpec, device):
+    """(fit_and_score(train_indices, eval_set, lr, wd, seed) -> (top1, loss, train_top1), eval sets) for one combination."""
+    features = probe_features(source, data, transfer.batch_size, device) if mode == "linear_probe" else None
+    common = {"optim": transfer.optim, "epochs": transfer.epochs, "batch_size": transfer.batch_size, "device": device}
+    if features is not None:
+        def run(train_idx, evaluate_on, lr, wd, seed):
+            train = Subset(features.train, train_idx)
+            head = fit_head(source, features, train, data.num_classes, lr=lr, weight_decay=wd, seed=seed, **common)
+            return _evaluate_head(head, evaluate_on, device), _evaluate_head(head, train, device)[0]
+        return run, features.train, features.test
+
+    def run(train_idx, evaluate_on, lr, wd, seed):
+        train = Subset(data.train, train_idx)
+        model = fit(source, mode, train, data.num_classes, lr=lr, weight_decay=wd, seed=seed, **common)
+        return (_evaluate(model, evaluate_on, source, transfer.batch_size, device),
+                _evaluate(model, train, source, transfer.batch_size, device)[0])
+    return run, data.train, data.test
+
+
+def cross_validate(run, train_set: Dataset, labels: np.ndarray, transfer: TransferSpec, seed: int) -> dict:
     """k-fold grid search on the training split; every fold's score is kept."""
     from sklearn.model_selection import StratifiedKFold
 
     search = transfer.search
     assert search is not None
     folds = StratifiedKFold(n_splits=search.folds, shuffle=True, random_state=seed % 2**32)
-    splits = list(folds.split(np.zeros(len(data.train_labels)), data.train_labels))
+    splits = list(folds.split(np.zeros(len(labels)), labels))
     grid = []
     for lr, wd in itertools.product(search.lr, search.weight_decay):
-        scores = []
-        for k, (fit_idx, val_idx) in enumerate(splits):
-            model = fit(source, mode, Subset(data.train, fit_idx), data.num_classes, lr=lr, weight_decay=wd,
-                        optim=transfer.optim, epochs=transfer.epochs, batch_size=transfer.batch_size,
-                        seed=derive_seed(seed, "fold", k), device=device)
-            scores.append(_evaluate(model, Subset(data.train, val_idx), source, transfer.batch_size, device)[0])
+        scores = [run(fit_idx, Subset(train_set, val_idx), lr, wd, derive_seed(seed, "fold", k))[0][0]
+                  for k, (fit_idx, val_idx) in enumerate(splits)]
         grid.append({"lr": lr, "weight_decay": wd, "fold_top1": scores, "mean_top1": float(np.mean(scores))})
     best = max(grid, key=lambda g: g["mean_top1"])  # first of equals: grid order decides ties
     return {"folds": search.folds, "grid": grid, "best": {"lr": best["lr"], "weight_decay": best["weight_decay"],
@@ -322,18 +433,17 @@ def run_transfer(spec: ExperimentSpec, name: str, store: Store, *, progress: Pro
         started = time.time()
         data = load(target.name, source.input_size)
         seed = derive_seed(transfer.seed, "transfer", source.name, target.name, mode)
-        search = cross_validate(source, mode, data, transfer, seed, device) if transfer.search else None
+        run, train_set, test_set = _trainer(source, mode, data, transfer, device)
+        search = cross_validate(run, train_set, data.train_labels, transfer, seed) if transfer.search else None
         lr = search["best"]["lr"] if search else transfer.optim.lr
         wd = search["best"]["weight_decay"] if search else transfer.optim.weight_decay
-        model = fit(source, mode, data.train, data.num_classes, lr=lr, weight_decay=wd, optim=transfer.optim,
-                    epochs=transfer.epochs, batch_size=transfer.batch_size, seed=derive_seed(seed, "final"), device=device)
-        test_top1, test_loss = _evaluate(model, data.test, source, transfer.batch_size, device)
-        train_top1, _ = _evaluate(model, data.train, source, transfer.batch_size, device)
+        (test_top1, test_loss), train_top1 = run(np.arange(len(train_set)), test_set, lr, wd, derive_seed(seed, "final"))
         result = {"source": source.name, "source_run_id": source.run_id, "model": source.model,
                   "target": target.name, "target_kind": target.kind, "mode": mode, "input_size": source.input_size,
                   "lr": lr, "weight_decay": wd, "epochs": transfer.epochs, "train_samples": len(data.train),
                   "test_samples": len(data.test), "train_top1": train_top1, "test_top1": test_top1,
-                  "test_loss": test_loss, "search": search, "seconds": time.time() - started}
+                  "test_loss": test_loss, "search": search, "cached_features": mode == "linear_probe" and train_set is not data.train,
+                  "seconds": time.time() - started}
         store.put_json(key, result)
         results.append(result)
     if progress:

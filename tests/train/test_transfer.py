@@ -120,3 +120,24 @@ def test_transfer_runs_on_an_image_folder(tmp_path, local_store):
                      targets=[{"name": "f", "kind": "imagefolder", "path": str(tmp_path / "folder")}], pretrain_runs=False)
     with pytest.raises(DivergedError, match="lower the learning rate"):
         run_transfer(spec, "x", local_store)
+
+
+def test_cached_feature_probe_matches_the_full_model_probe():
+    from services.common.spec.train import OptimSpec
+    from services.train.data import IMAGENET_MEAN, IMAGENET_STD
+    from services.train.transfer import fit, fit_head, probe_features
+
+    data = load_target(TargetSpec(name="d", kind="digits", train_per_class=4), 16, seed=0)
+    torch.manual_seed(5)
+    state = prepare_model(Source("s", None, "resnet18", 16, (0,) * 3, (1,) * 3, None), 3, "finetune").state_dict()
+    source = Source("s", "run", "resnet18", 16, IMAGENET_MEAN, IMAGENET_STD, state)
+    features = probe_features(source, data, 16, "cpu")
+    assert features is not None and features.head == "fc" and features.train.tensors[0].shape == (40, 512)
+    options = {"lr": 0.05, "weight_decay": 1e-4, "optim": OptimSpec(lr=0.05, warmup_epochs=0), "epochs": 2,
+               "batch_size": 8, "seed": 11, "device": torch.device("cpu")}
+    head = fit_head(source, features, features.train, 10, **options)
+    model = fit(source, "linear_probe", data.train, 10, **options)
+    assert torch.allclose(head.weight, model.fc.weight, atol=1e-4) and torch.allclose(head.bias, model.fc.bias, atol=1e-4)
+    assert torch.equal(model.conv1.weight, state["conv1.weight"])  # the backbone did not move
+    squeeze = Source("q", None, "squeezenet1_1", 64, IMAGENET_MEAN, IMAGENET_STD, None)
+    assert probe_features(squeeze, load_target(TargetSpec(name="d", kind="digits", train_per_class=1), 64, 0), 8, "cpu") is None
