@@ -38,17 +38,17 @@ def render(store, spec, name="shapes", classes=6, train=40, val=10, seed=0):
 
 @pytest.mark.slow
 def test_pretraining_beats_chance_on_held_out_views_and_writes_the_run(local_store):
-    spec = make_spec(workers=2, batch_size=16)
+    spec = make_spec(workers=2, batch_size=16, epochs=6)
     render(local_store, spec, train=24)
     events = []
     summary = pretrain(spec, "r", local_store, progress=lambda *e: events.append(e))
     run = f"runs/{spec.run_id('r')}"
     records = [json.loads(line) for line in local_store.get_bytes(f"{run}/metrics.jsonl").decode().splitlines()]
-    assert [r["epoch"] for r in records] == list(range(5))
+    assert [r["epoch"] for r in records] == list(range(6))
     assert records[-1]["val_samples"] == 60  # every held-out view evaluated once
-    assert records[-1]["val_top1"] >= 0.6  # chance is 1/6
+    assert records[-1]["val_top1"] >= 0.6  # chance is 1/6; 0.93 here (one torch thread, this CPU)
     assert records[-1]["val_loss"] < records[0]["val_loss"]
-    assert events[0] == ("train:r", 0, 5) and events[-1] == ("train:r", 5, 5)
+    assert events[0] == ("train:r", 0, 6) and events[-1] == ("train:r", 6, 6)
     assert summary["finished"] and local_store.get_json(f"{run}/done.json") == summary
     # The checkpoint loads straight into the torchvision model.
     ckpt = load_checkpoint(local_store, f"{run}/checkpoints/final.pt")
