@@ -28,6 +28,7 @@ ambient and object pose per view (plain data from :mod:`services.render.sampling
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import logging
 import os
 import sys
@@ -54,6 +55,19 @@ class DegenerateMeshError(FlatlandError, ValueError):
     """A mesh that cannot be rendered (no faces, non-finite vertices, zero extent)."""
 
 
+def _load_triton_before_mesa() -> None:
+    """Load triton's LLVM before Mesa's, so both can live in one process.
+
+    Mesa's llvmpipe (OSMesa, and EGL's software fallback) and triton (which torch
+    imports lazily, e.g. from ``torch.optim``) each bring their own LLVM. When Mesa's
+    is loaded first, loading libtriton later crashes the process (seen here: a
+    segfault in ``flatland run`` as training started after rendering); in the other
+    order both work. Costs ~0.2 s once per process, and nothing where triton is absent.
+    """
+    if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
+
+
 def select_platform(backend: str = "auto") -> str:
     """Fix PyOpenGL's platform for this process and return it.
 
@@ -71,6 +85,7 @@ def select_platform(backend: str = "auto") -> str:
     """
     if backend not in ("auto", *PLATFORMS):
         raise RenderBackendError(f"render backend must be one of auto, osmesa, egl; got {backend!r}")
+    _load_triton_before_mesa()
     current = os.environ.get("PYOPENGL_PLATFORM")
     wanted = backend
     if backend == "auto":

@@ -23,7 +23,7 @@ def report_prefix(spec: ExperimentSpec) -> str:
 
 
 def _png(store: Store, key: str) -> dict | None:
-    if not store.exists(key):
+    if not key or not store.exists(key):
         return None
     data = base64.b64encode(store.get_bytes(key)).decode("ascii")
     return {"key": key, "src": f"data:image/png;base64,{data}"}
@@ -83,20 +83,8 @@ def collect_report(spec: ExperimentSpec, store: Store, timings: dict[str, float]
             }
         )
 
-    transfer = []
-    for key in store.list("runs/"):
-        if key.endswith("/transfer.json"):
-            transfer.append({"key": key, "result": store.get_json(key)})
-
-    scores = []
-    for r in spec.pretrain:
-        rid = spec.run_id(r.name)
-        for key in store.list(f"scores/{rid}/"):
-            if key.endswith(".json"):
-                scores.append({"run": r.name, "key": key, "result": store.get_json(key)})
-    score_images = [
-        img for key in store.list("scores/") if key.endswith(".png") for img in [_png(store, key)] if img is not None
-    ]
+    transfer = _transfer_table(spec, store)
+    scores, comparisons = _score_tables(spec, store)
 
     return {
         "experiment": spec.name,
@@ -109,9 +97,76 @@ def collect_report(spec: ExperimentSpec, store: Store, timings: dict[str, float]
         "runs": runs,
         "transfer": transfer,
         "scores": scores,
-        "score_images": score_images,
+        "comparisons": comparisons,
         "timings": history["runs"],
     }
+
+
+def _transfer_table(spec: ExperimentSpec, store: Store) -> list[dict]:
+    """Per transfer entry: rows (target, mode) × columns (start points, from scratch last)."""
+    tables = []
+    for key in store.list("runs/"):
+        if not key.endswith("/transfer.json"):
+            continue
+        results = (store.get_json(key) or {}).get("results", [])
+        sources = list(dict.fromkeys(r["source"] for r in results if r["source"] != "scratch")) + ["scratch"]
+        rows = {}
+        for r in results:
+            rows.setdefault((r["target"], r["mode"]), {})[r["source"]] = r.get("test_top1")
+        tables.append(
+            {
+                "key": key,
+                "sources": sources,
+                "rows": [
+                    {
+                        "target": target, "mode": mode,
+                        "top1": [cells.get(src) for src in sources],
+                        "delta": [
+                            None if cells.get(src) is None or cells.get("scratch") is None else cells[src] - cells["scratch"]
+                            for src in sources
+                        ],
+                    }
+                    for (target, mode), cells in rows.items()
+                ],
+            }
+        )
+    return tables
+
+
+def _score_tables(spec: ExperimentSpec, store: Store) -> tuple[list[dict], list[dict]]:
+    """Neural predictivity per (benchmark, region): rows run × layer; model–model RSA figures."""
+    scores, comparisons = [], []
+    for r in spec.pretrain:
+        rid = spec.run_id(r.name)
+        for key in store.list(f"scores/{rid}/"):
+            if not key.endswith(".json"):
+                continue
+            result = store.get_json(key)
+            if "similarity" in result:  # model–model RSA
+                comparisons.append(
+                    {"title": f"{result.get('run_a')} vs {result.get('run_b')} on {result.get('benchmark')}",
+                     "method": result.get("method"), "figure": _png(store, result.get("figure", ""))}
+                )
+                continue
+            for region, layers in result.get("predictivity", {}).items():
+                best = result.get("best_layer", {}).get(region)
+                rsa = result.get("rsa", {}).get(region, {})
+                scores.append(
+                    {
+                        "run": r.name, "benchmark": result.get("benchmark"), "region": region,
+                        "synthetic": result.get("data", {}).get("synthetic", False),
+                        "ceiling": result.get("ceiling", {}).get(region, {}).get("median"),
+                        "normalisation": result.get("normalisation", ""),
+                        "layers": [
+                            {"layer": layer, "best": layer == best, "raw": v.get("raw"), "raw_ci": v.get("raw_ci"),
+                             "r_over_ceiling": v.get("r_over_ceiling"), "split_std": v.get("split_std"),
+                             "rsa": rsa.get(layer)}
+                            for layer, v in layers.items()
+                        ],
+                        "figures": [img for f in result.get("figures", []) for img in [_png(store, f)] if img],
+                    }
+                )
+    return scores, comparisons
 
 
 def _strip_images(obj: Any) -> Any:
@@ -127,7 +182,8 @@ def _strip_images(obj: Any) -> Any:
 def render_html(report: dict) -> str:
     env = Environment(loader=PackageLoader("services.report", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
-    env.filters["fmt"] = lambda v: f"{v:.3f}" if isinstance(v, float) else v
+    env.filters["fmt"] = lambda v: f"{v:.3f}" if isinstance(v, float) else ("–" if v is None else v)
+    env.filters["pct"] = lambda v: f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "–"
     return env.get_template("report.html.j2").render(r=report)
 
 

@@ -53,7 +53,23 @@ def store_with_results(tmp_path):
     store.put_bytes(f"runs/{run}/curves.png", _png(10))
     store.put_bytes(f"runs/{run}/filters.png", _png(11))
     store.put_bytes(f"runs/{run}/metrics.jsonl", b'{"epoch": 1, "val_top1": 0.5}\n{"epoch": 2, "val_top1": 0.75}\n')
-    store.put_json(f"scores/{run}/planted-it.json", {"layers": {"layer3": {"IT": 0.8}}})
+    store.put_bytes(f"scores/{run}/planted-it-predictivity.png", _png(12))
+    store.put_json(
+        f"scores/{run}/planted-it.json",
+        {
+            "benchmark": "planted-it", "data": {"synthetic": True}, "best_layer": {"IT": "layer3"},
+            "ceiling": {"IT": {"median": 0.7}}, "rsa": {"IT": {"layer3": 0.31}},
+            "predictivity": {"IT": {"layer2": {"raw": 0.41, "r_over_ceiling": 0.59}, "layer3": {"raw": 0.52, "r_over_ceiling": 0.74}}},
+            "figures": [f"scores/{run}/planted-it-predictivity.png"],
+        },
+    )
+    store.put_json(
+        "runs/digits-transfer-abc/transfer.json",
+        {"results": [
+            {"source": "net3d", "target": "digits", "mode": "finetune", "test_top1": 0.9},
+            {"source": "scratch", "target": "digits", "mode": "finetune", "test_top1": 0.8},
+        ]},
+    )
     return spec, store
 
 
@@ -61,9 +77,11 @@ def test_report_contents(store_with_results):
     spec, store = store_with_results
     path = write_report(spec, store, timings={"meshgen": 1.5, "render": 2.0})
     html = Path(path).read_text()
-    assert html.count("data:image/png;base64,") == len(spec.datasets) + 2
-    assert "val_top1=0.750" in html
-    assert "planted-it" in html
+    assert html.count("data:image/png;base64,") == len(spec.datasets) + 3
+    assert "75.0%" in html  # final val top-1 of net3d
+    assert "90.0% (+10.0)" in html  # transfer against from-scratch
+    assert re.search(r'<tr style="font-weight:bold"><td>layer3</td><td>0.520</td>', html)  # best layer
+    assert "synthetic planted benchmark" in html
     report = json.loads(Path(path).with_name("report.json").read_text())
     assert report["timings"][-1]["stages_s"] == {"meshgen": 1.5, "render": 2.0}
     assert "src" not in json.dumps(report["datasets"])  # images stay out of the JSON
@@ -82,5 +100,5 @@ def test_report_renders_in_browser(store_with_results, tmp_path):
     loaded = int(re.search(r'data-images-loaded="(\d+)"', body).group(1))
     broken = int(re.search(r'data-images-broken="(\d+)"', body).group(1))
     assert broken == 0
-    assert loaded == len(spec.datasets) + 2
+    assert loaded == len(spec.datasets) + 3
     assert "Uncaught" not in log, log[-2000:]
