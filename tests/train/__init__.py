@@ -1,0 +1,1 @@
+"""Train stage tests (a package, so module names do not clash with other stages' tests)."""
