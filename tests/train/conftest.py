@@ -17,3 +17,12 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def pytest_configure(config):
+    # services.train.data decodes PNGs with torchvision.io (twice PIL's speed); torchvision
+    # 0.29 deprecates it in favour of TorchCodec and warns on every call. Known, tracked
+    # in docs/train-stage.md; not worth a warning per test sample.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:The image decoding and encoding capabilities of TorchVision are deprecated:DeprecationWarning"
+    )
