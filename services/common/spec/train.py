@@ -13,7 +13,7 @@ class AugmentSpec(StrictModel):
     random_resized_crop: bool = Field(default=True, description="FractalDB-style random crop.")
     crop_scale: tuple[float, float] = Field(default=(0.5, 1.0), description="Crop area range (fraction of the image).")
     crop_ratio: tuple[float, float] = Field(default=(3 / 4, 4 / 3), description="Crop aspect-ratio range (width / height).")
-    horizontal_flip: bool = Field(default=True)
+    horizontal_flip: bool = Field(default=True, description="Random horizontal flips.")
 
     @model_validator(mode="after")
     def _ranges(self):
@@ -27,13 +27,13 @@ class AugmentSpec(StrictModel):
 
 class OptimSpec(StrictModel):
     lr: float = Field(default=0.1, gt=0, description="Peak learning rate (SGD).")
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    schedule: Literal["cosine", "step"] = Field(default="cosine")
-    warmup_epochs: float = Field(default=1.0, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum.")
+    weight_decay: float = Field(default=1e-4, ge=0, description="L2 weight decay.")
+    schedule: Literal["cosine", "step"] = Field(default="cosine", description="Learning-rate schedule after warm-up: cosine to zero, or step decay.")
+    warmup_epochs: float = Field(default=1.0, ge=0, description="Linear warm-up length (epochs, may be fractional).")
     step_size: int = Field(default=30, ge=1, description="Step schedule: epochs between decays.")
-    step_gamma: float = Field(default=0.1, gt=0, le=1)
-    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    step_gamma: float = Field(default=0.1, gt=0, le=1, description="Step schedule: factor applied at each decay.")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
     grad_clip_norm: float | None = Field(default=None, gt=0, description="Clip gradients to this global norm.")
 
 
@@ -49,13 +49,13 @@ class PretrainSpec(StrictModel):
 
     class_budget: int | None = Field(default=None, ge=1, description="Total classes, split evenly across datasets (Table 2). None: all classes.")
     model: str = Field(default="resnet50", description="torchvision classification model name.")
-    input_size: int = Field(default=224, ge=16, le=1024)
-    epochs: int = Field(default=90, ge=1)
-    batch_size: int = Field(default=64, ge=1, le=8192)
+    input_size: int = Field(default=224, ge=16, le=1024, description="Side of the square network input (pixels); images are resized to it.")
+    epochs: int = Field(default=90, ge=1, description="Passes over the training split.")
+    batch_size: int = Field(default=64, ge=1, le=8192, description="Samples per optimisation step (per process under DDP).")
     workers: int = Field(default=2, ge=0, le=64, description="Data loader worker processes.")
-    shuffle_buffer: int = Field(default=1000, ge=1)
-    augment: AugmentSpec = Field(default_factory=AugmentSpec)
-    optim: OptimSpec = Field(default_factory=OptimSpec)
+    shuffle_buffer: int = Field(default=1000, ge=1, description="Samples held in the streaming shuffle buffer.")
+    augment: AugmentSpec = Field(default_factory=AugmentSpec, description="Training-time augmentation.")
+    optim: OptimSpec = Field(default_factory=OptimSpec, description="Optimiser and schedule.")
     amp: bool = Field(default=True, description="Mixed precision (GPU only; ignored on the CPU).")
     amp_dtype: Literal["bfloat16", "float16"] = Field(
         default="bfloat16", description="Autocast dtype on the GPU; float16 adds a GradScaler."
@@ -64,7 +64,7 @@ class PretrainSpec(StrictModel):
     train_split: str = Field(default="train", pattern=r"^[a-z0-9-]+$", description="Shard split used for training.")
     val_split: str | None = Field(default="val", pattern=r"^[a-z0-9-]+$", description="Shard split evaluated each epoch (None: none).")
     max_corrupt_fraction: float = Field(default=0.01, ge=0, le=1, description="Fail when more samples than this are corrupt.")
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, description="Seed of initialisation, data order and augmentation.")
 
 
 class TargetSpec(StrictModel):
@@ -88,19 +88,19 @@ class TargetSpec(StrictModel):
 
 
 class HyperSearchSpec(StrictModel):
-    folds: int = Field(default=3, ge=2, le=20)
-    lr: list[float] = Field(default_factory=lambda: [0.01, 0.1], min_length=1)
-    weight_decay: list[float] = Field(default_factory=lambda: [0.0, 1e-4], min_length=1)
+    folds: int = Field(default=3, ge=2, le=20, description="Cross-validation folds on the training split.")
+    lr: list[float] = Field(default_factory=lambda: [0.01, 0.1], min_length=1, description="Learning rates to try.")
+    weight_decay: list[float] = Field(default_factory=lambda: [0.0, 1e-4], min_length=1, description="Weight decays to try.")
 
 
 class TransferSpec(StrictModel):
     name: Name
     pretrained: list[Name] = Field(description="Pre-training runs to start from (names from `pretrain`); from-scratch is always added.")
     targets: list[Name] = Field(min_length=1, description="Target names from `targets`.")
-    modes: list[Literal["finetune", "linear_probe"]] = Field(default_factory=lambda: ["finetune", "linear_probe"], min_length=1)
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    optim: OptimSpec = Field(default_factory=lambda: OptimSpec(lr=0.01, warmup_epochs=0))
+    modes: list[Literal["finetune", "linear_probe"]] = Field(default_factory=lambda: ["finetune", "linear_probe"], min_length=1, description="Fine-tune all layers, and/or train a linear probe on frozen features.")
+    epochs: int = Field(default=10, ge=1, description="Passes over the target training split.")
+    batch_size: int = Field(default=64, ge=1, description="Samples per step.")
+    optim: OptimSpec = Field(default_factory=lambda: OptimSpec(lr=0.01, warmup_epochs=0), description="Optimiser and schedule of the transfer runs.")
     search: HyperSearchSpec | None = Field(default=None, description="Cross-validated grid search before the final fit.")
     model: str = Field(
         default="resnet50",
@@ -110,4 +110,4 @@ class TransferSpec(StrictModel):
     input_size: int | None = Field(
         default=None, ge=16, le=1024, description="Target images are resized to this; default: the pre-trained run's input size (224 without one)."
     )
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, description="Seed of the head initialisation, data order and the split.")
