@@ -255,7 +255,7 @@ def fit(source: Source, mode: str, train: Dataset, num_classes: int, *, lr: floa
             loss = criterion(logits, labels.to(device))
             if not torch.isfinite(loss):
                 raise DivergedError(f"transfer of '{source.name}' ({mode}, lr={lr}, weight_decay={weight_decay}): "
-                                    f"loss became {float(loss)}; lower the learning rate or set optim.grad_clip_norm")
+                                    f"loss became {loss.item()}; lower the learning rate or set optim.grad_clip_norm")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if optim.grad_clip_norm is not None:

@@ -15,7 +15,7 @@ from services.train.data import (
     ShardStream, WorkUnit, _tar_members, dataset_shards, decode_image, iter_shard_samples, make_loader, random_resized_crop_box, split_units,
 )
 from services.common.seeds import derive_rng
-from train.synthetic_shards import write_dataset
+from tests.train.synthetic_shards import write_dataset
 
 DATASET = "shapes-0123456789"
 
@@ -95,7 +95,7 @@ def test_augmentation_crops_and_flips_within_bounds():
         assert (right - left) * (bottom - top) >= 0.25 * 40 * 30
     image = np.zeros((20, 20, 3), np.uint8)
     image[:, :10] = 255  # left half white
-    from train.synthetic_shards import _png
+    from tests.train.synthetic_shards import _png
 
     png = _png(image)
     plain = decode_image(png, 20, None, rng)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from services.common.store import LocalStore
-from train.test_pretrain import make_spec, render
+from tests.train.test_pretrain import make_spec, render
 
 
 def free_port() -> int:

@@ -7,7 +7,7 @@ import pytest
 from services.common.errors import ObjectNotFoundError
 from services.common.spec.experiment import parse_spec
 from services.train.job import run_job
-from train.synthetic_shards import write_dataset
+from tests.train.synthetic_shards import write_dataset
 
 
 def job_spec():

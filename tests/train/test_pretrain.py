@@ -16,7 +16,7 @@ from services.common.spec.experiment import parse_spec
 from services.train.loop import lr_factor, pretrain
 from services.train.mixes import mix_for_run, split_budget
 from services.train.models import build_model, load_checkpoint
-from train.synthetic_shards import write_dataset
+from tests.train.synthetic_shards import write_dataset
 
 
 def make_spec(**run):

@@ -9,8 +9,8 @@ import pytest
 
 from flatland.v1 import common_pb2, train_pb2, train_pb2_grpc
 from services.train.servicer import register
-from train.synthetic_shards import write_dataset
-from train.test_pretrain import make_spec
+from tests.train.synthetic_shards import write_dataset
+from tests.train.test_pretrain import make_spec
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from services.common.spec.experiment import parse_spec
 from services.common.spec.train import TargetSpec
 from services.train.loop import DivergedError, pretrain
 from services.train.transfer import Source, load_target, prepare_model, run_transfer, transfer_id
-from train.synthetic_shards import write_dataset
+from tests.train.synthetic_shards import write_dataset
 
 
 def spec_with(transfer: dict, targets=None, pretrain_runs=True):
