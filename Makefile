@@ -35,7 +35,7 @@ protos: setup
 	$(BIN)/python -m services.common.protogen
 
 bench: setup
-	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python benchmarks/collect.py
 
 images:
 	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "make images needs a running Docker engine; none here." >&2; exit 1; }

@@ -22,44 +22,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from pydantic import ValidationError
-
-from services.common.errors import (
-    IntegrityError,
-    InvalidKeyError,
-    ObjectNotFoundError,
-    ResourceLimitError,
-    SpecError,
-)
 from services.common import spec_servicer
+from services.common.status import message_for, status_for_exception
 from services.common.stages import get_stage, list_stages
 from services.common.store import Store
 
 log = logging.getLogger("flatland.server")
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-def status_for_exception(exc: BaseException) -> grpc.StatusCode:
-    """The gRPC status code a library exception maps to."""
-    if isinstance(exc, (ValidationError, SpecError, InvalidKeyError, ValueError, TypeError)):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, (ObjectNotFoundError, FileNotFoundError)):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(exc, ResourceLimitError):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(exc, IntegrityError):
-        return grpc.StatusCode.DATA_LOSS
-    return grpc.StatusCode.INTERNAL
-
-
-def _message_for(exc: BaseException) -> str:
-    if isinstance(exc, ValidationError):
-        from services.common.spec import format_validation_error
-
-        return format_validation_error(exc)
-    text = str(exc) or type(exc).__name__
-    return text if status_for_exception(exc) != grpc.StatusCode.INTERNAL else f"internal error: {type(exc).__name__}: {text}"
 
 
 class RpcMetrics:
@@ -109,7 +79,7 @@ class ServerInterceptor(grpc.ServerInterceptor):
                     if code == grpc.StatusCode.INTERNAL:
                         log.exception("unexpected error in %s/%s", service, method, exc_info=exc)
                     metrics.observe(service, method, code, time.perf_counter() - started)
-                    context.abort(code, _message_for(exc))  # raises
+                    context.abort(code, message_for(exc))  # raises
                 code = already
             else:
                 code = context.code() or grpc.StatusCode.OK

@@ -17,11 +17,11 @@ def spec_from_text(spec_text: common_pb2.SpecText) -> ExperimentSpec:
     """Parse and validate a SpecText message (YAML by default, or JSON)."""
     fmt = (spec_text.format or "yaml").lower()
     if fmt not in ("yaml", "json"):
-        raise SpecError(f"format: must be 'yaml' or 'json', got {spec_text.format!r}")
+        raise SpecError(f"spec.format: must be 'yaml' or 'json', got {spec_text.format!r}")
     try:
         data = json.loads(spec_text.text) if fmt == "json" else yaml.safe_load(spec_text.text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(f"spec text is not valid {fmt.upper()}: {exc}") from None
+        raise SpecError(f"spec.text: not valid {fmt.upper()}: {exc}") from None
     return parse_spec(data, "spec")
 
 

@@ -5,27 +5,19 @@ from __future__ import annotations
 import json
 
 import grpc
-import yaml
 from pydantic import ValidationError
 
 from flatland.v1 import common_pb2, meshgen_pb2, meshgen_pb2_grpc
-from services.common.errors import ObjectNotFoundError, ResourceLimitError, SpecError
-from services.common.spec.experiment import ExperimentSpec, format_validation_error, parse_spec
+from services.common.errors import SpecError
+from services.common.spec.experiment import format_validation_error
+from services.common.spec_servicer import spec_from_text
+from services.common.status import abort_with
 from services.common.store import Store
 from services.meshgen.dataset import iter_generate_dataset, manifest_key
 from services.meshgen.job import shard_classes
 from services.meshgen.registry import GeneratedItem, get_family
 
 SERVICE_NAME = "flatland.v1.Meshgen"
-
-
-def spec_from_text(text: str, fmt: str = "") -> ExperimentSpec:
-    """An experiment spec from YAML (default) or JSON text; :class:`SpecError` names what is wrong."""
-    try:
-        data = json.loads(text) if fmt.lower() == "json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(f"spec.text: not valid {fmt or 'yaml'}: {exc}") from None
-    return parse_spec(data, "spec")
 
 
 def generate_mesh(family_name: str, params_json: str, seed: int, class_index: int, instance: int) -> GeneratedItem:
@@ -61,22 +53,11 @@ class MeshgenServicer(meshgen_pb2_grpc.MeshgenServicer):
     def __init__(self, store: Store):
         self.store = store
 
-    def _abort(self, context: grpc.ServicerContext, exc: Exception):
-        if isinstance(exc, ValidationError):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, format_validation_error(exc))
-        if isinstance(exc, (SpecError, ValueError, KeyError)) and not isinstance(exc, ObjectNotFoundError):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if isinstance(exc, ObjectNotFoundError):
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        if isinstance(exc, ResourceLimitError):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-
     def GenerateMesh(self, request, context):
         try:
             item = generate_mesh(request.family, request.params_json, request.seed, request.class_index, request.instance)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a dead server
-            self._abort(context, exc)
+            abort_with(context, exc)
         return meshgen_pb2.GenerateMeshResponse(
             data=item.data,
             content_type="application/json" if item.relative_key.endswith(".json") else "model/gltf-binary",
@@ -87,7 +68,7 @@ class MeshgenServicer(meshgen_pb2_grpc.MeshgenServicer):
 
     def GenerateDataset(self, request, context):
         try:
-            spec = spec_from_text(request.dataset.spec.text, request.dataset.spec.format)
+            spec = spec_from_text(request.dataset.spec)
             name = request.dataset.name
             if not name:
                 raise ValueError("dataset.name: required (the name of one of the spec's datasets)")
@@ -116,7 +97,7 @@ class MeshgenServicer(meshgen_pb2_grpc.MeshgenServicer):
                     class_index=-1 if step.class_index is None else step.class_index,
                 )
         except Exception as exc:  # noqa: BLE001
-            self._abort(context, exc)
+            abort_with(context, exc)
 
 
 def register(server: grpc.Server, store: Store) -> list[str]:

@@ -6,32 +6,14 @@ import queue
 import threading
 
 import grpc
-from pydantic import ValidationError
 
 from flatland.v1 import common_pb2, neuro_pb2, neuro_pb2_grpc
-from services.common.errors import IntegrityError, ObjectNotFoundError, ResourceLimitError
-from services.common.spec.experiment import format_validation_error
 from services.common.spec_servicer import spec_from_text
+from services.common.status import abort_with
 from services.common.store import Store
 from services.neuro.scoring import compare_models, score_run, scoring_spec
 
 SERVICE_NAME = "flatland.v1.Neuro"
-
-
-def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, ValidationError):
-        return grpc.StatusCode.INVALID_ARGUMENT, format_validation_error(exc)
-    if isinstance(exc, ObjectNotFoundError):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, KeyError):  # unknown scoring / run / benchmark name
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc.args[0]) if exc.args else str(exc)
-    if isinstance(exc, (ValueError, TypeError)):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, ResourceLimitError):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, IntegrityError):
-        return grpc.StatusCode.DATA_LOSS, str(exc)
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 
 def _ref(store: Store, key: str) -> common_pb2.StoreRef:
@@ -73,7 +55,7 @@ class NeuroServicer(neuro_pb2_grpc.NeuroServicer):
                 if unknown:
                     raise ValueError(f"{what}: {unknown} not in scoring '{scoring.name}' (known: {known})")
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status code
-            context.abort(*_status(exc))
+            abort_with(context, exc)
         events: queue.Queue = queue.Queue()
         outcome: dict = {}
         pairs = [(r, b) for r in runs for b in benchmarks]
@@ -103,7 +85,7 @@ class NeuroServicer(neuro_pb2_grpc.NeuroServicer):
             yield neuro_pb2.ScoreResponse(progress=event)
         worker.join()
         if "error" in outcome:
-            context.abort(*_status(outcome["error"]))
+            abort_with(context, outcome["error"])
         records = outcome.get("records", [])
         yield neuro_pb2.ScoreResponse(progress=common_pb2.ProgressEvent(
             task=f"neuro:{scoring.name}", done=len(pairs), total=len(pairs),
@@ -119,7 +101,7 @@ class NeuroServicer(neuro_pb2_grpc.NeuroServicer):
                                     layers_a=list(request.layers_a) or None, layers_b=list(request.layers_b) or None,
                                     force=request.force)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status code
-            context.abort(*_status(exc))
+            abort_with(context, exc)
         key = record["figure"].removesuffix(".png") + ".json"
         return neuro_pb2.CompareModelsResponse(
             layers_a=record["layers_a"], layers_b=record["layers_b"],

@@ -50,6 +50,8 @@ PHONG_FRAGMENT_SHADER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 class RenderBackendError(FlatlandError, RuntimeError):
     """The requested OpenGL platform cannot be used in this process."""
 
+    grpc_status = "FAILED_PRECONDITION"  # this server cannot do what was asked; another might
+
 
 class DegenerateMeshError(FlatlandError, ValueError):
     """A mesh that cannot be rendered (no faces, non-finite vertices, zero extent)."""

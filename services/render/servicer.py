@@ -9,9 +9,11 @@ import grpc
 from pydantic import ValidationError
 
 from flatland.v1 import common_pb2, render_pb2, render_pb2_grpc
-from services.common.errors import ObjectNotFoundError, ResourceLimitError, SpecError
+from services.common.errors import ResourceLimitError, SpecError
 from services.common.spec.experiment import format_validation_error
 from services.common.spec.render import RenderSettings
+from services.common.spec_servicer import spec_from_text
+from services.common.status import abort_with
 from services.common.store import Store
 
 SERVICE_NAME = "flatland.v1.Render"
@@ -91,34 +93,20 @@ class RenderServicer(render_pb2_grpc.RenderServicer):
     def __init__(self, store: Store):
         self.store = store
 
-    def _abort(self, context: grpc.ServicerContext, exc: Exception):
-        if isinstance(exc, ValidationError):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, format_validation_error(exc))
-        if isinstance(exc, ObjectNotFoundError):
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        if isinstance(exc, ResourceLimitError):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        if type(exc).__name__ == "RenderBackendError":  # this server's OpenGL platform cannot do what was asked
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        if isinstance(exc, (SpecError, ValueError, KeyError)):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-
     def RenderImages(self, request, context):
         try:
             images, gl = render_images(self.store, request)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a dead server
-            self._abort(context, exc)
+            abort_with(context, exc)
         return render_pb2.RenderImagesResponse(images=[render_pb2.RenderedImage(**i) for i in images], gl_renderer=gl)
 
     def RenderDataset(self, request, context):
-        from services.meshgen.servicer import spec_from_text
         from services.render.contact import write_contact_sheet
         from services.render.plan import shard_plan
         from services.render.shards import dataset_manifest_key, render_shards
 
         try:
-            spec = spec_from_text(request.dataset.spec.text, request.dataset.spec.format)
+            spec = spec_from_text(request.dataset.spec)
             name = request.dataset.name
             if not name:
                 raise ValueError("dataset.name: required (the name of one of the spec's datasets)")
@@ -153,7 +141,7 @@ class RenderServicer(render_pb2_grpc.RenderServicer):
                     outputs=[common_pb2.StoreRef(key=dataset_manifest_key(dataset_id)), common_pb2.StoreRef(key=sheet)]),
                 dataset_id=dataset_id)
         except Exception as exc:  # noqa: BLE001
-            self._abort(context, exc)
+            abort_with(context, exc)
 
 
 def register(server: grpc.Server, store: Store) -> list[str]:

@@ -68,6 +68,8 @@ class DivergedError(FlatlandError):
 class RunCancelled(FlatlandError):
     """The run was asked to stop; its last epoch checkpoint lets it resume later."""
 
+    grpc_status = "CANCELLED"
+
 
 def run_prefix(run_id: str) -> str:
     return f"runs/{run_id}"

@@ -12,14 +12,14 @@ import threading
 from dataclasses import dataclass, field
 
 import grpc
-import yaml
-from pydantic import ValidationError
 
 from flatland.v1 import common_pb2, train_pb2, train_pb2_grpc
-from services.common.errors import FlatlandError, IntegrityError, ObjectNotFoundError, ResourceLimitError, SpecError
-from services.common.spec.experiment import ExperimentSpec, format_validation_error, parse_spec
+from services.common.errors import SpecError
+from services.common.spec.experiment import ExperimentSpec
+from services.common.spec_servicer import spec_from_text
+from services.common.status import message_for, status_for_exception
 from services.common.store import Store
-from services.train.loop import DistContext, PretrainRun, RunCancelled
+from services.train.loop import DistContext, PretrainRun
 from services.train.mixes import mix_for_run
 from services.train.models import check_model_name
 from services.train.transfer import run_transfer, sources_for, transfer_id
@@ -28,34 +28,6 @@ SERVICE_NAME = "flatland.v1.Train"
 _TERMINAL = (train_pb2.RUN_STATE_SUCCEEDED, train_pb2.RUN_STATE_FAILED, train_pb2.RUN_STATE_CANCELLED)
 _METRIC_FIELDS = ("train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "lr",
                   "train_samples", "corrupt_samples", "images_per_s", "seconds")
-
-
-def status_code_for(exc: BaseException) -> grpc.StatusCode:
-    if isinstance(exc, (ValidationError, SpecError, ValueError, TypeError)) and not isinstance(exc, ObjectNotFoundError):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, ObjectNotFoundError):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(exc, ResourceLimitError):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(exc, IntegrityError):
-        return grpc.StatusCode.DATA_LOSS
-    if isinstance(exc, RunCancelled):
-        return grpc.StatusCode.CANCELLED
-    if isinstance(exc, FlatlandError):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    return grpc.StatusCode.INTERNAL
-
-
-def _message(exc: BaseException) -> str:
-    return format_validation_error(exc) if isinstance(exc, ValidationError) else (str(exc) or type(exc).__name__)
-
-
-def spec_from_text(text: str, fmt: str = "") -> ExperimentSpec:
-    try:
-        data = json.loads(text) if fmt.lower() == "json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(f"spec.text: not valid {fmt or 'yaml'}: {exc}") from None
-    return parse_spec(data, "spec")
 
 
 def epoch_message(record: dict) -> train_pb2.EpochMetrics:
@@ -95,7 +67,7 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
     # -- starting -----------------------------------------------------------------------
     def _plan(self, request: common_pb2.ExperimentItem) -> tuple[ExperimentSpec, str, str, str]:
         """(spec, kind, run id, result key) after checking everything that can be checked up front."""
-        spec = spec_from_text(request.spec.text, request.spec.format)
+        spec = spec_from_text(request.spec)
         name = request.name
         if any(p.name == name for p in spec.pretrain):
             run = next(p for p in spec.pretrain if p.name == name)
@@ -116,7 +88,7 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
         try:
             spec, kind, run_id, result_key = self._plan(request)
         except Exception as exc:  # noqa: BLE001 - a bad request becomes a status, never a dead server
-            context.abort(status_code_for(exc), _message(exc))
+            context.abort(status_for_exception(exc), message_for(exc))
         with self._lock:
             handle = self._runs.get(run_id)
             if handle is not None and handle.state == train_pb2.RUN_STATE_RUNNING:
@@ -170,7 +142,7 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
                 return RunHandle(run_id, "pretrain", train_pb2.RUN_STATE_SUCCEEDED,
                                  metrics=self._stored_metrics(run_id), result_key=f"runs/{run_id}/done.json")
         except Exception as exc:  # noqa: BLE001 - e.g. an invalid key in run_id
-            context.abort(status_code_for(exc), f"run_id: {_message(exc)}")
+            context.abort(status_for_exception(exc), f"run_id: {message_for(exc)}")
         context.abort(grpc.StatusCode.NOT_FOUND, f"run_id: no run '{run_id}' on this server or in the store")
 
     def _status(self, handle: RunHandle) -> train_pb2.RunStatus:
@@ -190,7 +162,7 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
     @staticmethod
     def _error(handle: RunHandle) -> common_pb2.ErrorDetail:
         exc = handle.error
-        return common_pb2.ErrorDetail(item=handle.run_id, code=status_code_for(exc).name, message=_message(exc))
+        return common_pb2.ErrorDetail(item=handle.run_id, code=status_for_exception(exc).name, message=message_for(exc))
 
     def GetRun(self, request, context):
         return self._status(self._handle(request.run_id, context))
