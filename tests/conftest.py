@@ -91,3 +91,28 @@ def s3_store(s3_bucket: str):
     from services.common.s3store import S3Store
 
     return S3Store.from_url(f"s3://{s3_bucket}", part_size=S3_TEST_PART_SIZE)
+
+
+@pytest.fixture
+def serve_stage():
+    """Start a stage's real server (the `flatland serve` bootstrap) on a free loopback port.
+
+    ``channel = serve_stage("render", store)`` returns an open channel; servers and channels
+    are stopped after the test.
+    """
+    import grpc
+
+    from services.common.server import start_server
+
+    started = []
+
+    def serve(stage: str, store):
+        running = start_server(stage, store, port=0, metrics_port=None)
+        channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+        started.append((running, channel))
+        return channel
+
+    yield serve
+    for running, channel in started:
+        channel.close()
+        running.stop(grace=1.0)

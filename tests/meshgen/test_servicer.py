@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from concurrent import futures
 
 import grpc
 import pytest
@@ -15,26 +14,15 @@ from flatland.v1 import common_pb2, meshgen_pb2, meshgen_pb2_grpc
 from services.common.manifest import read_manifest
 from services.common.spec.experiment import parse_spec
 from services.common.store import LocalStore
-from services.meshgen.servicer import register
 
 PROC = {"family": "procsynth", "segments_range": {"low": 8, "high": 10}, "w": 2}
 SPEC = {"name": "grpc-test", "seed": 5, "datasets": [{"name": "shapes", "family": PROC, "classes": 3}]}
 
 
 @pytest.fixture
-def stub(tmp_path):
+def stub(tmp_path, serve_stage):
     store = LocalStore(tmp_path / "store")
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    names = register(server, store)
-    assert names == ["flatland.v1.Meshgen"]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield meshgen_pb2_grpc.MeshgenStub(channel), store
-    finally:
-        channel.close()
-        server.stop(None)
+    return meshgen_pb2_grpc.MeshgenStub(serve_stage("meshgen", store)), store
 
 
 def test_generate_mesh_returns_glb_and_stats(stub):

@@ -13,14 +13,8 @@ from tests.neuro.conftest import TINY
 
 
 @pytest.fixture
-def neuro_client(finished_store):
-    running = start_server("neuro", finished_store, port=0, metrics_port=None)
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
-        yield neuro_pb2_grpc.NeuroStub(channel), finished_store
-    finally:
-        channel.close()
-        running.stop(grace=1)
+def neuro_client(finished_store, serve_stage):
+    return neuro_pb2_grpc.NeuroStub(serve_stage("neuro", finished_store)), finished_store
 
 
 def _item(spec=TINY, name="main"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from concurrent import futures
 
 import grpc
 import numpy as np
@@ -13,24 +12,14 @@ import yaml
 
 from flatland.v1 import common_pb2, render_pb2, render_pb2_grpc
 from services.common.manifest import read_manifest
-from services.render.servicer import register
 from services.render.views import decode_npy, decode_png
 
 from .meshdata import glb_bytes, primitive_meshes, tiny_spec, write_meshes
 
 
 @pytest.fixture
-def stub(store):
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    assert register(server, store) == ["flatland.v1.Render"]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield render_pb2_grpc.RenderStub(channel), store
-    finally:
-        channel.close()
-        server.stop(None)
+def stub(store, serve_stage):
+    return render_pb2_grpc.RenderStub(serve_stage("render", store)), store
 
 
 def test_render_images_from_glb_and_re_render_records(stub):

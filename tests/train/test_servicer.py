@@ -14,17 +14,8 @@ from tests.train.test_pretrain import make_spec
 
 
 @pytest.fixture
-def client(local_store):
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    names = register(server, local_store)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield train_pb2_grpc.TrainStub(channel), names
-    finally:
-        channel.close()
-        server.stop(grace=None)
+def client(local_store, serve_stage):
+    return train_pb2_grpc.TrainStub(serve_stage("train", local_store)), local_store
 
 
 def item(spec, name="r"):
@@ -32,8 +23,8 @@ def item(spec, name="r"):
 
 
 def test_start_watch_and_get_a_run(client, local_store):
-    stub, names = client
-    assert names == ["flatland.v1.Train"]
+    stub, store = client
+    assert register(grpc.server(futures.ThreadPoolExecutor(max_workers=1)), store) == ["flatland.v1.Train"]
     spec = make_spec(epochs=2, batch_size=8, input_size=16)
     write_dataset(local_store, spec.dataset_id("shapes"), classes=6, views={"train": 4, "val": 1}, size=16)
     ref = stub.StartRun(item(spec), timeout=30)
