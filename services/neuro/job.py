@@ -50,17 +50,15 @@ def run_job(
     started = time.perf_counter()
     mine = _tasks(spec)[index::count]
     scored, skipped, outputs = 0, 0, []
+    # One bar for the stage: scores and comparisons done of this share's tasks.
     for done, (kind, scoring, runs, benchmark) in enumerate(mine):
-        label = (f"neuro:{scoring.name}:{runs}:{benchmark}" if kind == "score"
-                 else f"neuro:{scoring.name}:{runs[0]}-vs-{runs[1]}:{benchmark}")
         if progress:
-            progress(label, done, len(mine))
-        inner = (lambda step, d, t, label=label: progress(f"{label} {step}", d, t)) if progress else None
+            progress("neuro", done, len(mine))
         if kind == "score":
-            record = score_run(spec, store, scoring, runs, benchmark, progress=inner)
+            record = score_run(spec, store, scoring, runs, benchmark)
             outputs.append(f"scores/{record['run_id']}/{benchmark}.json")
         else:
-            record = compare_models(spec, store, scoring, runs[0], runs[1], benchmark, progress=inner)
+            record = compare_models(spec, store, scoring, runs[0], runs[1], benchmark)
             outputs.append(record["figure"].removesuffix(".png") + ".json")
         if record.get("skipped"):
             skipped += 1
