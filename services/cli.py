@@ -152,7 +152,14 @@ def job(stage: str, spec_path: str, index: int | None, count: int | None, store_
     spec = _load(spec_path)
     store = _open_store(spec, store_url)
     index, count = _job_index(index, count)
-    summary = run_stage_with_progress(stage, spec, store, index=index, count=count, console=console, metrics_port=metrics_port)
+    try:
+        summary = run_stage_with_progress(
+            stage, spec, store, index=index, count=count, console=console, metrics_port=metrics_port
+        )
+    except SpecError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    except FlatlandError as exc:
+        _fail(f"{stage}: {exc}")
     print(json.dumps({"stage": stage, "index": index, "count": count, "summary": summary}, default=str))
 
 

@@ -58,3 +58,10 @@ def test_bad_store_url(tmp_path):
     result = CliRunner().invoke(main, ["job", "meshgen", "--spec", str(QUICKSTART), "--store", "ftp://x/y"])
     assert result.exit_code == 2
     assert "unsupported store URL" in result.output
+
+
+def test_job_before_its_inputs_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(main, ["job", "render", "--spec", str(QUICKSTART), "--store", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "run meshgen for dataset 'procsynth' first" in result.output
+    assert "Traceback" not in result.output
