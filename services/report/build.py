@@ -16,6 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from services.common.spec import ExperimentSpec, content_hash, spec_to_yaml
 from services.common.store import LocalStore, Store
+from services.render.shards import contact_sheet_key, dataset_manifest_key
 
 
 def report_prefix(spec: ExperimentSpec) -> str:
@@ -53,7 +54,7 @@ def collect_report(spec: ExperimentSpec, store: Store, timings: dict[str, float]
     datasets = []
     for d in spec.datasets:
         did = spec.dataset_id(d.name)
-        manifest = _json(store, f"datasets/{did}/manifest.json")
+        manifest = _json(store, dataset_manifest_key(did))
         datasets.append(
             {
                 "name": d.name,
@@ -62,7 +63,7 @@ def collect_report(spec: ExperimentSpec, store: Store, timings: dict[str, float]
                 "classes": d.classes,
                 "ablation": (not d.render.pose_variation or not d.render.illumination_variation) if d.kind != "fractal2d" else False,
                 "splits": (manifest or {}).get("metadata", {}).get("splits", {}),
-                "contact_sheet": _png(store, f"datasets/{did}/contact-sheet.png"),
+                "contact_sheet": _png(store, contact_sheet_key(did)),
             }
         )
 
