@@ -52,6 +52,7 @@ from services.common.manifest import read_manifest
 from services.common.seeds import derive_rng
 from services.common.spec.train import AugmentSpec
 from services.common.store import Store, open_store
+from services.render.shards import dataset_manifest_key
 
 #: ImageNet statistics, recorded in every checkpoint so users normalise the same way.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,10 +65,6 @@ _WANTED = ("rgb.png", "cls")
 
 class EmptySplitError(FlatlandError):
     """A dataset split with no samples."""
-
-
-def manifest_key(dataset_id: str) -> str:
-    return f"datasets/{dataset_id}/manifest.json"
 
 
 @dataclass(frozen=True)
@@ -98,10 +95,10 @@ class WorkUnit:
 
 def dataset_manifest(store: Store, dataset_id: str):
     """The dataset manifest; :class:`ObjectNotFoundError` naming it when not rendered yet."""
-    manifest = read_manifest(store, manifest_key(dataset_id))
+    manifest = read_manifest(store, dataset_manifest_key(dataset_id))
     if manifest is None:
         raise ObjectNotFoundError(
-            f"dataset '{dataset_id}' is not rendered yet: no manifest at {manifest_key(dataset_id)} "
+            f"dataset '{dataset_id}' is not rendered yet: no manifest at {dataset_manifest_key(dataset_id)} "
             f"in {store!r} (run the render stage first)"
         )
     return manifest
@@ -133,7 +130,7 @@ def dataset_shards(store: Store, dataset_id: str, split: str, *, source: int = 0
     shards.sort(key=lambda s: s.key)
     if not shards or sum(s.samples for s in shards) == 0:
         raise EmptySplitError(
-            f"dataset '{dataset_id}' has no '{split}' samples in {manifest_key(dataset_id)} "
+            f"dataset '{dataset_id}' has no '{split}' samples in {dataset_manifest_key(dataset_id)} "
             f"(splits listed: {manifest.metadata.get('splits', {})})"
         )
     return shards
