@@ -9,7 +9,7 @@ import yaml
 
 from flatland.v1 import common_pb2, common_pb2_grpc
 from services.common.errors import SpecError
-from services.common.spec import ExperimentSpec, content_hash, json_schema, parse_spec
+from services.common.spec import DatasetSpec, ExperimentSpec, content_hash, json_schema, parse_spec
 from services.common.store import Store
 
 
@@ -43,3 +43,14 @@ class SpecServicer(common_pb2_grpc.SpecServicer):
 def register(server: grpc.Server, store: Store) -> list[str]:
     common_pb2_grpc.add_SpecServicer_to_server(SpecServicer(), server)
     return ["flatland.v1.Spec"]
+
+
+def dataset_from_item(item: common_pb2.ExperimentItem) -> tuple[ExperimentSpec, DatasetSpec]:
+    """The validated spec of an ExperimentItem and the dataset its ``name`` picks."""
+    spec = spec_from_text(item.spec)
+    if not item.name:
+        raise SpecError("dataset.name: required (the name of one of the spec's datasets)")
+    try:
+        return spec, spec.dataset(item.name)
+    except KeyError:
+        raise SpecError(f"dataset.name: no dataset named {item.name!r} in the spec") from None

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from flatland.v1 import common_pb2, meshgen_pb2, meshgen_pb2_grpc
 from services.common.errors import SpecError
 from services.common.spec.experiment import format_validation_error
-from services.common.spec_servicer import spec_from_text
+from services.common.spec_servicer import dataset_from_item
 from services.common.status import abort_with
 from services.common.store import Store
 from services.meshgen.dataset import iter_generate_dataset, manifest_key
@@ -68,14 +68,8 @@ class MeshgenServicer(meshgen_pb2_grpc.MeshgenServicer):
 
     def GenerateDataset(self, request, context):
         try:
-            spec = spec_from_text(request.dataset.spec)
-            name = request.dataset.name
-            if not name:
-                raise ValueError("dataset.name: required (the name of one of the spec's datasets)")
-            try:
-                dataset = spec.dataset(name)
-            except KeyError:
-                raise ValueError(f"dataset.name: no dataset named {name!r} in the spec") from None
+            spec, dataset = dataset_from_item(request.dataset)
+            name = dataset.name
             classes = shard_classes(dataset.classes, request.shard_index, request.shard_count or 1)
             dataset_id = spec.dataset_id(name)
             for step in iter_generate_dataset(spec, name, self.store, classes=classes):

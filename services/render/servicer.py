@@ -12,7 +12,7 @@ from flatland.v1 import common_pb2, render_pb2, render_pb2_grpc
 from services.common.errors import ResourceLimitError, SpecError
 from services.common.spec.experiment import format_validation_error
 from services.common.spec.render import RenderSettings
-from services.common.spec_servicer import spec_from_text
+from services.common.spec_servicer import dataset_from_item
 from services.common.status import abort_with
 from services.common.store import Store
 
@@ -106,14 +106,8 @@ class RenderServicer(render_pb2_grpc.RenderServicer):
         from services.render.shards import dataset_manifest_key, render_shards
 
         try:
-            spec = spec_from_text(request.dataset.spec)
-            name = request.dataset.name
-            if not name:
-                raise ValueError("dataset.name: required (the name of one of the spec's datasets)")
-            try:
-                spec.dataset(name)
-            except KeyError:
-                raise ValueError(f"dataset.name: no dataset named {name!r} in the spec") from None
+            spec, dataset = dataset_from_item(request.dataset)
+            name = dataset.name
             dataset_id = spec.dataset_id(name)
             tasks = shard_plan(spec, name)
             skipped = 0
