@@ -7,17 +7,19 @@ neuroid on the held-out stimuli, median over neuroids, and a split-half noise ce
 over repetitions with Spearman–Brown correction.
 
 PLS is Improved Kernel PLS (Dayal & MacGregor's algorithm 2, as in the ``ikpls``
-package, which the tests use as a cross-check): ``X^T X`` and ``X^T Y`` are computed
-once for all stimuli and every split's training Gram matrices are those minus its
-held-out rows; every fit is multi-target, so all neuroids of a region share one
-decomposition. Each weight vector is computed exactly (a dominant singular vector,
-by Lanczos to machine precision) where scikit-learn's NIPALS iterates towards it,
-so the result agrees with a NIPALS run to convergence (:func:`reference_split_r`),
-not necessarily with one stopped at ``max_iter``.
+package, which the tests use as a cross-check): ``X^T X`` and ``Y^T X`` are computed
+once for all stimuli and every split's training products are those minus the rows
+it leaves out; every fit is multi-target, so all neuroids of a region share one
+decomposition, and all splits are fitted together, one batched step per component.
+Each weight vector is computed exactly (a dominant singular vector, by Lanczos on a
+Gram matrix that deflation only changes by rank 2) where scikit-learn's NIPALS
+iterates towards it, so the result agrees with a NIPALS run to convergence
+(:func:`reference_split_r`), not necessarily with one stopped at ``max_iter``.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -140,90 +142,157 @@ def reduce_pca(features: np.ndarray, n_components: int | None, *, seed: int) -> 
         return pca.fit_transform(x)
 
 
-def _dominant_direction(xty: np.ndarray) -> np.ndarray:
-    """Unit dominant left singular vector of ``xty`` (K, M): the PLS weight vector.
-
-    Equivalent to the top eigenvector of ``xty xty^T`` (what IKPLS computes), found by
-    Lanczos (ARPACK) run to machine precision on an implicit operator over the smaller
-    of the two dimensions, so no K×K or M×M product is formed. Dense ``eigh`` for
-    small problems or when Lanczos does not converge.
-    """
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
-
-    k, m = xty.shape
-    if m == 1:
-        w = xty[:, 0]
-        return w / np.linalg.norm(w)
-    small = min(k, m)
-    if small <= 32:
-        if m < k:
-            q = np.linalg.eigh(xty.T @ xty)[1][:, -1]
-            w = xty @ q
-        else:
-            w = np.linalg.eigh(xty @ xty.T)[1][:, -1]
-        return w / np.linalg.norm(w)
-    if m < k:
-        op = LinearOperator((m, m), matvec=lambda v: xty.T @ (xty @ v), dtype=np.float64)
-        start = np.abs(xty).sum(axis=0)
-    else:
-        op = LinearOperator((k, k), matvec=lambda v: xty @ (xty.T @ v), dtype=np.float64)
-        start = np.abs(xty).sum(axis=1)
-    try:
-        _, vec = eigsh(op, k=1, which="LA", tol=0, v0=start)
-        v = vec[:, 0]
-    except ArpackNoConvergence:
-        v = np.linalg.eigh(xty.T @ xty if m < k else xty @ xty.T)[1][:, -1]
-    w = xty @ v if m < k else v
-    return w / np.linalg.norm(w)
+def _single_threaded_blas():
+    """Context limiting BLAS to one thread (cached controller: building one scans every loaded library)."""
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
-def ikpls_coefficients(xtx: np.ndarray, xty: np.ndarray, n_components: int) -> np.ndarray:
-    """PLS regression coefficients from centred Gram matrices (Improved Kernel PLS, algorithm 2).
+@functools.cache
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
 
-    Dayal & MacGregor (1997): only ``X^T X`` and ``X^T Y`` are needed, so every split's
-    fit reuses Gram matrices computed once for all stimuli. Stops early (fewer
-    components) when the remaining score variance vanishes (past the rank of X).
+    return ThreadpoolController()
+
+
+def _top_eigenvectors(gram: np.ndarray, active: np.ndarray, *, first_check: int, tol: float = 1e-12) -> tuple[np.ndarray, np.ndarray, int]:
+    """Dominant eigenpair of each symmetric PSD matrix in a batch, by Lanczos.
+
+    One Lanczos run per matrix, all in lockstep (each step is one batched
+    matrix-vector product), with full reorthogonalisation (so the Krylov basis stays
+    orthonormal and ``n`` steps are exact). Stops when every active matrix's Ritz
+    residual ``|beta_m y_m|`` is below ``tol`` times its Ritz value. The start vector
+    is a fixed pseudo-random one, so no eigenvector is missed by symmetry.
 
     Parameters
     ----------
-    xtx : (K, K) float64, centred ``X^T X`` of the training stimuli
-    xty : (K, M) float64, centred ``X^T Y``
+    gram : (B, n, n) float64, symmetric positive semi-definite
+    active : (B,) bool; inactive matrices do not hold the others back
+    first_check : first step at which convergence is tested (then every 4 steps)
 
     Returns
     -------
-    (K, M) float64: centred predictions are ``(x - mean_x) @ B``.
+    vectors (B, n) unit, values (B,), steps taken
     """
-    k, m = xty.shape
-    weights_r = np.zeros((k, n_components))
-    loadings_p = np.zeros((k, n_components))
-    loadings_q = np.zeros((m, n_components))
-    xty = xty.copy()
-    largest = 0.0
-    used = 0
+    batch, n, _ = gram.shape
+    basis = np.zeros((batch, n + 1, n))
+    start = np.random.default_rng(0).normal(size=n)
+    basis[:, 0] = start / np.linalg.norm(start)
+    alpha = np.zeros((batch, n))
+    beta = np.zeros((batch, n))
+    for j in range(n):
+        q = basis[:, j]
+        w = (gram @ q[:, :, None])[:, :, 0]
+        alpha[:, j] = np.einsum("bi,bi->b", w, q)
+        done = basis[:, : j + 1]
+        for _ in range(2):  # classical Gram-Schmidt, twice ("twice is enough")
+            w -= (np.swapaxes(done, 1, 2) @ (done @ w[:, :, None]))[:, :, 0]
+        norm = np.sqrt(np.einsum("bi,bi->b", w, w))
+        beta[:, j] = norm
+        m = j + 1
+        if (m >= first_check and (m - first_check) % 4 == 0) or m == n or not norm[active].all():
+            tri = np.zeros((batch, m, m))
+            diag = np.arange(m)
+            tri[:, diag, diag] = alpha[:, :m]
+            tri[:, diag[:-1], diag[1:]] = tri[:, diag[1:], diag[:-1]] = beta[:, : m - 1]
+            values, vectors = np.linalg.eigh(tri)
+            ritz = vectors[:, :, -1]
+            residual = np.abs(norm * ritz[:, -1])
+            converged = residual <= tol * np.maximum(values[:, -1], np.finfo(float).tiny)
+            if m == n or converged[active].all():
+                return (ritz[:, None, :] @ basis[:, :m])[:, 0], values[:, -1], m
+        basis[:, j + 1] = w / np.where(norm > 0, norm, 1.0)[:, None]
+    raise AssertionError("unreachable: n Lanczos steps always return")
+
+
+def _ikpls_batch(
+    full_xtx: np.ndarray, ytx: np.ndarray, removed_x: list[np.ndarray], mean_x: np.ndarray, n_train: np.ndarray, n_components: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Improved Kernel PLS (Dayal & MacGregor, algorithm 2) for a batch of training sets, in lockstep.
+
+    Split ``s``'s centred training Gram is ``full_xtx - removed_x[s]^T removed_x[s] -
+    n_train[s] mean_x[s] mean_x[s]^T``; it is only ever applied to vectors, so no
+    K×K matrix per split is formed. Each weight vector (the dominant left singular
+    vector of the deflated ``X^T Y``) comes from the dominant eigenvector of the
+    smaller of ``(X^T Y)^T (X^T Y)`` (M×M) and ``(X^T Y)(X^T Y)^T`` (K×K), which
+    deflation changes by a rank-2 update, so that Gram matrix is formed once per split
+    and updated in place. ``X^T Y`` itself is never deflated: since ``r_a^T p_i = 0``
+    for ``i < a``, ``q_a = r_a^T (X^T Y)_0 / t_a^T t_a`` and the deflated products
+    follow from the stored loadings.
+
+    Parameters
+    ----------
+    full_xtx : (K, K) ``X^T X`` of all (globally centred) stimuli
+    ytx : (B, M, K) centred training ``Y^T X`` per split
+    removed_x : B arrays (n_removed, K): the rows not in each training set
+    mean_x : (B, K) training means (of the globally centred features)
+    n_train : (B,) training-set sizes
+
+    Returns
+    -------
+    weights_r (B, A, K), loadings_q (B, A, M): centred predictions are ``x R^T Q``.
+    """
+    batch, m, k = ytx.shape
+    weights_r = np.zeros((batch, n_components, k))
+    loadings_p = np.zeros((batch, n_components, k))
+    loadings_q = np.zeros((batch, n_components, m))
+    score_ss = np.zeros((batch, n_components))  # t_a^T t_a
+    response_side = m <= k
+    gram = ytx @ np.swapaxes(ytx, 1, 2) if response_side else np.swapaxes(ytx, 1, 2) @ ytx
+    active = np.ones(batch, dtype=bool)
+    largest = np.zeros(batch)
+    steps = 4
     for a in range(n_components):
-        if not np.any(xty):
+        v, top, steps = _top_eigenvectors(gram, active, first_check=max(4, steps - 4))
+        active &= top > 0
+        if response_side:  # w ∝ (X^T Y)_a v = (X^T Y)_0 v - sum_i t_i^T t_i p_i (q_i . v)
+            w = (v[:, None, :] @ ytx)[:, 0]
+            w -= ((score_ss[:, :a] * (loadings_q[:, :a] @ v[:, :, None])[:, :, 0])[:, None, :] @ loadings_p[:, :a])[:, 0]
+            w /= np.maximum(np.linalg.norm(w, axis=1, keepdims=True), np.finfo(float).tiny)
+        else:
+            w = v
+        r = w - ((loadings_p[:, :a] @ w[:, :, None])[:, :, 0][:, None, :] @ weights_r[:, :a])[:, 0]
+        xtx_r = (full_xtx @ r.T).T
+        for s, rows in enumerate(removed_x):
+            xtx_r[s] -= (rows @ r[s]) @ rows
+        xtx_r -= (n_train * np.einsum("bk,bk->b", mean_x, r))[:, None] * mean_x
+        tt = np.einsum("bk,bk->b", r, xtx_r)
+        largest = np.maximum(largest, tt)
+        # Past the rank of X the score variance vanishes: that split stops (fewer components).
+        active &= tt > 1e-12 * largest
+        tt_safe = np.where(active, tt, 1.0)
+        p = xtx_r / tt_safe[:, None]
+        products = ytx @ np.stack([r, p], axis=2)  # (B, M, 2): Y^T X r and Y^T X p
+        q = products[:, :, 0] / tt_safe[:, None]
+        r[~active], p[~active], q[~active] = 0.0, 0.0, 0.0
+        if response_side:  # u = (X^T Y)_a^T p; C <- C - tt (q u^T + u q^T) + tt^2 |p|^2 q q^T
+            u = products[:, :, 1] - ((score_ss[:, :a] * (loadings_p[:, :a] @ p[:, :, None])[:, :, 0])[:, None, :] @ loadings_q[:, :a])[:, 0]
+            basis2 = np.stack([q, u], axis=2)
+            coef = np.zeros((batch, 2, 2))
+            coef[:, 0, 0] = tt * tt * np.einsum("bk,bk->b", p, p)
+            coef[:, 0, 1] = coef[:, 1, 0] = -tt
+        else:  # g = G r; G <- (I - p r^T) G (I - r p^T) = G - p g^T - g p^T + (r.g) p p^T
+            g = (gram @ r[:, :, None])[:, :, 0]
+            basis2 = np.stack([p, g], axis=2)
+            coef = np.zeros((batch, 2, 2))
+            coef[:, 0, 0] = np.einsum("bk,bk->b", r, g)
+            coef[:, 0, 1] = coef[:, 1, 0] = -1.0
+        coef[~active] = 0.0
+        gram += (basis2 @ coef) @ np.swapaxes(basis2, 1, 2)
+        weights_r[:, a], loadings_p[:, a], loadings_q[:, a], score_ss[:, a] = r, p, q, np.where(active, tt, 0.0)
+        if not active.any():
             break
-        w = _dominant_direction(xty)
-        r = w - weights_r[:, :a] @ (loadings_p[:, :a].T @ w)
-        xtx_r = xtx @ r
-        tt = float(r @ xtx_r)
-        largest = max(largest, tt)
-        if tt <= 1e-12 * largest:
-            break
-        p = xtx_r / tt
-        q = (r @ xty) / tt
-        xty -= tt * np.outer(p, q)
-        weights_r[:, a], loadings_p[:, a], loadings_q[:, a] = r, p, q
-        used = a + 1
-    return weights_r[:, :used] @ loadings_q[:, :used].T
+    return weights_r, loadings_q
 
 
 def pls_split_predictions(x: np.ndarray, y: np.ndarray, splits: list[Split], n_components: int = 25) -> list[np.ndarray]:
     """Held-out PLS predictions (no scaling, centred X and Y) for every split.
 
-    ``X^T X``, ``X^T Y`` and the column sums are computed once for all stimuli; each
-    split's training Gram matrices are those minus its held-out rows, centred with
-    the training means. Works for any split scheme (K-fold or shuffle splits).
+    ``X^T X`` and ``Y^T X`` are computed once for all stimuli; each split's training
+    products are those minus the rows it leaves out, centred with the training means,
+    and all splits are fitted together (:func:`_ikpls_batch`). Works for any split
+    scheme (K-fold or shuffle splits). With more features than stimuli the features
+    are first rotated into the stimuli's span (``U S`` of the thin SVD), which PLS
+    predictions do not change, so no K×K matrix larger than S×S is formed.
 
     Parameters
     ----------
@@ -241,30 +310,36 @@ def pls_split_predictions(x: np.ndarray, y: np.ndarray, splits: list[Split], n_c
     y = np.asarray(y, dtype=np.float64)
     x = x - x.mean(axis=0)
     y = y - y.mean(axis=0)
-    n = len(x)
+    n, k = x.shape
+    if k > n:
+        u, singular, _ = np.linalg.svd(x, full_matrices=False)
+        x = u * singular
     full_xtx = x.T @ x
-    full_xty = x.T @ y
+    full_ytx = y.T @ x
+    everything = np.arange(n)
+    # Splits are fitted in batches that keep the per-split Y^T X copies under ~256 MB.
+    batch_size = max(1, min(len(splits), (1 << 25) // max(1, y.shape[1] * x.shape[1])))
     predictions = []
-    for train, test in splits:
-        x_test, y_test = x[test], y[test]
-        n_train = len(train)
-        if n_train + len(test) == n:
-            xtx = full_xtx - x_test.T @ x_test
-            xty = full_xty - x_test.T @ y_test
-            mean_x = -x_test.sum(axis=0) / n_train
-            mean_y = -y_test.sum(axis=0) / n_train
-        else:  # train and test do not cover the stimuli: Gram matrices of the training rows directly
-            x_train, y_train = x[train], y[train]
-            xtx, xty = x_train.T @ x_train, x_train.T @ y_train
-            mean_x, mean_y = x_train.mean(axis=0), y_train.mean(axis=0)
-        xtx = xtx - n_train * np.outer(mean_x, mean_x)
-        xty = xty - n_train * np.outer(mean_x, mean_y)
-        components = int(min(n_components, x.shape[1], n_train - 1))
-        # The component loop is many small BLAS/LAPACK calls: multithreaded OpenBLAS
-        # makes them up to 100x slower on a busy machine, so it runs single-threaded.
-        with threadpool_limits(limits=1, user_api="blas"):
-            coef = ikpls_coefficients(xtx, xty, components)
-        predictions.append((x_test - mean_x) @ coef + mean_y)
+    for first in range(0, len(splits), batch_size):
+        batch = splits[first:first + batch_size]
+        removed_x, ytx, mean_x, mean_y = [], np.empty((len(batch), y.shape[1], x.shape[1])), [], []
+        n_train = np.array([len(train) for train, _ in batch], dtype=np.float64)
+        for s, (train, _) in enumerate(batch):
+            removed = np.setdiff1d(everything, train, assume_unique=True)
+            x_removed, y_removed = x[removed], y[removed]
+            # Training means of the globally centred data: minus the removed rows' sum.
+            mean_x.append(-x_removed.sum(axis=0) / n_train[s])
+            mean_y.append(-y_removed.sum(axis=0) / n_train[s])
+            # Centred training Y^T X = full - (y_removed - mean_y)^T x_removed
+            np.subtract(full_ytx, (y_removed - mean_y[s]).T @ x_removed, out=ytx[s])
+            removed_x.append(x_removed)
+        components = int(min(n_components, x.shape[1], n_train.min() - 1))
+        # The component loop is many small BLAS calls: multithreaded OpenBLAS makes
+        # them up to 100x slower on a busy machine, so it runs single-threaded.
+        with _single_threaded_blas():
+            weights_r, loadings_q = _ikpls_batch(full_xtx, ytx, removed_x, np.stack(mean_x), n_train, components)
+        for s, (_, test) in enumerate(batch):
+            predictions.append(((x[test] - mean_x[s]) @ weights_r[s].T) @ loadings_q[s] + mean_y[s])
     return predictions
 
 

@@ -61,6 +61,49 @@ def test_pls_components_clipped_to_features():
     assert np.abs(ours - converged).max() < 1e-4
 
 
+def test_pls_more_features_than_stimuli():
+    # D > S: the features are rotated into the stimuli's span first; predictions must not change.
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(80, 300)) + 3.0
+    y = x[:, :30] @ rng.normal(size=(30, 12)) / 5 + rng.normal(size=(80, 12))
+    objects = np.repeat([f"o{k}" for k in range(8)], 10)
+    splits = make_splits(objects, "stratified_kfold", 4, seed=2)
+    ours = split_correlations(y, splits, pls_split_predictions(x, y, splits, 10))
+    converged = reference_split_r(x, y, splits, 10, max_iter=100_000, tol=1e-14)
+    assert np.abs(ours - converged).max() < 1e-4
+
+
+def test_pls_splits_that_leave_stimuli_out():
+    # Train and test need not cover every stimulus: the Gram downdate removes all non-training rows.
+    x, y, _ = _problem(neuroids=15)
+    rng = np.random.default_rng(3)
+    splits = []
+    for _ in range(3):
+        order = rng.permutation(len(x))
+        splits.append((np.sort(order[:90]), np.sort(order[90:120])))  # 30 stimuli in neither
+    ours = split_correlations(y, splits, pls_split_predictions(x, y, splits, 12))
+    converged = reference_split_r(x, y, splits, 12, max_iter=100_000, tol=1e-14)
+    assert np.abs(ours - converged).max() < 1e-4
+
+
+def test_pls_stops_at_the_rank_of_the_features():
+    # 5 independent features repeated: past 5 components nothing is left to fit, so asking
+    # for 25 gives the 5-component model (scikit-learn would divide by zero there).
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(100, 5))
+    x = np.hstack([base, base @ rng.normal(size=(5, 7))])
+    y = base @ rng.normal(size=(5, 9)) + rng.normal(size=(100, 9))
+    objects = np.repeat([f"o{k}" for k in range(5)], 20)
+    splits = make_splits(objects, "brainscore", 3, seed=0)
+    many = pls_split_predictions(x, y, splits, 25)
+    five = pls_split_predictions(x, y, splits, 5)
+    for a, b in zip(many, five):
+        assert np.isfinite(a).all()
+        np.testing.assert_allclose(a, b, atol=1e-8)
+    converged = reference_split_r(x, y, splits, 5, max_iter=100_000, tol=1e-14)
+    assert np.abs(split_correlations(y, splits, many) - converged).max() < 1e-4
+
+
 def test_pearson_columns_matches_scipy():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(30, 5)), rng.normal(size=(30, 5))
