@@ -43,6 +43,8 @@ def test_quickstart_is_valid():
         (lambda s: s.update(seed="abc"), "seed", "valid integer"),
         (lambda s: s["store"].update(url="s3://key:secret@host/bucket"), "store", "must not contain credentials"),
         (lambda s: s["datasets"][1].update(meshes_from="missing"), "datasets[1].meshes_from", "not another dataset"),
+        (lambda s: s["scoring"].append({**s["scoring"][0], "name": "again", "pls_components": 5}), "scoring[1]",
+         "run 'net3d' on benchmark 'planted-it' is already scored by scoring[0] ('quick-scores')"),
     ],
 )
 def test_bad_field_is_named(quick, mutate, field, why):

@@ -131,6 +131,19 @@ class ExperimentSpec(StrictModel):
             for b in s.benchmarks:
                 if b not in neural:
                     raise ValueError(f"scoring[{i}].benchmarks: unknown neural_data '{b}' (known: {sorted(neural)})")
+        # Scores live at scores/<run_id>/<benchmark>.json: two entries scoring the same pair
+        # would overwrite each other's results on every run.
+        scored: dict[tuple[str, str], int] = {}
+        for i, s in enumerate(self.scoring):
+            for r in s.runs:
+                for b in s.benchmarks:
+                    if (r, b) in scored:
+                        raise ValueError(
+                            f"scoring[{i}]: run '{r}' on benchmark '{b}' is already scored by scoring[{scored[r, b]}] "
+                            f"('{self.scoring[scored[r, b]].name}'); both would write scores/<run>/{b}.json. "
+                            "Score each run and benchmark pair in one entry (or declare the neural data again under another name)"
+                        )
+                    scored[r, b] = i
         return self
 
     def dataset(self, name: str) -> DatasetSpec:
@@ -198,6 +211,10 @@ def format_validation_error(exc: ValidationError) -> str:
         else:
             value = err.get("input")
             shown = repr(value)
+            if isinstance(value, dict) and len(shown) > 80:
+                # A whole section failed a cross-field check; its message names the fields.
+                lines.append(f"{loc}: {msg}")
+                continue
             if len(shown) > 80:
                 shown = shown[:77] + "..."
             lines.append(f"{loc}: {msg} (got {shown})")
