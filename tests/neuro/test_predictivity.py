@@ -27,6 +27,13 @@ def _problem(seed=0, stimuli=150, dims=60, neuroids=20):
     return x, y, objects
 
 
+def _diff_from_converged(x, y, splits, components):
+    """Max |r_ours - r_converged scikit-learn| over splits and neuroids."""
+    ours = split_correlations(y, splits, pls_split_predictions(x, y, splits, components))
+    converged = reference_split_r(x, y, splits, components, max_iter=100_000, tol=1e-14)
+    return np.abs(ours - converged).max()
+
+
 @pytest.mark.parametrize("scheme", ["stratified_kfold", "brainscore"])
 def test_pls_matches_converged_sklearn(scheme):
     x, y, objects = _problem(neuroids=40)  # 40 neuroids < 60 features: the Lanczos branch
@@ -48,17 +55,13 @@ def test_pls_many_neuroids_and_uncentred_features():
     y = (x - 50) @ rng.normal(size=(40, 70)) / 5 + rng.normal(size=(120, 70)) * 4
     objects = np.repeat([f"o{k}" for k in range(6)], 20)
     splits = make_splits(objects, "brainscore", 4, seed=1)
-    ours = split_correlations(y, splits, pls_split_predictions(x, y, splits, 25))
-    converged = reference_split_r(x, y, splits, 25, max_iter=100_000, tol=1e-14)
-    assert np.abs(ours - converged).max() < 1e-4
+    assert _diff_from_converged(x, y, splits, 25) < 1e-4
 
 
 def test_pls_components_clipped_to_features():
     x, y, objects = _problem(stimuli=60, dims=8)
     splits = make_splits(objects, "stratified_kfold", 3, seed=0)
-    ours = split_correlations(y, splits, pls_split_predictions(x, y, splits, 25))
-    converged = reference_split_r(x, y, splits, 25, max_iter=100_000, tol=1e-14)
-    assert np.abs(ours - converged).max() < 1e-4
+    assert _diff_from_converged(x, y, splits, 25) < 1e-4
 
 
 def test_pls_more_features_than_stimuli():
@@ -68,9 +71,7 @@ def test_pls_more_features_than_stimuli():
     y = x[:, :30] @ rng.normal(size=(30, 12)) / 5 + rng.normal(size=(80, 12))
     objects = np.repeat([f"o{k}" for k in range(8)], 10)
     splits = make_splits(objects, "stratified_kfold", 4, seed=2)
-    ours = split_correlations(y, splits, pls_split_predictions(x, y, splits, 10))
-    converged = reference_split_r(x, y, splits, 10, max_iter=100_000, tol=1e-14)
-    assert np.abs(ours - converged).max() < 1e-4
+    assert _diff_from_converged(x, y, splits, 10) < 1e-4
 
 
 def test_pls_splits_that_leave_stimuli_out():
@@ -81,9 +82,7 @@ def test_pls_splits_that_leave_stimuli_out():
     for _ in range(3):
         order = rng.permutation(len(x))
         splits.append((np.sort(order[:90]), np.sort(order[90:120])))  # 30 stimuli in neither
-    ours = split_correlations(y, splits, pls_split_predictions(x, y, splits, 12))
-    converged = reference_split_r(x, y, splits, 12, max_iter=100_000, tol=1e-14)
-    assert np.abs(ours - converged).max() < 1e-4
+    assert _diff_from_converged(x, y, splits, 12) < 1e-4
 
 
 def test_pls_stops_at_the_rank_of_the_features():
