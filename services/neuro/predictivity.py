@@ -204,6 +204,17 @@ def _top_eigenvectors(gram: np.ndarray, active: np.ndarray, *, first_check: int,
     raise AssertionError("unreachable: n Lanczos steps always return")
 
 
+def _combine(left: np.ndarray, right: np.ndarray, v: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
+    """Batched ``sum_i scale_i (left_i . v) right_i`` over the stored components.
+
+    left (B, a, n), right (B, a, k), v (B, n), scale (B, a) or None -> (B, k).
+    """
+    coeffs = (left @ v[:, :, None])[:, :, 0]
+    if scale is not None:
+        coeffs = coeffs * scale
+    return (coeffs[:, None, :] @ right)[:, 0]
+
+
 def _ikpls_batch(
     full_xtx: np.ndarray, ytx: np.ndarray, removed_x: list[np.ndarray], mean_x: np.ndarray, n_train: np.ndarray, n_components: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -246,11 +257,11 @@ def _ikpls_batch(
         active &= top > 0
         if response_side:  # w ∝ (X^T Y)_a v = (X^T Y)_0 v - sum_i t_i^T t_i p_i (q_i . v)
             w = (v[:, None, :] @ ytx)[:, 0]
-            w -= ((score_ss[:, :a] * (loadings_q[:, :a] @ v[:, :, None])[:, :, 0])[:, None, :] @ loadings_p[:, :a])[:, 0]
+            w -= _combine(loadings_q[:, :a], loadings_p[:, :a], v, score_ss[:, :a])
             w /= np.maximum(np.linalg.norm(w, axis=1, keepdims=True), np.finfo(float).tiny)
         else:
             w = v
-        r = w - ((loadings_p[:, :a] @ w[:, :, None])[:, :, 0][:, None, :] @ weights_r[:, :a])[:, 0]
+        r = w - _combine(loadings_p[:, :a], weights_r[:, :a], w)
         xtx_r = (full_xtx @ r.T).T
         for s, rows in enumerate(removed_x):
             xtx_r[s] -= (rows @ r[s]) @ rows
@@ -265,23 +276,24 @@ def _ikpls_batch(
         q = products[:, :, 0] / tt_safe[:, None]
         r[~active], p[~active], q[~active] = 0.0, 0.0, 0.0
         if response_side:  # u = (X^T Y)_a^T p; C <- C - tt (q u^T + u q^T) + tt^2 |p|^2 q q^T
-            u = products[:, :, 1] - ((score_ss[:, :a] * (loadings_p[:, :a] @ p[:, :, None])[:, :, 0])[:, None, :] @ loadings_q[:, :a])[:, 0]
-            basis2 = np.stack([q, u], axis=2)
-            coef = np.zeros((batch, 2, 2))
-            coef[:, 0, 0] = tt * tt * np.einsum("bk,bk->b", p, p)
-            coef[:, 0, 1] = coef[:, 1, 0] = -tt
+            u = products[:, :, 1] - _combine(loadings_p[:, :a], loadings_q[:, :a], p, score_ss[:, :a])
+            basis2, diagonal, off = np.stack([q, u], axis=2), tt * tt * np.einsum("bk,bk->b", p, p), -tt
         else:  # g = G r; G <- (I - p r^T) G (I - r p^T) = G - p g^T - g p^T + (r.g) p p^T
             g = (gram @ r[:, :, None])[:, :, 0]
-            basis2 = np.stack([p, g], axis=2)
-            coef = np.zeros((batch, 2, 2))
-            coef[:, 0, 0] = np.einsum("bk,bk->b", r, g)
-            coef[:, 0, 1] = coef[:, 1, 0] = -1.0
+            basis2, diagonal, off = np.stack([p, g], axis=2), np.einsum("bk,bk->b", r, g), -np.ones(batch)
+        coef = np.zeros((batch, 2, 2))  # gram += basis2 @ [[diagonal, off], [off, 0]] @ basis2^T
+        coef[:, 0, 0], coef[:, 0, 1], coef[:, 1, 0] = diagonal, off, off
         coef[~active] = 0.0
         gram += (basis2 @ coef) @ np.swapaxes(basis2, 1, 2)
         weights_r[:, a], loadings_p[:, a], loadings_q[:, a], score_ss[:, a] = r, p, q, np.where(active, tt, 0.0)
         if not active.any():
             break
     return weights_r, loadings_q
+
+
+def pls_component_count(n_components: int, n_features: int, splits: list[Split]) -> int:
+    """Components actually fitted: clipped to the features and to the smallest training set minus one."""
+    return int(min(n_components, n_features, min(len(train) for train, _ in splits) - 1))
 
 
 def pls_split_predictions(x: np.ndarray, y: np.ndarray, splits: list[Split], n_components: int = 25) -> list[np.ndarray]:
@@ -317,6 +329,7 @@ def pls_split_predictions(x: np.ndarray, y: np.ndarray, splits: list[Split], n_c
     full_xtx = x.T @ x
     full_ytx = y.T @ x
     everything = np.arange(n)
+    components = pls_component_count(n_components, x.shape[1], splits)
     # Splits are fitted in batches that keep the per-split Y^T X copies under ~256 MB.
     batch_size = max(1, min(len(splits), (1 << 25) // max(1, y.shape[1] * x.shape[1])))
     predictions = []
@@ -333,7 +346,6 @@ def pls_split_predictions(x: np.ndarray, y: np.ndarray, splits: list[Split], n_c
             # Centred training Y^T X = full - (y_removed - mean_y)^T x_removed
             np.subtract(full_ytx, (y_removed - mean_y[s]).T @ x_removed, out=ytx[s])
             removed_x.append(x_removed)
-        components = int(min(n_components, x.shape[1], n_train.min() - 1))
         # The component loop is many small BLAS calls: multithreaded OpenBLAS makes
         # them up to 100x slower on a busy machine, so it runs single-threaded.
         with _single_threaded_blas():
@@ -530,7 +542,7 @@ def score_predictivity(
         raise ValueError(f"features have {x.shape[0]} stimuli but responses have {y.shape[0]}")
     if mapping == "pls":
         predictions = pls_split_predictions(x, y, splits, n_components)
-        used = int(min(n_components, x.shape[1], min(len(tr) for tr, _ in splits) - 1))
+        used = pls_component_count(n_components, x.shape[1], splits)
     elif mapping == "ridge":
         predictions = ridge_split_predictions(x, y, splits, ridge_alphas)
         used = 0
