@@ -40,7 +40,7 @@ from minio.error import MinioException, S3Error
 from minio.helpers import MIN_PART_SIZE, check_bucket_name
 
 from services.common.errors import FlatlandError, ObjectNotFoundError
-from services.common.store import Store, validate_key, validate_prefix
+from services.common.storage import Store, validate_key, validate_prefix
 
 #: Default multipart part size: objects larger than this upload in parts.
 DEFAULT_PART_SIZE = 16 * 1024 * 1024

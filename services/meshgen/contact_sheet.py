@@ -34,7 +34,7 @@ def render_mesh(mesh: trimesh.Trimesh, size: int = 256, *, elevation_deg: float 
     image : (size, size, 3) uint8
     """
     os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
-    from services.render.renderer import select_platform
+    from services.common.glplatform import select_platform
 
     select_platform("auto")  # before pyrender: fixes the GL platform and library load order
     import pyrender  # imported here: it binds the GL platform at import time

@@ -21,7 +21,7 @@ from services.common.spec.meshgen import Fractal2DParams, MorphSynthParams, Proc
 from services.meshgen.fractal2d import IFSClass, ifs_variants, search_ifs
 from services.meshgen.morphsynth import MorphModel
 from services.meshgen.procsynth import ProcSynthShape, generate_base, procsynth_instance
-from services.meshgen.registry import GeneratedItem, ShapeFamily, class_dir, register_family
+from services.meshgen.family import GeneratedItem, ShapeFamily, class_dir, register_family
 
 
 def export_glb(mesh: trimesh.Trimesh) -> bytes:
