@@ -1,5 +1,8 @@
 """Supervised pre-training on rendered shards: one run of a :class:`PretrainSpec`.
 
+The loop is task-agnostic: the network, targets, loss and metrics come from the run's
+objective (:mod:`services.train.objectives`; classification unless the run names another).
+
 What a run writes under ``runs/<run_id>/`` (``run_id = spec.run_id(name)``):
 
 - ``label_map.json`` — the mix (:mod:`services.train.mixes`);
@@ -50,9 +53,9 @@ from services.common.store import Store
 from services.train import metrics as prom
 from services.train.data import EmptySplitError, IMAGENET_MEAN, IMAGENET_STD, ShardStream, dataset_shards, make_loader, to_model_input
 from services.train.mixes import LabelMap, mix_for_run
-from services.train.models import (
-    build_model, checkpoint_dict, load_checkpoint, logits_of, save_checkpoint, unwrap,
-)
+from services.train.models import checkpoint_dict, load_checkpoint, save_checkpoint, unwrap
+from services.train.objectives import Objective, objective_for
+from services.train.objectives.classification import topk_correct  # noqa: F401  (kept importable from here)
 from services.train.plots import curves_png, filters_png
 
 Progress = Callable[[str, int, int], None]
@@ -120,14 +123,6 @@ def lr_factor(epoch_progress: float, optim: OptimSpec, epochs: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
-    """Number of samples whose label is among the top-k logits, per k (k capped at the class count)."""
-    kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices
-    hits = top.eq(labels[:, None])
-    return [int(hits[:, : min(k, kmax)].any(dim=1).sum()) for k in ks]
-
-
 def _sum_across_ranks(values: list[float], ctx: DistContext) -> list[float]:
     if not ctx.distributed:
         return values
@@ -170,6 +165,7 @@ class PretrainRun:
         self.index = index
         self.run_id = spec.run_id(name)
         self.prefix = run_prefix(self.run_id)
+        self.objective: Objective = objective_for(self.run)
 
     # -- store keys -------------------------------------------------------------------
     def key(self, *parts: str) -> str:
@@ -220,7 +216,8 @@ class PretrainRun:
         steps_per_epoch = max(1, expected_train // (run.batch_size * ctx.world_size))
 
         torch.manual_seed(derive_seed(run.seed, "torch", "init"))
-        model = build_model(run.model, label_map.num_classes, run.input_size).to(ctx.device)
+        objective = self.objective
+        model = objective.build_model(label_map.num_classes).to(ctx.device)
         self.model = model
         use_cuda = ctx.device.type == "cuda"
         channels_last = use_cuda and run.channels_last
@@ -233,7 +230,6 @@ class PretrainRun:
         amp_dtype = torch.bfloat16 if run.amp_dtype == "bfloat16" else torch.float16
         use_amp = use_cuda and run.amp
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-        criterion = nn.CrossEntropyLoss(label_smoothing=run.optim.label_smoothing)
 
         records: list[dict] = []
         start_epoch = 0
@@ -264,7 +260,8 @@ class PretrainRun:
                                  world_size=ctx.world_size, max_corrupt_fraction=run.max_corrupt_fraction)
             loader = make_loader(stream, batch_size=run.batch_size, workers=run.workers, train=True, pin_memory=use_cuda)
             train_model.train()
-            sums = np.zeros(5)  # loss*n, top1, top5, n, corrupt
+            metric_names = objective.metrics
+            sums = np.zeros(3 + len(metric_names))  # loss*n, n, corrupt, then the objective's metric sums
             batches = iter(loader)
             while True:
                 if should_stop is not None and should_stop():
@@ -275,10 +272,10 @@ class PretrainRun:
                 if on_batch is not None:
                     on_batch(epoch, list(batch["key"]))
                 x = to_model_input(batch["image"], ctx.device, channels_last=channels_last)
-                y = batch["label"].to(ctx.device, non_blocking=True)
+                y = objective.targets(batch, ctx.device)
                 with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = logits_of(train_model(x))
-                    loss = criterion(logits, y)
+                    output = train_model(x)
+                    loss = objective.loss(output, y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if run.optim.grad_clip_norm is not None:
@@ -292,8 +289,7 @@ class PretrainRun:
                     raise DivergedError(
                         f"run {self.run_id}: training loss became {loss_value} in epoch {epoch}; lower optim.lr, "
                         "raise optim.warmup_epochs or set optim.grad_clip_norm")
-                top1, top5 = topk_correct(logits.detach().float(), y)
-                sums += [loss_value * len(y), top1, top5, len(y), int(batch["corrupt"].sum())]
+                sums += [loss_value * len(y), len(y), int(batch["corrupt"].sum()), *objective.metric_sums(output, y)]
             del batches, loader
             if ctx.distributed:
                 # DDP syncs buffers (BatchNorm statistics) from rank 0 at each forward; after the
@@ -301,16 +297,17 @@ class PretrainRun:
                 # checkpoint then see the same model on every rank.
                 for buffer in model.buffers():
                     dist.broadcast(buffer, src=0)
-            loss_sum, top1, top5, seen, corrupt = _sum_across_ranks(sums.tolist(), ctx)
+            loss_sum, seen, corrupt, *metric_sums = _sum_across_ranks(sums.tolist(), ctx)
             if seen == 0:
                 raise FlatlandError(
                     f"run {self.run_id}: epoch {epoch} saw no training batches (fewer samples than batch_size "
                     f"{run.batch_size} per loader worker?)")
-            record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_top1": top1 / seen,
-                      "train_top5": top5 / seen, "train_samples": int(seen), "corrupt_samples": int(corrupt),
+            record = {"epoch": epoch, "train_loss": loss_sum / seen,
+                      **{f"train_{m}": value / seen for m, value in zip(metric_names, metric_sums)},
+                      "train_samples": int(seen), "corrupt_samples": int(corrupt),
                       "lr": optimizer.param_groups[0]["lr"]}
             if val_shards:
-                record.update(self.evaluate(model, val_shards, tables, criterion, channels_last, use_amp, amp_dtype))
+                record.update(self.evaluate(model, val_shards, tables, channels_last, use_amp, amp_dtype))
             record["seconds"] = time.time() - epoch_start
             record["images_per_s"] = seen / record["seconds"]
             records.append(record)
@@ -358,32 +355,34 @@ class PretrainRun:
         return int(total)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, shards, tables, criterion, channels_last: bool, use_amp: bool, amp_dtype) -> dict:
-        """Loss, top-1 and top-5 over the rank's share of ``shards``, summed across ranks."""
-        run, ctx = self.run, self.ctx
+    def evaluate(self, model: nn.Module, shards, tables, channels_last: bool, use_amp: bool, amp_dtype) -> dict:
+        """Loss and the objective's metrics over the rank's share of ``shards``, summed across ranks."""
+        run, ctx, objective = self.run, self.ctx, self.objective
         model = unwrap(model)
         model.eval()
         stream = ShardStream(self.store.url, shards, tables, input_size=run.input_size, augment=None,
                              seed=run.seed, rank=ctx.rank, world_size=ctx.world_size,
                              max_corrupt_fraction=run.max_corrupt_fraction)
-        sums = np.zeros(4)
+        sums = np.zeros(2 + len(objective.metrics))  # loss*n, n, then the objective's metric sums
         for batch in make_loader(stream, batch_size=run.batch_size, workers=run.workers, train=False):
             x = to_model_input(batch["image"], ctx.device, channels_last=channels_last)
-            y = batch["label"].to(ctx.device)
+            y = objective.targets(batch, ctx.device)
             with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = logits_of(model(x)).float()
-            top1, top5 = topk_correct(logits, y)
-            sums += [float(criterion(logits, y)) * len(y), top1, top5, len(y)]
-        loss_sum, top1, top5, seen = _sum_across_ranks(sums.tolist(), ctx)
+                output = model(x)
+            output = output.float() if isinstance(output, torch.Tensor) else output
+            sums += [float(objective.loss(output, y)) * len(y), len(y), *objective.metric_sums(output, y)]
+        loss_sum, seen, *metric_sums = _sum_across_ranks(sums.tolist(), ctx)
         seen = max(seen, 1)
-        return {"val_loss": loss_sum / seen, "val_top1": top1 / seen, "val_top5": top5 / seen, "val_samples": int(seen)}
+        return {"val_loss": loss_sum / seen,
+                **{f"val_{m}": value / seen for m, value in zip(objective.metrics, metric_sums)},
+                "val_samples": int(seen)}
 
     def _checkpoint(self, model, epoch: int, **extra) -> dict:
         run = self.run
         return checkpoint_dict(model, name=run.model, num_classes=extra.pop("num_classes"), input_size=run.input_size,
                                mean=IMAGENET_MEAN, std=IMAGENET_STD, epoch=epoch,
                                spec=run.model_dump(mode="json") | {"run_id": self.run_id, "experiment": self.spec.name},
-                               **extra)
+                               **self.objective.checkpoint_extras(), **extra)
 
     def _save_epoch(self, model, optimizer, scheduler, scaler, epoch: int, records: list[dict]) -> None:
         ckpt = self._checkpoint(model, epoch, num_classes=self.num_classes, optimizer=optimizer.state_dict(),
