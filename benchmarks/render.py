@@ -37,10 +37,11 @@ import numpy as np  # noqa: E402
 from services.common.seeds import derive_seed  # noqa: E402
 from services.common.spec.meshgen import ProcSynthParams  # noqa: E402
 from services.common.spec.render import RenderSettings  # noqa: E402
-from services.render.fractal import default_probs, draw_fractals  # noqa: E402
-from services.render.renderer import SceneRenderer, mesh_frame  # noqa: E402
+from services.render.renderers.fractal import default_probs, draw_fractals  # noqa: E402
+from services.render.renderers.gl import SceneRenderer, mesh_frame  # noqa: E402
 from services.render.sampling import sample_view  # noqa: E402
-from services.render.shards import DeterministicTarWriter, sample_key  # noqa: E402
+from services.render.keys import sample_key  # noqa: E402
+from services.render.output import DeterministicTarWriter  # noqa: E402
 from services.render.views import encode_png, encode_view, load_glb  # noqa: E402
 
 

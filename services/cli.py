@@ -148,7 +148,7 @@ def _job_index(index: int | None, count: int | None) -> tuple[int, int]:
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, help="Serve job metrics here when no Pushgateway ($FLATLAND_PUSHGATEWAY) is set.")
 def job(stage: str, spec_path: str, index: int | None, count: int | None, store_url: str | None, metrics_port: int | None) -> None:
     """Run one stage's batch work (a Kubernetes Job's entry point)."""
-    from services.common.progress import run_stage_with_progress
+    from services.experiment.runner import run_stage_with_progress
 
     spec = _load(spec_path)
     store = _open_store(spec, store_url)
@@ -172,7 +172,7 @@ def job(stage: str, spec_path: str, index: int | None, count: int | None, store_
 @click.option("--poll", default=10.0, show_default=True, help="Seconds between checks.")
 def wait(stage: str, spec_path: str, store_url: str | None, timeout: float, poll: float) -> None:
     """Block until the store shows STAGE's inputs complete (init containers use this)."""
-    from services.common.readiness import missing_inputs
+    from services.experiment.readiness import missing_inputs
 
     spec = _load(spec_path)
     store = _open_store(spec, store_url)
@@ -199,12 +199,12 @@ def wait(stage: str, spec_path: str, store_url: str | None, timeout: float, poll
 )
 def run(spec_path: str, store_url: str | None, only: tuple[str, ...], remote: str | None) -> None:
     """Run an experiment end to end, then write its report."""
-    from services.common.progress import run_experiment
+    from services.experiment.runner import run_experiment
 
     spec = _load(spec_path)
     store = _open_store(spec, store_url)
     if remote is not None:
-        from services.common.remote import parse_addresses
+        from services.experiment.remote import parse_addresses
 
         try:
             parse_addresses(remote)
@@ -227,7 +227,7 @@ def plan(spec_path: str, train_images_per_s: float | None) -> None:
     """Estimate an experiment's cost: images, shards, render core-hours, training GPU-hours."""
     from rich.table import Table
 
-    from services.common.plan import plan_experiment
+    from services.experiment.costplan import plan_experiment
 
     spec = _load(spec_path)
     p = plan_experiment(spec, train_images_per_s=train_images_per_s)

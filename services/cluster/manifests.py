@@ -5,7 +5,7 @@ user action. The Jobs expect the base install (``k8s/base``: MinIO, the Pushgate
 ``flatland-store`` Secret) in the ``flatland`` namespace.
 
 * meshgen and render are Indexed Jobs whose completions are capped by their work items
-  (see :mod:`services.cluster.workplan` for which index does which item);
+  (see :mod:`services.experiment.workplan` for which index does which item);
 * train is one Job, or with ``cluster.train_nodes > 1`` an Indexed Job of that many pods
   with a headless Service so every pod finds rank 0 for torchrun;
 * neuro is one Job;
@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from services.cluster import workplan
+from services.experiment import workplan
 from services.common.spec.experiment import ExperimentSpec
 
 SPEC_MOUNT_DIR = "/etc/flatland"

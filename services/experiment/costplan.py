@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.cluster.workplan import sample_count, shard_counts, split_sizes
 from services.common.spec import ExperimentSpec
+from services.experiment.workplan import sample_count, shard_counts, split_sizes
 
 MEASURED = Path(__file__).resolve().parents[2] / "benchmarks" / "measured.json"
 

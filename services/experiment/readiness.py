@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from services.common.spec import ExperimentSpec
 from services.common.store import Store
-
-MESH_FAMILIES = ("procsynth", "morphsynth", "fractal2d")
+from services.meshgen.api import MESH_FAMILIES, manifest_key, missing_classes
+from services.render.api import consolidate_manifest, dataset_manifest_key, shard_plan
 
 
 def _missing_meshes(spec: ExperimentSpec, store: Store) -> list[str]:
-    from services.meshgen.dataset import manifest_key, missing_classes
-
     missing = []
     for d in spec.datasets:
         if d.kind in MESH_FAMILIES and d.meshes_from is None:
@@ -25,9 +23,6 @@ def _missing_meshes(spec: ExperimentSpec, store: Store) -> list[str]:
 
 
 def _missing_shards(spec: ExperimentSpec, store: Store, names: set[str]) -> list[str]:
-    from services.render.plan import shard_plan
-    from services.render.shards import consolidate_manifest, dataset_manifest_key
-
     missing = []
     for d in spec.datasets:
         if d.name not in names:

@@ -28,9 +28,9 @@ from flatland.v1 import (
 from services.common.errors import FlatlandError
 from services.common.spec import ExperimentSpec
 from services.common.stages import list_stages
+from services.meshgen.api import MESH_FAMILIES
 
 ProgressFn = Callable[[str, int, int], None]
-MESH_FAMILIES = ("procsynth", "morphsynth", "fractal2d")
 
 
 class RemoteStageError(FlatlandError):

@@ -1,4 +1,4 @@
-"""Running stages with visible progress: the shared core of ``flatland run`` and ``flatland job``."""
+"""Running an experiment's stages with visible progress: the core of ``flatland run`` and ``flatland job``."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def run_experiment(
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}
     if remote is not None:
-        from services.common.remote import parse_addresses, run_remote
+        from services.experiment.remote import parse_addresses, run_remote
 
         with RichProgress(console) as bar:
             timings = run_remote(spec, spec_text or "", parse_addresses(remote), stages=wanted, progress=bar)

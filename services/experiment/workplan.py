@@ -10,7 +10,7 @@ Job gets) and the stages' ``run_job(index=..., count=...)`` (which items an inde
   in the order of ``spec.datasets``, then ``train`` before ``val``, then shard number);
   item ``i`` of that flattened list goes to index ``i % count``.
 
-The shard counts come from the render stage's own plan (``services/render/plan.py``,
+The shard counts come from the render stage's own plan (through ``services.render.api``,
 import-light), so the manifests and the workers cannot disagree.
 """
 
@@ -19,9 +19,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from services.common.spec.experiment import DatasetSpec, ExperimentSpec
-from services.render.plan import SPLITS, all_shards, dataset_shards, layout
-
-MESH_FAMILIES = ("procsynth", "morphsynth", "fractal2d")
+from services.meshgen.api import MESH_FAMILIES
+from services.render.api import SPLITS, all_shards, dataset_shards, layout
 
 
 class ShardItem(NamedTuple):

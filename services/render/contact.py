@@ -15,11 +15,12 @@ from PIL import Image
 from services.common.seeds import derive_rng
 from services.common.spec.experiment import ExperimentSpec
 from services.common.store import Store
+from services.render.keys import contact_sheet_key
+from services.render.kinds import DatasetContext, dataset_context
+from services.render.kinds.fractals import fractal_records
+from services.render.kinds.meshes import load_instance_mesh, mesh_records
 from services.render.plan import ShardTask, layout
-from services.render.shards import (
-    DatasetContext, contact_sheet_key, dataset_context, draw_fractal_records, fractal_records, load_instance_mesh,
-    mesh_records,
-)
+from services.render.renderers.fractal import draw_fractal_records
 
 MAX_ROWS = 8
 MAX_COLUMNS = 8
@@ -81,7 +82,7 @@ def sheet_rows(ctx: DatasetContext) -> list[list[np.ndarray]]:
                        for i in picks]
             rows.append([_thumb(img) for img in draw_fractal_records(records)])
     else:
-        from services.render.scenes import draw_scene, sample_scene
+        from services.render.renderers.scenes import draw_scene, sample_scene
 
         total = ctx.dataset.family.scenes
         columns = min(total, MAX_COLUMNS)

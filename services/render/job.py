@@ -23,7 +23,8 @@ def run_job(spec: ExperimentSpec, store: Store, *, index: int = 0, count: int = 
         ``{"index", "count", "shards", "written", "skipped", "samples", "failures", "contact_sheets", "seconds"}``.
     """
     from services.render.contact import write_contact_sheet
-    from services.render.shards import contact_sheet_key, render_shards
+    from services.render.keys import contact_sheet_key
+    from services.render.output import render_shards
 
     started = time.monotonic()
     tasks = shards_for_index(spec, index, count)

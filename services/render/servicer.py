@@ -37,7 +37,7 @@ def parse_settings(settings_json: str) -> RenderSettings:
 
 def render_images(store: Store, request) -> tuple[list[dict], str]:
     """The work behind ``RenderImages``: a list of {rgb_png, depth_npy, mask_png, record_json} and the GL string."""
-    from services.render.renderer import check_mesh, mesh_frame
+    from services.render.renderers.gl import check_mesh, mesh_frame
     from services.render.sampling import sample_view
     from services.render.views import encode_npy, encode_png, get_renderer, load_glb, load_mesh
 
@@ -103,7 +103,8 @@ class RenderServicer(render_pb2_grpc.RenderServicer):
     def RenderDataset(self, request, context):
         from services.render.contact import write_contact_sheet
         from services.render.plan import shard_plan
-        from services.render.shards import dataset_manifest_key, render_shards
+        from services.render.keys import dataset_manifest_key
+        from services.render.output import render_shards
 
         try:
             spec, dataset = dataset_from_item(request.dataset)

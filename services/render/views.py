@@ -14,8 +14,8 @@ _RENDERERS: dict[tuple[int, str], object] = {}
 
 
 def get_renderer(image_size: int, backend: str = "auto"):
-    """The process's :class:`~services.render.renderer.SceneRenderer` for this size (created once)."""
-    from services.render.renderer import SceneRenderer, select_platform
+    """The process's :class:`~services.render.renderers.gl.SceneRenderer` for this size (created once)."""
+    from services.render.renderers.gl import SceneRenderer, select_platform
 
     key = (int(image_size), select_platform(backend))
     if key not in _RENDERERS:
@@ -89,11 +89,11 @@ def redraw_record(record: dict, store: Store | None = None, mesh: trimesh.Trimes
     if kind == "mesh":
         return render_record(record, mesh=mesh, store=store).rgb
     if kind == "fractal":
-        from services.render.shards import draw_fractal_records
+        from services.render.renderers.fractal import draw_fractal_records
 
         return np.repeat(draw_fractal_records([record])[0][..., None], 3, axis=2)
     if kind == "noisescene":
-        from services.render.scenes import draw_scene
+        from services.render.renderers.scenes import draw_scene
 
         return draw_scene(record)[0]
     raise ValueError(f"record kind must be mesh, fractal or noisescene, got {kind!r}")

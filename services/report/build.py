@@ -16,7 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from services.common.spec import ExperimentSpec, content_hash, spec_to_yaml
 from services.common.store import LocalStore, Store
-from services.render.shards import contact_sheet_key, dataset_manifest_key
+from services.render.api import contact_sheet_key, dataset_manifest_key
 
 
 def report_prefix(spec: ExperimentSpec) -> str:

@@ -52,7 +52,7 @@ from services.common.manifest import read_manifest
 from services.common.seeds import derive_rng
 from services.common.spec.train import AugmentSpec
 from services.common.store import Store, open_store
-from services.render.shards import dataset_manifest_key
+from services.render.api import dataset_manifest_key
 
 #: ImageNet statistics, recorded in every checkpoint so users normalise the same way.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

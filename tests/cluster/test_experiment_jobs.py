@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import yaml
 
-from services.cluster import workplan
+from services.experiment import workplan
 from services.cluster.manifests import experiment_manifests, object_name, to_yaml
 from services.common.spec.experiment import load_spec, parse_spec
 

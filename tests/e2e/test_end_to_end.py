@@ -10,7 +10,7 @@ import yaml
 from rich.console import Console
 
 from services.common.manifest import read_manifest, verify_manifest
-from services.common.progress import run_experiment
+from services.experiment.runner import run_experiment
 from services.common.server import start_server
 from services.common.spec import parse_spec
 from services.common.store import LocalStore

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from services.common.manifest import read_manifest, write_manifest
-from services.common.readiness import missing_inputs
+from services.experiment.readiness import missing_inputs
 from services.common.spec import parse_spec
 from services.common.store import LocalStore
 from services.meshgen.job import run_job as meshgen_job

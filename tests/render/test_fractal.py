@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.render.fractal import apply_flip, chaos_game, default_probs, draw_fractals
+from services.render.renderers.fractal import apply_flip, chaos_game, default_probs, draw_fractals
 from services.common.seeds import rng_from_seed
 
 SIERPINSKI = np.array([[0.5, 0, 0, 0.5, 0, 0], [0.5, 0, 0, 0.5, 0.5, 0], [0.5, 0, 0, 0.5, 0.25, 0.5]])
@@ -64,7 +64,7 @@ def test_torch_path_draws_the_same_images():
 
 
 def test_patches_keep_about_half_the_covered_pixels_like_fractaldb():
-    from services.render.fractal import patch_bit_probability, rasterise
+    from services.render.renderers.fractal import patch_bit_probability, rasterise
 
     assert patch_bit_probability(3) == pytest.approx(256 / 511)
     xs, ys = chaos_game([(SIERPINSKI, np.ones(3) / 3)], 30_000, [rng_from_seed(2)], chains=256)

@@ -9,7 +9,7 @@ import psutil
 import trimesh
 
 from services.common.spec.render import RenderSettings
-from services.render.renderer import mesh_frame
+from services.render.renderers.gl import mesh_frame
 from services.render.sampling import sample_view
 from services.render.views import get_renderer
 

@@ -13,7 +13,7 @@ import trimesh
 
 from services.common.spec.base import Fixed
 from services.common.spec.render import CameraSpec, RenderSettings
-from services.render.renderer import DegenerateMeshError, RenderBackendError, mesh_frame, select_platform
+from services.render.renderers.gl import DegenerateMeshError, RenderBackendError, mesh_frame, select_platform
 from services.render.sampling import sample_view
 from services.render.views import get_renderer, render_record
 
@@ -152,7 +152,7 @@ def _fresh_process(code: str, env: dict) -> subprocess.CompletedProcess:
 
 def test_egl_says_when_it_fell_back_to_software():
     code = ("import logging; logging.basicConfig(level=logging.INFO)\n"
-            "from services.render.renderer import SceneRenderer, RenderBackendError\n"
+            "from services.render.renderers.gl import SceneRenderer, RenderBackendError\n"
             "try:\n    r = SceneRenderer(16, 'egl'); print('SOFTWARE' if r.software else 'HARDWARE', r.gl_renderer)\n"
             "except RenderBackendError as exc:\n    print('REFUSED', exc)\n")
     result = _fresh_process(code, {})
@@ -166,7 +166,7 @@ def test_egl_says_when_it_fell_back_to_software():
 
 
 def test_unstartable_platform_is_a_clear_error():
-    code = ("from services.render.renderer import SceneRenderer\n"
+    code = ("from services.render.renderers.gl import SceneRenderer\n"
             "SceneRenderer(16, 'egl')\n")
     result = _fresh_process(code, {"EGL_DEVICE_ID": "999"})
     assert result.returncode != 0

@@ -7,8 +7,8 @@ import pytest
 
 from services.common.seeds import rng_from_seed
 from services.common.spec.render import NoiseSceneParams
-from services.render.noise import noise_image, radial_power_centroid
-from services.render.scenes import dominant_class, draw_scene, ray_cast_ellipsoid, sample_scene
+from services.render.renderers.noise import noise_image, radial_power_centroid
+from services.render.renderers.scenes import dominant_class, draw_scene, ray_cast_ellipsoid, sample_scene
 
 
 @pytest.mark.parametrize("kind", ["perlin", "sparse_convolution"])

@@ -85,7 +85,7 @@ def test_render_dataset_streams_progress_and_resumes(stub):
 
 
 def test_other_gl_platform_than_the_servers_is_failed_precondition(stub):
-    from services.render.renderer import select_platform
+    from services.render.renderers.gl import select_platform
 
     client, _ = stub
     client.RenderImages(render_pb2.RenderImagesRequest(glb=glb_bytes(trimesh.creation.box()), count=1,

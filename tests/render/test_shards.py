@@ -11,7 +11,7 @@ import pytest
 
 from services.common.manifest import read_manifest, verify_manifest
 from services.common.spec.experiment import parse_spec
-from services.render import shards as shards_module
+from services.render import output as shards_module
 from services.render.job import run_job
 from services.render.plan import all_shards, shard_plan, shards_for_index
 from services.render.views import decode_npy, decode_png, redraw_record, render_record

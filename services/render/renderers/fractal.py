@@ -294,3 +294,34 @@ def draw_fractals(systems: list[tuple[np.ndarray, np.ndarray]], seeds: list[int]
     if flips is not None:
         images = np.stack([apply_flip(img, f) for img, f in zip(images, flips)])
     return images
+
+
+# --------------------------------------------------------------------------- records
+
+
+class RenderDeviceError(ValueError):
+    """A requested compute device is not available."""
+
+
+def draw_fractal_records(records: list[dict], device: str | None = None) -> np.ndarray:
+    """(len(records), s, s) uint8 images of fractal records (all the same size and point count)."""
+    if not records:
+        return np.zeros((0, 0, 0), dtype=np.uint8)
+    first = records[0]
+    return draw_fractals([(np.asarray(r["maps"]), np.asarray(r["probs"])) for r in records],
+                         [r["seed"] for r in records], image_size=first["image_size"], points=first["points"],
+                         patch=first["patch"], flips=[r["flip"] for r in records], device=device)
+
+
+def fractal_device(setting: str) -> str | None:
+    """The torch device for ``FractalRenderSettings.device`` (None: numpy on the CPU)."""
+    if setting == "cpu":
+        return None
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    available = torch is not None and torch.cuda.is_available()
+    if setting == "cuda" and not available:
+        raise RenderDeviceError("fractal_render.device is 'cuda' but torch sees no CUDA device")
+    return "cuda" if available else None

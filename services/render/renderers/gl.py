@@ -28,10 +28,8 @@ ambient and object pose per view (plain data from :mod:`services.render.sampling
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,69 +37,16 @@ import numpy as np
 import trimesh
 
 from services.common.errors import FlatlandError
+from services.common.glplatform import PLATFORMS, RenderBackendError, select_platform  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-PLATFORMS = ("osmesa", "egl")
 SOFTWARE_DRIVERS = ("llvmpipe", "softpipe", "swrast")
 PHONG_FRAGMENT_SHADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shaders", "phong.frag")
 
 
-class RenderBackendError(FlatlandError, RuntimeError):
-    """The requested OpenGL platform cannot be used in this process."""
-
-    grpc_status = "FAILED_PRECONDITION"  # this server cannot do what was asked; another might
-
-
 class DegenerateMeshError(FlatlandError, ValueError):
     """A mesh that cannot be rendered (no faces, non-finite vertices, zero extent)."""
-
-
-def _load_triton_before_mesa() -> None:
-    """Load triton's LLVM before Mesa's, so both can live in one process.
-
-    Mesa's llvmpipe (OSMesa, and EGL's software fallback) and triton (which torch
-    imports lazily, e.g. from ``torch.optim``) each bring their own LLVM. When Mesa's
-    is loaded first, loading libtriton later crashes the process (seen here: a
-    segfault in ``flatland run`` as training started after rendering); in the other
-    order both work. Costs ~0.2 s once per process, and nothing where triton is absent.
-    """
-    if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
-        import triton  # noqa: F401
-
-
-def select_platform(backend: str = "auto") -> str:
-    """Fix PyOpenGL's platform for this process and return it.
-
-    Parameters
-    ----------
-    backend : {"auto", "osmesa", "egl"}
-        ``auto`` keeps ``PYOPENGL_PLATFORM`` if it names a supported platform,
-        else uses OSMesa (works everywhere, CPU only).
-
-    Raises
-    ------
-    RenderBackendError
-        If ``backend`` is unknown, or PyOpenGL was already imported with a
-        different platform (it reads the variable once, at import).
-    """
-    if backend not in ("auto", *PLATFORMS):
-        raise RenderBackendError(f"render backend must be one of auto, osmesa, egl; got {backend!r}")
-    _load_triton_before_mesa()
-    current = os.environ.get("PYOPENGL_PLATFORM")
-    wanted = backend
-    if backend == "auto":
-        wanted = current if current in PLATFORMS else "osmesa"
-    if "OpenGL.platform" in sys.modules:
-        if current != wanted:
-            raise RenderBackendError(
-                f"render backend {wanted!r} requested, but PyOpenGL was already imported in this process "
-                f"with PYOPENGL_PLATFORM={current!r}; set PYOPENGL_PLATFORM={wanted} before anything imports OpenGL "
-                "(or use one backend per process)"
-            )
-        return wanted
-    os.environ["PYOPENGL_PLATFORM"] = wanted
-    return wanted
 
 
 def _context_key(context: Any) -> Any:
@@ -391,7 +336,7 @@ def background_image(background: dict, size: int) -> np.ndarray:
     color = np.asarray(background["color"], dtype=float)
     if background["kind"] == "plain":
         return np.broadcast_to(np.round(color * 255).astype(np.uint8), (size, size, 3))
-    from services.render.noise import perlin_texture
+    from services.render.renderers.noise import perlin_texture
 
     value = perlin_texture(size, background["noise_scale"], background["noise_seed"])  # (size, size) in [0,1]
     tint = color if color.max() > 0 else np.array([1.0, 1.0, 1.0])

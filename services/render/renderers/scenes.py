@@ -21,7 +21,7 @@ import numpy as np
 
 from services.common.seeds import derive_seed, rng_from_seed
 from services.common.spec.render import NoiseSceneParams
-from services.render.noise import noise_image
+from services.render.renderers.noise import noise_image
 
 HUE_RANGE = (0.0, 1.0)
 ELONGATION_RANGE = (1.0, 3.0)

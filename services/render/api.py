@@ -1,0 +1,44 @@
+"""What other packages may read of render: the shard plan, store keys and sample format.
+
+Everything outside ``services/render`` (train, the conductor, the report) imports the
+render stage through this module only; the layering test (``tests/test_layering.py``)
+keeps it so. Importing it is light: no OpenGL, no mesh libraries.
+
+Store layout::
+
+    datasets/<dataset_id>/<split>-<shard:05d>.tar      WebDataset shards (see below)
+    datasets/<dataset_id>/parts/<split>-<shard>.json   one finished shard's manifest entry
+    datasets/<dataset_id>/manifest.json                every finished shard; ``metadata`` has
+                                                       family, classes, image_size, splits, seed
+    datasets/<dataset_id>/contact-sheet.png            rows = classes, columns = views
+
+Sample format: the tar members of one sample share the basename
+``<class:05d>_<instance>_<view:05d>`` (:func:`sample_key`) and are ``rgb.png``,
+``seg.png`` (uint16, class + 1 on the object, 0 background; noise scenes: one label per
+pixel), ``json`` (the record that re-renders the image), ``cls`` (ASCII class index),
+and for 3D views also ``depth.npy`` (float32) and ``mask.png``.
+"""
+
+from __future__ import annotations
+
+from services.common.manifest import Manifest
+from services.common.spec.experiment import ExperimentSpec
+from services.common.store import Store
+from services.render.keys import contact_sheet_key, dataset_manifest_key, part_key, sample_key, shard_key
+from services.render.plan import (
+    SPLITS, ShardTask, SplitLayout, all_shards, dataset_shards, layout, shard_plan, shards_for_index, split_counts,
+)
+
+
+def consolidate_manifest(spec: ExperimentSpec, store: Store, dataset_name: str) -> Manifest:
+    """Merge every finished shard's part record into the dataset manifest, write and return it."""
+    from services.render.output import consolidate_manifest as consolidate  # the writers: heavier imports
+
+    return consolidate(spec, store, dataset_name)
+
+
+__all__ = [
+    "SPLITS", "ShardTask", "SplitLayout", "all_shards", "consolidate_manifest", "contact_sheet_key",
+    "dataset_manifest_key", "dataset_shards", "layout", "part_key", "sample_key", "shard_key", "shard_plan",
+    "shards_for_index", "split_counts",
+]
