@@ -1,0 +1,59 @@
+"""The full study's spec (experiments/beyond-flatland.yaml) trains what the proposal's Table 2 lists."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from services.common.spec import load_spec
+from services.train.mixes import split_budget
+
+FULL_SPEC = Path(__file__).resolve().parents[2] / "experiments" / "beyond-flatland.yaml"
+
+#: Table 2 of the proposal, by dataset family; FractalDB is the fractal2d family.
+TABLE_2 = [
+    ("fractal2d",),
+    ("procsynth",),
+    ("morphsynth",),
+    ("procsynth", "fractal2d"),
+    ("procsynth", "morphsynth"),
+    ("procsynth", "morphsynth", "fractal2d"),
+]
+
+
+def _families(spec, run) -> tuple[str, ...]:
+    return tuple(sorted(spec.dataset(name).kind for name in run.datasets))
+
+
+def _is_flatworld(dataset) -> bool:
+    render = dataset.render
+    return (dataset.meshes_from is not None and render is not None and not render.pose_variation
+            and not render.illumination_variation)
+
+
+def test_pretraining_runs_are_table_2_plus_the_flatworld_ablation():
+    spec = load_spec(FULL_SPEC)
+    flatworld = [r for r in spec.pretrain if all(_is_flatworld(spec.dataset(n)) for n in r.datasets)]
+    table_runs = [r for r in spec.pretrain if r not in flatworld]
+    assert len(flatworld) == 1 and len(flatworld[0].datasets) == 1, "one FlatWorldDB ablation run, on FlatWorldDB alone"
+    assert Counter(_families(spec, r) for r in table_runs) == Counter(tuple(sorted(m)) for m in TABLE_2)
+    # the 3D datasets of every mix are the ones the FlatWorld ablation renders flat
+    assert spec.dataset(flatworld[0].datasets[0]).meshes_from in {n for r in table_runs for n in r.datasets}
+
+
+def test_every_run_has_a_1000_class_budget_split_evenly():
+    spec = load_spec(FULL_SPEC)
+    for run in spec.pretrain:
+        assert run.class_budget == 1000, run.name
+        shares = split_budget(run.class_budget, len(run.datasets))
+        assert len(set(shares)) == 1 and sum(shares) == 1000 - 1000 % len(run.datasets), (run.name, shares)
+        assert all(spec.dataset(n).classes >= share for n, share in zip(run.datasets, shares)), run.name
+
+
+def test_transfer_and_scoring_cover_every_pretraining_run():
+    spec = load_spec(FULL_SPEC)
+    names = {r.name for r in spec.pretrain}
+    for entry in spec.transfer:
+        assert set(entry.pretrained) == names, entry.name
+    for entry in spec.scoring:
+        assert set(entry.runs) == names, entry.name
