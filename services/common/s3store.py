@@ -356,6 +356,23 @@ class S3Store(Store):
             response = self.client.get_object(self.bucket, name)
         return io.BufferedReader(_ResponseReader(response, key), buffer_size=_READ_BUFFER)
 
+    range_read_concurrency = 16  # ranged GETs are latency-bound: keep several in flight
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        name = self.object_name(key)
+        with self._errors(key):
+            response = self.client.get_object(self.bucket, name, offset=offset, length=length)
+        try:
+            data = response.read()
+        except urllib3.exceptions.HTTPError as exc:
+            raise S3StoreError(f"reading {key!r} from S3 failed: {exc}") from exc
+        finally:
+            response.close()
+            response.release_conn()
+        if len(data) != length:
+            raise ObjectNotFoundError(f"{key!r} has no bytes {offset}..{offset + length} (object too short)")
+        return data
+
     def _stat(self, key: str):
         name = self.object_name(key)
         with self._errors(key):

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from services.common.errors import InvalidKeyError
+from services.common.errors import InvalidKeyError, ObjectNotFoundError
 
 _CHUNK = 1 << 20
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -131,6 +131,23 @@ class Store(abc.ABC):
         import json
 
         return json.loads(self.get_bytes(key))
+
+    #: How many :meth:`read_range` calls a reader should keep in flight (1: the backend is local and fast).
+    range_read_concurrency = 1
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of the object at ``offset`` (random access; backends override this with a ranged read)."""
+        with self.open_read(key) as stream:
+            skipped = 0
+            while skipped < offset:
+                chunk = stream.read(min(_CHUNK, offset - skipped))
+                if not chunk:
+                    break
+                skipped += len(chunk)
+            data = stream.read(length)
+        if len(data) != length:
+            raise ObjectNotFoundError(f"{key!r} has no bytes {offset}..{offset + length} (object too short)")
+        return data
 
     def checksum(self, key: str) -> tuple[int, str]:
         """(size, sha256 hex) of the stored object, streamed."""

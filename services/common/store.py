@@ -76,6 +76,19 @@ class LocalStore(Store):
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFoundError(f"no object at key {key!r} in {self!r}") from None
 
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFoundError(f"no object at key {key!r} in {self!r}") from None
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        if len(data) != length:
+            raise ObjectNotFoundError(f"{key!r} has no bytes {offset}..{offset + length} (object too short)")
+        return data
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
