@@ -7,6 +7,8 @@ keeps it so. Importing it is light: no OpenGL, no mesh libraries.
 Store layout::
 
     datasets/<dataset_id>/<split>-<shard:05d>.tar      WebDataset shards (see below)
+    datasets/<dataset_id>/<split>-<shard:05d>.index.json  where each sample's rgb.png lies in the tar
+                                                       (offset, size, sha256) and its class: random access
     datasets/<dataset_id>/parts/<split>-<shard>.json   one finished shard's manifest entry
     datasets/<dataset_id>/manifest.json                every finished shard; ``metadata`` has
                                                        family, classes, image_size, splits, seed
@@ -24,7 +26,9 @@ from __future__ import annotations
 from services.common.manifest import Manifest
 from services.common.spec.experiment import ExperimentSpec
 from services.common.store import Store
-from services.render.keys import contact_sheet_key, dataset_manifest_key, part_key, sample_key, shard_key
+from services.render.keys import (
+    contact_sheet_key, dataset_manifest_key, part_key, sample_key, shard_index_key, shard_key,
+)
 from services.render.plan import (
     SPLITS, ShardTask, SplitLayout, all_shards, dataset_shards, layout, shard_plan, shards_for_index, split_counts,
 )
@@ -39,6 +43,6 @@ def consolidate_manifest(spec: ExperimentSpec, store: Store, dataset_name: str) 
 
 __all__ = [
     "SPLITS", "ShardTask", "SplitLayout", "all_shards", "consolidate_manifest", "contact_sheet_key",
-    "dataset_manifest_key", "dataset_shards", "layout", "part_key", "sample_key", "shard_key", "shard_plan",
+    "dataset_manifest_key", "dataset_shards", "layout", "part_key", "sample_key", "shard_index_key", "shard_key", "shard_plan",
     "shards_for_index", "split_counts",
 ]

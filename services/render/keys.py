@@ -19,8 +19,15 @@ def part_key(dataset_id: str, split: str, shard: int) -> str:
     return f"datasets/{dataset_id}/parts/{split}-{shard:05d}.json"
 
 
+def shard_index_key(shard_key: str) -> str:
+    """Where a shard's sample index lies: ``datasets/<id>/<split>-<shard>.tar`` → ``….index.json``."""
+    if not shard_key.endswith(".tar"):
+        raise ValueError(f"not a shard key: {shard_key!r}")
+    return shard_key[: -len(".tar")] + ".index.json"
+
+
 def contact_sheet_key(dataset_id: str) -> str:
     return f"datasets/{dataset_id}/contact-sheet.png"
 
 
-__all__ = ["contact_sheet_key", "dataset_manifest_key", "part_key", "sample_key", "shard_key"]
+__all__ = ["contact_sheet_key", "dataset_manifest_key", "part_key", "sample_key", "shard_index_key", "shard_key"]

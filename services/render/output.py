@@ -17,6 +17,7 @@ What goes into a shard comes from the family's sample writer (:mod:`services.ren
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tarfile
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from services.common.manifest import Manifest, ManifestEntry, read_manifest, write_manifest
 from services.common.spec.experiment import ExperimentSpec
 from services.common.store import Store, sha256_stream
-from services.render.keys import dataset_manifest_key, part_key
+from services.render.keys import dataset_manifest_key, part_key, shard_index_key
 from services.render.kinds import SAMPLE_WRITERS, DatasetContext, dataset_context
 from services.render.plan import ShardTask, shard_plan, split_counts
 
@@ -37,8 +38,10 @@ class DeterministicTarWriter:
     def __init__(self, fileobj):
         self._tar = tarfile.open(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT)
         self.samples = 0
+        self.index: list[list] = []  # per sample: [key, class, rgb offset, rgb size, rgb sha256] (see shard_index)
 
     def write(self, key: str, files: dict[str, bytes]) -> None:
+        rgb_at = None
         for extension in files:
             data = files[extension]
             info = tarfile.TarInfo(f"{key}.{extension}")
@@ -46,7 +49,20 @@ class DeterministicTarWriter:
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             self._tar.addfile(info, io.BytesIO(data))
+            if extension == "rgb.png":  # the data follows its header block(s)
+                rgb_at = self._tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        if rgb_at is not None and "cls" in files:
+            rgb = files["rgb.png"]
+            self.index.append([key, int(files["cls"]), rgb_at, len(rgb), hashlib.sha256(rgb).hexdigest()])
         self.samples += 1
+
+    def shard_index(self, shard_key: str, shard_sha256: str) -> dict:
+        """Where each sample's image lies in the tar, so training can read samples in any order.
+
+        ``{"format": 1, "shard": key, "sha256": the tar's digest, "samples": [[sample key,
+        class, rgb.png offset, rgb.png size, rgb.png sha256], ...]}`` in tar order.
+        """
+        return {"format": 1, "shard": shard_key, "sha256": shard_sha256, "samples": self.index}
 
     def close(self) -> None:
         self._tar.close()
@@ -111,6 +127,7 @@ def write_shard(ctx: DatasetContext, task: ShardTask, progress: Callable[[int], 
             size, digest = sha256_stream(handle)
         key = task.key(ctx.dataset_id)
         ctx.store.put_file(key, tmp)
+        ctx.store.put_json(shard_index_key(key), tar.shard_index(key, digest))  # before the part record lists the shard
     finally:
         os.unlink(tmp)
     entry = ManifestEntry(key=key, size=size, sha256=digest, split=task.split, shard=task.shard, samples=tar.samples,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -13,6 +14,7 @@ from services.common.manifest import read_manifest, verify_manifest
 from services.common.spec.experiment import parse_spec
 from services.render import output as shards_module
 from services.render.job import run_job
+from services.render.keys import shard_index_key
 from services.render.plan import all_shards, shard_plan, shards_for_index
 from services.render.views import decode_npy, decode_png, redraw_record, render_record
 
@@ -50,6 +52,15 @@ def test_shards_follow_the_contract(shapes):
     # the record alone re-renders the stored image
     again = render_record(record, store=store)
     assert np.array_equal(again.rgb, rgb) and np.array_equal(again.depth, depth)
+    # each shard's index says where every sample's image lies in the tar, its class and digest
+    for entry in manifest.entries:
+        index = store.get_json(shard_index_key(entry.key))
+        assert index["sha256"] == entry.sha256 and len(index["samples"]) == entry.samples
+        files = members(store, entry.key)
+        for key, cls, offset, size, digest in index["samples"]:
+            image = store.read_range(entry.key, offset, size)
+            assert image == files[f"{key}.rgb.png"] and hashlib.sha256(image).hexdigest() == digest
+            assert str(cls).encode() == files[f"{key}.cls"]
 
 
 def test_same_spec_gives_byte_identical_shards(shapes, tmp_path):
