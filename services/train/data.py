@@ -6,23 +6,39 @@ Shards (``datasets/<dataset_id>/<split>-<shard:05d>.tar``, listed in
 headers by ``tarfile.TarInfo``) and grouped into samples by ``webdataset``'s
 ``group_by_keys``; nothing is downloaded first.
 
-Integrity. Each shard's bytes are hashed as they stream past. A shard whose size or
+Integrity. Streamed shards are hashed as they pass; a sample read by random access
+is checked against the SHA-256 of its image in the shard index, and a shard's index
+must name the shard's manifest digest. A shard whose size or
 SHA-256 disagrees with its manifest entry raises :class:`IntegrityError` naming the
 shard (the size is checked before reading, the hash when the shard ends). A sample
 that cannot be decoded inside an intact shard (bad PNG, missing ``cls``) is skipped and
 counted; the stream fails once the skipped samples exceed ``max_corrupt_fraction`` of
 the samples that worker expected.
 
-Splitting. The work is a list of :class:`WorkUnit` (a shard, or every ``stride``-th
-sample of a shard). :func:`split_units` deals units to ranks and then to loader
-workers: whole shards when there are at least as many shards as parts, otherwise
-every part reads each shard and keeps every n-th sample. Either way the parts are
-disjoint and together cover every sample exactly once.
+Training order. Render writes shards in class order (a 2,000-sample shard of a
+1,000-class dataset holds about two classes), so streaming shards, even through a
+shuffle buffer, gives batches of a handful of classes. Training therefore reads each
+epoch in one global random order over every sample of the split (or of every dataset
+of a mix): :func:`epoch_order` draws a permutation of all usable samples from
+``derive_rng(seed, "data", split, epoch)``, rank ``r`` of ``w`` takes every ``w``-th
+sample of it and loader worker ``k`` of ``n`` every ``n``-th of those, so every batch
+is a uniform sample of the whole split and a mix's batches follow its class
+proportions, for any shard size, worker count and world size. Samples are read by
+random access (:meth:`Store.read_range`: ``pread`` locally, ranged GETs on S3 with
+several in flight) at the offsets of each shard's index (:func:`shard_index`: render's
+``….index.json``, or, for shards without one, a single verified pass over the tar);
+nothing but the indexes is held in memory.
 
-Determinism. Shard order, the shuffle buffer and augmentation draw from
-``derive_rng(seed, "data", split, epoch, rank, worker)``; the DataLoader returns
-worker batches in a fixed round-robin order, so an epoch's batches are a function of
-(seed, epoch, rank, world size, workers).
+Evaluation streams shards in tar order. Its work is a list of :class:`WorkUnit` (a
+shard, or every ``stride``-th sample of a shard); :func:`split_units` deals units to
+ranks and then to loader workers: whole shards when there are at least as many shards
+as parts, otherwise every part reads each shard and keeps every n-th sample. Either
+way the parts are disjoint and together cover every sample exactly once.
+
+Determinism. The epoch order and augmentation draw from seeded generators
+(``derive_rng(seed, "data", split, epoch, rank, worker)`` for augmentation); the
+DataLoader returns worker batches in a fixed round-robin order, so an epoch's batches
+are a function of (seed, epoch, rank, world size, workers).
 
 Samples come out as ``{"image": (H, W, 3) uint8 tensor, "label": int, "key": str,
 "corrupt": int}`` (``corrupt`` = samples skipped just before this one); normalisation
@@ -36,7 +52,8 @@ import io
 import math
 import re
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
@@ -52,7 +69,7 @@ from services.common.manifest import read_manifest
 from services.common.seeds import derive_rng
 from services.common.spec.train import AugmentSpec
 from services.common.store import Store, open_store
-from services.render.api import dataset_manifest_key
+from services.render.api import dataset_manifest_key, shard_index_key
 
 #: ImageNet statistics, recorded in every checkpoint so users normalise the same way.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -207,6 +224,123 @@ def iter_shard_samples(store: Store, shard: ShardRef) -> Iterator[dict]:
         buffered.close()
 
 
+@dataclass(frozen=True)
+class ShardIndex:
+    """Where each usable sample's image lies in one shard, in tar order."""
+
+    keys: np.ndarray  # (n,) bytes: sample keys
+    classes: np.ndarray  # (n,) int64: the class in the sample's ``cls``
+    offsets: np.ndarray  # (n,) int64: where rgb.png's bytes start in the tar
+    sizes: np.ndarray  # (n,) int64
+    digests: np.ndarray  # (n,) bytes: rgb.png's sha256 (hex)
+    unusable: int = 0  # samples without an image or a readable class
+
+    @classmethod
+    def from_rows(cls, rows: list, unusable: int = 0) -> ShardIndex:
+        return cls(np.array([r[0] for r in rows], dtype="S"), np.array([r[1] for r in rows], dtype=np.int64),
+                   np.array([r[2] for r in rows], dtype=np.int64), np.array([r[3] for r in rows], dtype=np.int64),
+                   np.array([r[4] for r in rows], dtype="S64"), unusable)
+
+
+_INDEXES: dict[tuple[str, str, str], ShardIndex] = {}  # per process: (store, shard, sha256) -> index
+
+
+def shard_index(store: Store, shard: ShardRef) -> ShardIndex:
+    """The shard's sample index: render's ``….index.json`` when it names this shard's digest,
+    otherwise one pass over the tar (checksum verified, like streaming). Cached per process.
+
+    Raises :class:`IntegrityError` naming the shard when its size disagrees with the manifest.
+    """
+    stored = store.size(shard.key)
+    if stored != shard.size:
+        raise IntegrityError(f"shard {shard.key}: {stored} bytes in the store, manifest says {shard.size} (corrupt or truncated)")
+    cache_key = (store.url, shard.key, shard.sha256)
+    if cache_key not in _INDEXES:
+        try:
+            document = store.get_json(shard_index_key(shard.key))
+        except (ObjectNotFoundError, ValueError):
+            document = None
+        if isinstance(document, dict) and document.get("format") == 1 and document.get("sha256") == shard.sha256:
+            rows = document["samples"]
+            _INDEXES[cache_key] = ShardIndex.from_rows(rows, unusable=max(0, shard.samples - len(rows)))
+        else:
+            _INDEXES[cache_key] = _scan_index(store, shard)
+    return _INDEXES[cache_key]
+
+
+def _scan_index(store: Store, shard: ShardRef) -> ShardIndex:
+    """Index a shard by reading it once (for shards rendered before indexes existed)."""
+    reader = _HashingReader(store.open_read(shard.key))
+    buffered = io.BufferedReader(reader, 1 << 20)
+    samples: dict[str, dict] = {}
+    try:
+        try:
+            for member in _tar_members(buffered, shard.key):
+                key, _, extension = member["fname"].partition(".")
+                samples.setdefault(key, {})[extension] = member
+        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+            raise IntegrityError(f"shard {shard.key}: not a readable tar ({exc.args[0] if exc.args else exc})") from None
+        buffered.read()
+        reader.drain()
+    finally:
+        buffered.close()
+    if reader.digest.hexdigest() != shard.sha256:
+        raise IntegrityError(
+            f"shard {shard.key}: sha256 {reader.digest.hexdigest()[:12]}…, manifest says {shard.sha256[:12]}… "
+            "(the shard changed after it was listed; re-render it)")
+    rows, unusable = [], 0
+    for key, members in samples.items():
+        try:
+            cls = int(members["cls"]["data"].decode("ascii").strip())
+            rgb = members["rgb.png"]
+        except (KeyError, ValueError, UnicodeDecodeError):
+            unusable += 1
+            continue
+        rows.append([key, cls, rgb["offset"], len(rgb["data"]), hashlib.sha256(rgb["data"]).hexdigest()])
+    return ShardIndex.from_rows(rows, unusable)
+
+
+def epoch_order(indexes: Sequence[ShardIndex], sources: Sequence[int], label_tables: Sequence[np.ndarray], *,
+                seed: int, split: str, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+    """Rank ``rank``'s samples of an epoch, in training order: ``(n, 3)`` int64 rows of
+    (shard number, position in its index, label).
+
+    One permutation of every usable sample of every shard (classes left out of a mix
+    dropped) from ``derive_rng(seed, "data", split, epoch)``, the same on every rank;
+    rank ``r`` takes rows ``r, r + w, r + 2w, …``. Loader workers split a rank's rows
+    the same way, so every batch is a uniform draw from the whole split.
+    """
+    parts = []
+    for number, (index, source) in enumerate(zip(indexes, sources)):
+        table = label_tables[source]
+        classes = index.classes
+        labels = np.full(len(classes), -1, dtype=np.int64)
+        known = (classes >= 0) & (classes < len(table))
+        labels[known] = table[classes[known]]
+        keep = np.flatnonzero(labels >= 0)
+        parts.append(np.stack([np.full(len(keep), number), keep, labels[keep]], axis=1))
+    rows = np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.int64)
+    order = derive_rng(seed, "data", split, epoch).permutation(len(rows))
+    return rows[order[rank::world_size]]
+
+
+def _prefetched(fetch: Callable, items: Iterable, depth: int) -> Iterator:
+    """``fetch(item)`` for each item, in order, with up to ``depth`` calls in flight (1: plain loop)."""
+    if depth <= 1:
+        for item in items:
+            yield item, fetch(item)
+        return
+    pending = []
+    with ThreadPoolExecutor(depth) as pool:
+        for item in items:
+            pending.append((item, pool.submit(fetch, item)))
+            if len(pending) >= 2 * depth:
+                first, future = pending.pop(0)
+                yield first, future.result()
+        for item, future in pending:
+            yield item, future.result()
+
+
 def _read_exact(stream: BinaryIO, size: int) -> bytes:
     data = stream.read(size)
     if len(data) != size:
@@ -225,6 +359,7 @@ def _tar_members(stream: BinaryIO, url: str) -> Iterator[dict]:
     """
     long_name: str | None = None
     pax: dict[str, str] = {}
+    position = 0  # bytes of the tar consumed so far
     while True:
         header = stream.read(tarfile.BLOCKSIZE)
         if not header or header == tarfile.NUL * tarfile.BLOCKSIZE:
@@ -233,7 +368,10 @@ def _tar_members(stream: BinaryIO, url: str) -> Iterator[dict]:
             raise tarfile.ReadError("truncated header block")
         info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
         size = int(pax.get("size", info.size))
-        data = _read_exact(stream, -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE)[:size] if size else b""
+        offset = position + tarfile.BLOCKSIZE
+        padded = -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        data = _read_exact(stream, padded)[:size] if size else b""
+        position = offset + padded
         if info.type == tarfile.XHDTYPE:  # pax extended header for the next member
             pax = dict(_pax_records(data))
             continue
@@ -245,7 +383,7 @@ def _tar_members(stream: BinaryIO, url: str) -> Iterator[dict]:
         name = pax.get("path") or long_name or info.name
         long_name, pax = None, {}
         if info.isreg() and name.endswith(_WANTED):
-            yield {"fname": name, "data": data, "__url__": url}
+            yield {"fname": name, "data": data, "__url__": url, "offset": offset}
 
 
 def _pax_records(data: bytes) -> Iterator[tuple[str, str]]:
@@ -328,7 +466,13 @@ class ShardStream(IterableDataset):
     input_size : int
     augment : AugmentSpec or None
         None: evaluation (plain resize, no shuffling).
-    shuffle_buffer, seed, epoch, rank, world_size, max_corrupt_fraction : see module docs.
+    shuffle_buffer : int
+        Ignored: kept so callers and older specs still work (training reads a global random order).
+    seed, epoch, rank, world_size, max_corrupt_fraction : see module docs.
+
+    Training streams (``augment`` given) index every shard when created (render's indexes
+    or one pass over each shard; cached per process) and read samples by random access in
+    :func:`epoch_order`; evaluation streams read the rank's shards in tar order.
     """
 
     def __init__(
@@ -348,16 +492,22 @@ class ShardStream(IterableDataset):
     ):
         super().__init__()
         self.store_url = store_url
+        self.shards = list(shards)
         self.units = split_units([WorkUnit(s) for s in shards], world_size, rank)
         self.label_tables = [np.asarray(t, dtype=np.int64) for t in label_tables]
         self.input_size = input_size
         self.augment = augment
-        self.shuffle_buffer = shuffle_buffer if augment is not None else 1
         self.seed = seed
         self.epoch = epoch
         self.rank = rank
         self.max_corrupt_fraction = max_corrupt_fraction
         self.split = shards[0].split if shards else "?"
+        self.world_size = world_size
+        if augment is not None:  # training: a global random order over the indexed samples
+            store = open_store(store_url)
+            self.indexes = [shard_index(store, s) for s in self.shards]
+            self.order = epoch_order(self.indexes, [s.source for s in self.shards], self.label_tables, seed=seed,
+                                     split=self.split, epoch=epoch, rank=rank, world_size=world_size)
 
     def _samples(self, store: Store, units: list[WorkUnit], allowed: float) -> Iterator[tuple[dict, int]]:
         """(raw sample, label) for the worker's units; counts and skips bad ones."""
@@ -387,49 +537,59 @@ class ShardStream(IterableDataset):
                 f"{sample.get('__url__')}: {exc}), more than max_corrupt_fraction={self.max_corrupt_fraction}"
             )
 
+    def _random_access(self, worker: int, workers: int, rng: np.random.Generator) -> Iterator[dict]:
+        """The worker's share of the epoch order, read sample by sample."""
+        store = open_store(self.store_url)
+        rows = self.order[worker::workers]
+        # samples an index could not use (no image, bad class) count against this worker's share
+        part, parts = self.rank * workers + worker, self.world_size * workers
+        pending = sum(index.unusable for number, index in enumerate(self.indexes) if number % parts == part)
+        allowed = self.max_corrupt_fraction * max(len(rows), 1)
+        self.corrupt = pending
+        if self.corrupt > allowed:
+            raise IntegrityError(f"{self.corrupt} corrupt samples in split '{self.split}' (samples without an image "
+                                 f"or class), more than max_corrupt_fraction={self.max_corrupt_fraction}")
+
+        def fetch(row) -> bytes:
+            shard, index = self.shards[row[0]], self.indexes[row[0]]
+            return store.read_range(shard.key, int(index.offsets[row[1]]), int(index.sizes[row[1]]))
+
+        reported = 0
+        for row, data in _prefetched(fetch, rows, store.range_read_concurrency):
+            shard, index = self.shards[row[0]], self.indexes[row[0]]
+            key = index.keys[row[1]].decode()
+            if hashlib.sha256(data).hexdigest().encode() != index.digests[row[1]]:
+                raise IntegrityError(f"shard {shard.key}: sample {key}: rgb.png does not match its sha256 in the "
+                                     "shard index (the shard changed after it was rendered; re-render it)")
+            try:
+                image = decode_image(data, self.input_size, self.augment, rng)
+            except (RuntimeError, ValueError) as exc:  # libpng reports a bad image as RuntimeError
+                self._count_corrupt({"__key__": key, "__url__": shard.key}, exc, allowed)
+                continue
+            yield {"image": image, "label": int(row[2]), "key": f"{shard.key}#{key}", "corrupt": self.corrupt - reported}
+            reported = self.corrupt
+
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        units = split_units(self.units, workers, worker)
         rng = derive_rng(self.seed, "data", self.split, self.epoch, self.rank, worker)
         if self.augment is not None:
-            units = [units[i] for i in rng.permutation(len(units))]
+            yield from self._random_access(worker, workers, rng)
+            return
+        units = split_units(self.units, workers, worker)
         store = open_store(self.store_url)
         allowed = self.max_corrupt_fraction * sum(u.samples for u in units)
         self.corrupt = 0
-        buffer: list[tuple[dict, int]] = []
-        pending_corrupt = 0
-
-        def emit(item: tuple[dict, int]) -> dict | None:
-            nonlocal pending_corrupt
-            sample, label = item
+        reported = 0
+        for sample, label in self._samples(store, units, allowed):
             try:
                 image = decode_image(sample["rgb.png"], self.input_size, self.augment, rng)
             except (RuntimeError, ValueError) as exc:  # libpng reports a bad image as RuntimeError
                 self._count_corrupt(sample, exc, allowed)
-                return None
-            skipped = self.corrupt - pending_corrupt
-            pending_corrupt = self.corrupt
-            return {"image": image, "label": label, "key": f"{sample['__url__']}#{sample['__key__']}", "corrupt": skipped}
-
-        for item in self._samples(store, units, allowed):
-            if self.shuffle_buffer <= 1:
-                out = emit(item)
-            else:
-                # Reservoir-style buffer: fill, then swap a random resident out for each arrival.
-                if len(buffer) < self.shuffle_buffer:
-                    buffer.append(item)
-                    continue
-                slot = int(rng.integers(len(buffer)))
-                buffer[slot], item = item, buffer[slot]
-                out = emit(item)
-            if out is not None:
-                yield out
-        order = rng.permutation(len(buffer)) if buffer else []
-        for i in order:
-            out = emit(buffer[i])
-            if out is not None:
-                yield out
+                continue
+            yield {"image": image, "label": label, "key": f"{sample['__url__']}#{sample['__key__']}",
+                   "corrupt": self.corrupt - reported}
+            reported = self.corrupt
 
 
 def make_loader(stream: ShardStream, *, batch_size: int, workers: int, train: bool, pin_memory: bool = False) -> DataLoader:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import colorsys
 import io
 import json
-import tarfile
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -20,6 +19,8 @@ from PIL import Image, ImageDraw
 from services.common.manifest import Manifest, ManifestEntry, put_with_entry, write_manifest
 from services.common.seeds import derive_rng
 from services.common.store import Store
+from services.render.keys import shard_index_key
+from services.render.output import DeterministicTarWriter
 
 
 def draw_sample(class_index: int, classes: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -67,20 +68,6 @@ def sample_members(class_index: int, instance: int, view: int, classes: int, siz
     }
 
 
-def tar_bytes(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
-    """A WebDataset tar: members ``<key>.<ext>``, grouped by key, fixed metadata (deterministic)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                info.mtime = 0
-                info.mode = 0o644
-                tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def write_dataset(
     store: Store,
     dataset_id: str,
@@ -91,8 +78,11 @@ def write_dataset(
     samples_per_shard: int = 64,
     seed: int = 0,
     corrupt_keys: frozenset[str] = frozenset(),
+    index: bool = True,
 ) -> Manifest:
-    """Write ``views[split]`` views per class for each split, shuffled into shards, plus the manifest.
+    """Write ``views[split]`` views per class for each split, plus the manifest, as render does:
+    shards in class order, written by render's tar writer with their sample index
+    (``index=False`` leaves the index out, as for shards rendered before indexes existed).
 
     ``corrupt_keys`` samples get an undecodable rgb.png (the manifest still matches the
     shard, as when a renderer wrote bad data).
@@ -103,10 +93,8 @@ def write_dataset(
         # Views of the val split start after the train views: held-out views of the same classes.
         first_view = sum(list(views.values())[:split_index])
         items = [(c, v) for c in range(classes) for v in range(first_view, first_view + per_class)]
-        order = derive_rng(seed, "synthetic-order", split).permutation(len(items))
         samples = []
-        for i in order:
-            c, v = items[i]
+        for c, v in items:  # class order, like render's plan
             key = f"{c:05d}_0_{v:05d}"
             members = sample_members(c, 0, v, classes, size, seed)
             if key in corrupt_keys:
@@ -115,7 +103,15 @@ def write_dataset(
         for shard, start in enumerate(range(0, len(samples), samples_per_shard)):
             chunk = samples[start:start + samples_per_shard]
             key = f"datasets/{dataset_id}/{split}-{shard:05d}.tar"
-            manifest.upsert(put_with_entry(store, key, tar_bytes(chunk), split=split, shard=shard, samples=len(chunk)))
+            buffer = io.BytesIO()
+            writer = DeterministicTarWriter(buffer)
+            for sample_key, members in chunk:
+                writer.write(sample_key, members)
+            writer.close()
+            entry = put_with_entry(store, key, buffer.getvalue(), split=split, shard=shard, samples=len(chunk))
+            if index:
+                store.put_json(shard_index_key(key), writer.shard_index(key, entry.sha256))
+            manifest.upsert(entry)
         manifest.metadata["splits"][split] = len(samples)
     write_manifest(store, f"datasets/{dataset_id}/manifest.json", manifest)
     return manifest

@@ -11,8 +11,10 @@ import torch
 
 from services.common.errors import FlatlandError, IntegrityError, ObjectNotFoundError
 from services.common.spec.train import AugmentSpec
+from services.render.keys import shard_index_key
 from services.train.data import (
-    ShardStream, WorkUnit, _tar_members, dataset_shards, decode_image, iter_shard_samples, make_loader, random_resized_crop_box, split_units,
+    ShardIndex, ShardStream, WorkUnit, _scan_index, _tar_members, dataset_shards, decode_image, epoch_order,
+    iter_shard_samples, make_loader, random_resized_crop_box, shard_index, split_units,
 )
 from services.common.seeds import derive_rng
 from tests.train.synthetic_shards import write_dataset
@@ -104,8 +106,10 @@ def test_augmentation_crops_and_flips_within_bounds():
     assert {0.0, 255.0} == set(flips)  # sometimes flipped, sometimes not
 
 
-def test_tampered_shard_is_named(shapes):
-    store, manifest = shapes
+def test_tampered_shard_is_named(local_store):
+    # shards without an index are indexed by one verified pass: any changed byte is caught
+    write_dataset(local_store, DATASET, classes=4, views={"train": 15}, size=24, samples_per_shard=16, index=False)
+    store = local_store
     key = f"datasets/{DATASET}/train-00001.tar"
     data = bytearray(store.get_bytes(key))
     data[-2000] ^= 0xFF  # same size, different content (inside padding or a member: either way a checksum mismatch)
@@ -116,6 +120,105 @@ def test_tampered_shard_is_named(shapes):
     store.put_bytes(key, bytes(data[:5000]))  # truncated: caught before reading
     with pytest.raises(IntegrityError, match="train-00001.tar.*manifest says"):
         _keys(store, shards)
+
+
+def test_changed_image_in_an_indexed_shard_is_named(shapes):
+    store, _ = shapes
+    key = f"datasets/{DATASET}/train-00002.tar"
+    index = store.get_json(shard_index_key(key))
+    sample, _, offset, size, _ = index["samples"][3]
+    data = bytearray(store.get_bytes(key))
+    data[offset + size // 2] ^= 0xFF  # one byte of one image: size unchanged
+    store.put_bytes(key, bytes(data))
+    with pytest.raises(IntegrityError, match=f"train-00002.tar: sample {sample}"):
+        _keys(store, dataset_shards(store, DATASET, "train"))
+
+
+def test_random_access_reads_the_images_the_shard_holds(shapes):
+    store, _ = shapes
+    shards = dataset_shards(store, DATASET, "train")
+    for shard in shards:
+        streamed = {raw["__key__"]: raw["rgb.png"] for raw in iter_shard_samples(store, shard)}
+        index = shard_index(store, shard)
+        assert [k.decode() for k in index.keys] == list(streamed)
+        for k, offset, size in zip(index.keys, index.offsets, index.sizes):
+            assert store.read_range(shard.key, int(offset), int(size)) == streamed[k.decode()]
+    # the index render wrote and the one a pass over the tar finds agree
+    scanned = _scan_index(store, shards[0])
+    written = shard_index(store, shards[0])
+    for field in ("keys", "classes", "offsets", "sizes", "digests"):
+        assert np.array_equal(getattr(scanned, field), getattr(written, field)), field
+
+
+def _batch_classes(store, shards, tables, *, batch_size, workers, world=1, epoch=0):
+    """Per batch (all ranks): the labels and the dataset (source) of every sample, through the real DataLoader."""
+    batches = []
+    for rank in range(world):
+        stream = ShardStream(store.url, shards, tables, input_size=8, augment=AugmentSpec(), seed=0, epoch=epoch,
+                             rank=rank, world_size=world)
+        for batch in make_loader(stream, batch_size=batch_size, workers=workers, train=True):
+            batches.append((batch["label"].numpy(), [k.split("/")[1] for k in batch["key"]]))
+    return batches
+
+
+def _expected_distinct(classes, batch_size):
+    return classes * (1 - (1 - 1 / classes) ** batch_size)
+
+
+@pytest.mark.parametrize("workers, world", [(0, 1), (2, 1), (2, 2)])
+def test_batches_mix_classes_like_uniform_sampling_over_class_ordered_shards(local_store, workers, world):
+    # class-ordered shards of two classes each, as render writes 1000-class datasets with 2000-sample shards
+    write_dataset(local_store, DATASET, classes=40, views={"train": 12}, size=8, samples_per_shard=24)
+    shards = dataset_shards(local_store, DATASET, "train")
+    assert len(shards) == 20
+    batches = _batch_classes(local_store, shards, [np.arange(40)], batch_size=16, workers=workers, world=world)
+    distinct = np.mean([len(set(labels.tolist())) for labels, _ in batches])
+    # streaming these shards through a shuffle buffer gave ~3 classes per batch
+    assert distinct / _expected_distinct(40, 16) > 0.9
+
+
+def test_a_mix_gives_each_batch_its_class_proportions(local_store):
+    other = "other-9876543210"
+    write_dataset(local_store, DATASET, classes=10, views={"train": 20}, size=8, samples_per_shard=40)
+    write_dataset(local_store, other, classes=10, views={"train": 20}, size=8, samples_per_shard=40, seed=1)
+    shards = dataset_shards(local_store, DATASET, "train", source=0) + dataset_shards(local_store, other, "train", source=1)
+    tables = [np.arange(10), np.where(np.arange(10) < 5, np.arange(10) + 10, -1)]  # 10 + 5 classes: 2/3 and 1/3
+    batches = _batch_classes(local_store, shards, tables, batch_size=12, workers=2)
+    share = np.mean([np.mean([name == DATASET for name in names]) for _, names in batches])
+    assert abs(share - 2 / 3) < 0.08
+    assert all(labels.max() < 15 for labels, _ in batches)
+
+
+def test_full_study_geometry_gives_uniformly_mixed_batches():
+    """At the full study's size (1000 classes x ~1000 views, 2000-sample shards, batch 256, 8 workers)
+    the loader's order, over shards laid out by render's plan, gives ~226 classes per batch."""
+    from pathlib import Path
+
+    from services.common.spec import load_spec
+    from services.render.api import layout, shard_plan
+
+    spec = load_spec(Path(__file__).resolve().parents[2] / "experiments" / "beyond-flatland.yaml")
+    run = next(r for r in spec.pretrain if r.name == "r50-procsynth")
+    dataset = spec.dataset("procsynth")
+    lay = layout(dataset)
+    per_class = lay.count("train") // lay.classes
+    indexes = []
+    for task in shard_plan(spec, "procsynth"):
+        if task.split == "train":
+            assert lay.sample("train", task.start)[0] == task.start // per_class  # render's class order
+            classes = np.arange(task.start, task.stop) // per_class
+            n = len(classes)
+            indexes.append(ShardIndex(np.zeros(n, "S1"), classes, np.zeros(n, np.int64), np.zeros(n, np.int64),
+                                      np.zeros(n, "S1")))
+    assert len({tuple(np.unique(i.classes)) for i in indexes}) == len(indexes) and max(
+        len(np.unique(i.classes)) for i in indexes) <= 4  # a shard holds a handful of classes
+    rows = epoch_order(indexes, [0] * len(indexes), [np.arange(1000)], seed=run.seed, split="train", epoch=0)
+    distinct = []
+    for worker in range(run.workers):  # the DataLoader batches each worker's share on its own
+        mine = rows[worker::run.workers, 2]
+        distinct += [len(np.unique(mine[i:i + run.batch_size]))
+                     for i in range(0, len(mine) - run.batch_size + 1, run.batch_size)][:50]
+    assert np.mean(distinct) / _expected_distinct(1000, run.batch_size) >= 0.95
 
 
 def test_corrupt_samples_are_skipped_and_counted_up_to_the_limit(local_store):

@@ -53,7 +53,9 @@ class PretrainSpec(StrictModel):
     epochs: int = Field(default=90, ge=1, description="Passes over the training split.")
     batch_size: int = Field(default=64, ge=1, le=8192, description="Samples per optimisation step (per process under DDP).")
     workers: int = Field(default=2, ge=0, le=64, description="Data loader worker processes.")
-    shuffle_buffer: int = Field(default=1000, ge=1, description="Samples held in the streaming shuffle buffer.")
+    shuffle_buffer: int = Field(default=1000, ge=1, description=(
+        "Ignored (kept so older specs validate): training reads each epoch in one global random order "
+        "over every sample of the run's datasets, by random access (see docs/train-stage.md)."))
     augment: AugmentSpec = Field(default_factory=AugmentSpec, description="Training-time augmentation.")
     optim: OptimSpec = Field(default_factory=OptimSpec, description="Optimiser and schedule.")
     amp: bool = Field(default=True, description="Mixed precision (GPU only; ignored on the CPU).")
