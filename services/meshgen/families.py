@@ -1,7 +1,9 @@
 """The built-in shape families, registered by name: procsynth, morphsynth, fractal2d.
 
 Seeds. Class ``c`` of a family draws from ``derive_seed(root_seed, family, c)``
-(morphsynth instances from ``derive_seed(root_seed, "morphsynth", c, instance)``).
+(morphsynth: its Nyström points; its class-level morph from
+``derive_seed(root_seed, "morphsynth", c, "morph")``; its instances, which differ only
+when ``instance_scale`` > 0, from ``derive_seed(root_seed, "morphsynth", c, instance)``).
 The dataset name is deliberately not in the path: class ``c`` of ProcSynthDB is
 one fixed shape for a given seed and parameters, which is what lets morphsynth
 start from "the first 100 procsynth classes" of a procsynth dataset with the same
@@ -67,7 +69,12 @@ class ProcSynthFamily(ShapeFamily):
 
 @register_family
 class MorphSynthFamily(ShapeFamily):
-    """MorphSynthDB: GP shape and albedo morphs of a decimated procsynth base mesh."""
+    """MorphSynthDB: a class is one GP shape-and-albedo morph of one of the first ``base_classes`` procsynth meshes.
+
+    Three instances per class (``NATURAL_INSTANCES`` in services/render/plan.py says the
+    same): identical meshes unless ``instance_scale`` > 0, since the render stage
+    already varies pose and illumination per view.
+    """
 
     name = "morphsynth"
     params_type = MorphSynthParams
@@ -78,10 +85,11 @@ class MorphSynthFamily(ShapeFamily):
     def generate_class(self, params, root_seed, class_index, instances: Sequence[int]) -> list[GeneratedItem]:
         params = self.parse_params(params)
         model = _morph_model(params.model_dump_json(), root_seed, class_index)
+        class_seed = derive_seed(root_seed, self.name, class_index, "morph")
         items = []
         for instance in instances:
             seed = derive_seed(root_seed, self.name, class_index, instance)
-            mesh, stats = model.sample(params, seed)
+            mesh, stats = model.sample(params, class_seed, instance_seed=seed)
             stats = {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)),
                      "extents": [round(float(x), 6) for x in mesh.extents],
                      "base_class": class_index % params.base_classes} | stats

@@ -1,11 +1,13 @@
 """MorphSynthDB: Gaussian-process morphs of procsynth meshes (shape and per-vertex albedo).
 
-A class starts from one procsynth base shape (class ``c`` uses procsynth class
-``c % base_classes``, drawn with the same root seed and procsynth's seed path, so it
-is exactly class ``c`` of a procsynth dataset with the same ``base`` parameters and
-seed). The base is quadric-decimated to at most ``max_vertices`` vertices. Each
-instance is an independent sample of two zero-mean Gaussian processes on that
-surface (Lüthi et al. 2017; Sutherland, Egger & Tenenbaum 2021):
+What a class is. The proposal starts "from the first 100 ProcSynthDB meshes and
+add[s] random shape and color variation to them to obtain new shapes". Class ``c``
+is one new shape: procsynth class ``c % base_classes`` (drawn with the same root
+seed and procsynth's seed path, so it is exactly class ``c % base_classes`` of a
+procsynth dataset with the same ``base`` parameters and seed), quadric-decimated
+to at most ``max_vertices`` vertices, then deformed once by a class-level draw of
+two zero-mean Gaussian processes on its surface (Lüthi et al. 2017; Sutherland,
+Egger & Tenenbaum 2021), seeded by the class:
 
 * shape: a displacement field u(x) in R^3, kernel k(x, y) I_3 with
   k(x, y) = Σ_t scale_t² exp(-‖x - y‖² / length_scale_t²);
@@ -13,32 +15,29 @@ surface (Lüthi et al. 2017; Sutherland, Egger & Tenenbaum 2021):
   is the 3x3 channel correlation matrix (1 on the diagonal,
   ``albedo_channel_correlation`` off it).
 
+Classes ``c`` and ``c + base_classes`` share a base mesh but not a morph, so no
+two classes share a distribution. The images of a class vary in pose and
+illumination (the render stage draws those per view). Only when
+``instance_scale`` > 0 do the instances of a class differ in shape and albedo too:
+each adds its own draw of the same two processes with every kernel scale
+multiplied by ``instance_scale`` (< 1, so instance variation stays smaller than
+the variation between classes of one base). With the default 0 every instance of a
+class is the same mesh (equal bytes).
+
 Units. Positions are divided by the base mesh's size D (its bounding-box
 diagonal) before the kernel is evaluated, so ``length_scale`` is a fraction of
 the object's size, and ``scale`` is the marginal standard deviation of each
-displacement component in units of D (albedo: in RGB units on [0, 1]).
-
-Interpretation of the proposal's parameters. The proposal raises the shape and
-albedo parameters to b_s=50, c_s=300, b_a=0.05, c_a=0.2 (from 5, 3, 0.01, 0.01)
-without saying which letter is the scale. We read b as the scale (standard
-deviation) and c as the length-scale, for shape in millimetres on objects of
-about one metre (D ≈ 1000 mm): b_s=50 → scale 0.05 D, c_s=300 → length-scale 0.3 D.
-For albedo, b_a=0.05 → RGB standard deviation 0.05 and c_a=0.2 → length-scale 0.2 D.
-The literal reading (c_s=300 as a length-scale in mesh units of ~1) would make
-every field constant over the object, i.e. a rigid shift, so it cannot be meant.
-On contact sheets (docs/meshgen-contact-sheet.png) scale 0.05 D at length-scale
-0.3 D gives an RMS displacement of about 0.09 D: primitives visibly bent,
-sheared and bulged, the union still one recognisable object (a coarser second
-term at 0.6 D made the shapes mostly lose their parts), so that single term is
-the default. For albedo, an RGB standard deviation of 0.05 is hard to see under
-shading, so the default raises it to 0.15 at length-scale 0.2 D.
+displacement component in units of D (albedo: in RGB units on [0, 1]). How the
+proposal's b_s, c_s, b_a, c_a map onto these is derived in the docstring of
+:class:`services.common.spec.meshgen.MorphSynthParams` and in docs/morphsynth.md.
 
 Sampling (truncated Karhunen–Loève with the Nyström method; never a dense draw
 over all vertices): ``nystrom_points`` points X_m are drawn on the surface
 (area-weighted); K_mm = U Λ Uᵀ; the leading ``eigen_components`` eigenpairs give
 the basis B = K(x, X_m) U_k Λ_k^{-1/2} at every vertex x (so B Bᵀ is the Nyström
 approximation of K); a sample is B α with α ~ N(0, I). The basis is computed once
-per class (:class:`GPBasis`) and each instance costs one (n, k) @ (k, 3) product.
+per class (:class:`GPBasis`); the class morph and each instance-level morph cost one
+(n, k) @ (k, 3) product per field.
 """
 
 from __future__ import annotations
@@ -177,11 +176,36 @@ class MorphModel:
             albedo_mixing=mixing,
         )
 
-    def sample(self, params: MorphSynthParams, seed: int) -> tuple[trimesh.Trimesh, dict]:
-        """One morph: deformed vertices and per-vertex RGBA colours, plus statistics."""
-        rng = rng_from_seed(seed)
-        displacement = self.shape_basis.sample(rng) * self.size
-        albedo = np.asarray(params.base_albedo) + self.albedo_basis.sample(rng, mixing=self.albedo_mixing)
+    def draw(self, rng: np.random.Generator, factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """One draw of both fields at ``factor`` times every kernel scale.
+
+        Returns
+        -------
+        displacement : (n, 3) float
+            In mesh units.
+        albedo_offset : (n, 3) float
+            In RGB units on [0, 1].
+        """
+        displacement = factor * self.size * self.shape_basis.sample(rng)
+        albedo_offset = factor * self.albedo_basis.sample(rng, mixing=self.albedo_mixing)
+        return displacement, albedo_offset
+
+    def sample(self, params: MorphSynthParams, seed: int, instance_seed: int | None = None) -> tuple[trimesh.Trimesh, dict]:
+        """One morph: deformed vertices and per-vertex RGBA colours, plus statistics.
+
+        ``seed`` draws the class-level morph (full kernel scales). With
+        ``params.instance_scale`` > 0 and an ``instance_seed``, an instance-level
+        draw at ``instance_scale`` times the kernel scales is added on top;
+        otherwise the result depends on ``seed`` alone.
+        """
+        displacement, offset = self.draw(rng_from_seed(seed))
+        instance_rms = 0.0
+        if params.instance_scale > 0 and instance_seed is not None:
+            extra, extra_offset = self.draw(rng_from_seed(instance_seed), params.instance_scale)
+            displacement = displacement + extra
+            offset = offset + extra_offset
+            instance_rms = float(np.sqrt((extra**2).sum(1).mean()) / self.size)
+        albedo = np.asarray(params.base_albedo) + offset
         rgba = np.empty((len(albedo), 4), dtype=np.uint8)
         rgba[:, :3] = np.round(np.clip(albedo, 0.0, 1.0) * 255.0).astype(np.uint8)
         rgba[:, 3] = 255
@@ -193,6 +217,7 @@ class MorphModel:
             "base_vertices": int(len(self.mesh.vertices)),
             "displacement_rms": round(float(np.sqrt((norms**2).mean()) / self.size), 6),
             "displacement_max": round(float(norms.max() / self.size), 6),
+            "instance_displacement_rms": round(instance_rms, 6),
             "albedo_std": round(float(albedo.std(axis=0).mean()), 6),
             "shape_components": int(self.shape_basis.basis.shape[1]),
             "albedo_components": int(self.albedo_basis.basis.shape[1]),

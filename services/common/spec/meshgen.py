@@ -105,24 +105,69 @@ class GPKernelTerm(StrictModel):
 
 
 class MorphSynthParams(StrictModel):
-    """MorphSynthDB: Gaussian-process morphs (shape and per-vertex albedo) of procsynth meshes."""
+    """MorphSynthDB: Gaussian-process morphs (shape and per-vertex albedo) of procsynth meshes.
+
+    Class ``c`` is one new shape: procsynth class ``c % base_classes`` deformed by one
+    class-level draw of the shape and albedo Gaussian processes, seeded by the class
+    (so classes ``c`` and ``c + base_classes`` share a base but not a morph). Its
+    images vary in pose and illumination; its instances are the same mesh unless
+    ``instance_scale`` > 0 adds a smaller instance-level draw on top.
+
+    Mapping of the proposal's parameters (b_s = 50, c_s = 300, b_a = 0.05, c_a = 0.2).
+    The kernel is a Gaussian, amplitude b and length-scale c:
+    k(x, y) = b² exp(-‖x - y‖² / c²), i.e. ``scale`` = b, ``length_scale`` = c of a
+    :class:`GPKernelTerm` (b is the standard deviation of each component).
+
+    * Why b is a standard deviation, not a variance. In scalismo, whose kernels the
+      single-scan 3DMM of Sutherland et al. uses, ``GaussianKernel(c) * b`` multiplies
+      the kernel by b, a variance. Read that way, b_s = 50 gives a standard deviation
+      of sqrt(50) ≈ 7.1 against a length-scale of 300: a typical strain (the
+      standard deviation of the field's gradient, std·√2 / length-scale) of 0.03, a
+      3 % warp that leaves every object as it was at any mesh scale, which cannot
+      "obtain new shapes". Read as a standard deviation, the strain is
+      50·√2 / 300 ≈ 0.24: visible bends, shears and bulges.
+    * Shape units. b_s / c_s is unit-free; c_s needs a length unit. c_s = 300 in
+      procsynth's own units (objects of at most ``max_size`` = 10 per axis) would make
+      the field constant over the object (a rigid shift), so the figures are
+      millimetres, for an object of about one metre: D_ref = 1000 mm, where D is the
+      bounding-box diagonal (procsynth's median D is about 10.6 world units, so one
+      world unit reads as about 10 cm). Hence ``scale`` = b_s / D_ref = 0.05 and
+      ``length_scale`` = c_s / D_ref = 0.3, both in units of the mesh's own D.
+    * Albedo units. RGB on [0, 1] has no length unit: ``scale`` = b_a = 0.05 (RGB
+      standard deviation). c_a = 0.2 cannot be millimetres (0.2 mm is finer than any
+      vertex spacing: per-vertex noise), and as a colour-space length-scale, as in
+      Sutherland et al.'s RGB kernel, it would give a uniform-grey base one constant
+      offset; so ``length_scale`` = c_a = 0.2 of the mesh size D, a few colour patches
+      per object.
+
+    The same derivation, with contact sheets, is in docs/morphsynth.md.
+    """
 
     family: Literal["morphsynth"] = "morphsynth"
     base: ProcSynthParams = Field(default_factory=ProcSynthParams, description="The procsynth family the base meshes come from.")
-    base_classes: int = Field(default=100, ge=1, description="Use the first N procsynth classes as bases.")
+    base_classes: int = Field(
+        default=100, ge=1,
+        description="Use the first N procsynth classes as bases: class c morphs procsynth class c % N (the proposal: 100).",
+    )
     max_vertices: int = Field(default=5000, ge=100, le=200_000, description="Quadric decimation bound on base-mesh vertices.")
     nystrom_points: int = Field(default=300, ge=10, le=5000, description="Surface points for the Nyström approximation.")
     eigen_components: int = Field(default=50, ge=1, description="Leading eigenfunctions kept in the KL expansion.")
     shape_kernel: list[GPKernelTerm] = Field(
         default_factory=lambda: [GPKernelTerm(scale=0.05, length_scale=0.3)],
         min_length=1,
-        description="Deformation kernel terms (sum), applied per xyz component. Default: the proposal's b_s=50, c_s=300 "
-        "read as scale 0.05, length-scale 0.3 of the mesh size (see services/meshgen/morphsynth.py).",
+        description="Class-level deformation kernel terms (sum), applied per xyz component. Default: the proposal's "
+        "b_s=50, c_s=300 (mm on an object of D ≈ 1 m) as scale 0.05, length-scale 0.3 of the mesh size "
+        "(derivation in the MorphSynthParams docstring and docs/morphsynth.md).",
     )
     albedo_kernel: list[GPKernelTerm] = Field(
-        default_factory=lambda: [GPKernelTerm(scale=0.15, length_scale=0.2)], min_length=1,
-        description="Albedo offset kernel terms (sum), per RGB channel (the proposal's c_a=0.2 as the length-scale; "
-        "scale raised from b_a=0.05 to 0.15 so the pattern shows under shading).",
+        default_factory=lambda: [GPKernelTerm(scale=0.05, length_scale=0.2)], min_length=1,
+        description="Class-level albedo offset kernel terms (sum), per RGB channel. Default: the proposal's b_a=0.05 as the "
+        "RGB standard deviation and c_a=0.2 as the length-scale in units of the mesh size.",
+    )
+    instance_scale: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="Instance-level morph on top of the class's, as a fraction of every kernel scale (shape and albedo). "
+        "0 (default): all instances of a class are the same mesh and differ only in the pose and lighting render draws.",
     )
     albedo_channel_correlation: float = Field(default=0.5, ge=0, le=1, description="Correlation between RGB offset channels.")
     base_albedo: tuple[float, float, float] = Field(default=(0.6, 0.6, 0.6), description="Albedo before the offset field (RGB in [0,1]).")
