@@ -34,7 +34,9 @@ class LightSpec(StrictModel):
     elevation_deg: Distribution = Field(default_factory=lambda: _u(10, 80), description="Direction the light comes from: elevation (degrees).")
     intensity: Distribution = Field(default_factory=lambda: _u(0.8, 2.0), description="Intensity (directional: lux-like; point/spot: candela-like, scaled by distance² so the irradiance at the object matches).")
     color_rgb: tuple[Distribution, Distribution, Distribution] = Field(
-        default_factory=lambda: (_u(0.8, 1.0), _u(0.8, 1.0), _u(0.8, 1.0)), description="Light colour, each channel in [0,1]."
+        default_factory=lambda: (_f(1.0), _f(1.0), _f(1.0)),
+        description="Light colour, each channel in [0,1]. White by default: ProcSynthDB is not coloured (Table 1 of "
+        "the proposal); give distributions (e.g. uniform 0.8..1 per channel) for coloured light.",
     )
     distance_factor: float = Field(default=2.5, gt=0, description="Point/spot lights: distance from the object centre in bounding radii.")
 
