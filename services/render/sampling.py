@@ -8,6 +8,10 @@ light with its pose, ambient level, material, object pose, background). With
 distribution's centre; with ``illumination_variation=False`` every light
 quantity does (the FlatWorld ablations).
 
+With ``camera.distance: auto`` the camera distance fits the mesh's *unscaled*
+bounding sphere (times ``auto_fit_margin``), so the scale jitter shows in the
+image as a change of apparent size (and of depth).
+
 Conventions: world is y-up; the object's bounding-box centre sits at the origin
 after its pose; cameras look at the origin (OpenGL camera: looking down -z, +y up),
 ``pose`` matrices map camera/light coordinates to world coordinates.
@@ -136,8 +140,9 @@ def sample_view_from_seed(settings: RenderSettings, *, seed: int, rng: np.random
         raise ValueError(f"camera.fov_deg drew {fov}, outside [1, 170] degrees")
     radius = mesh_radius * scale
     if cam.distance == "auto":
-        # the bounding sphere just fits the smaller half-angle, plus a margin
-        distance = cam.auto_fit_margin * radius / math.sin(math.radians(fov) / 2)
+        # the *unscaled* bounding sphere just fits the smaller half-angle, plus a margin: the camera stays put
+        # and the scale jitter changes the object's apparent size (scaling the distance too would cancel it)
+        distance = cam.auto_fit_margin * mesh_radius / math.sin(math.radians(fov) / 2)
     else:
         distance = _draw(cam.distance, rng, pose_on)
     if distance <= 0:

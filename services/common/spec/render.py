@@ -23,7 +23,7 @@ class CameraSpec(StrictModel):
     distance: Distribution | Literal["auto"] = Field(
         default="auto", description="Camera distance (world units), or 'auto' to fit the object's bounding sphere in view."
     )
-    auto_fit_margin: float = Field(default=1.15, ge=1.0, le=4.0, description="With distance 'auto': extra room around the bounding sphere.")
+    auto_fit_margin: float = Field(default=1.15, ge=1.0, le=4.0, description="With distance 'auto': extra room around the unscaled bounding sphere; scale jitter above this factor can push the object past the frame.")
     roll_deg: Distribution = Field(default_factory=lambda: _u(-15, 15), description="Camera roll about the viewing axis (degrees).")
     fov_deg: Distribution = Field(default_factory=lambda: _f(40), description="Vertical field of view (degrees).")
 
@@ -78,7 +78,7 @@ class RenderSettings(StrictModel):
     illumination: IlluminationSpec = Field(default_factory=IlluminationSpec, description="Lights and ambient level, drawn per image.")
     material: MaterialSpec = Field(default_factory=MaterialSpec, description="Surface material of the object.")
     background: BackgroundSpec = Field(default_factory=BackgroundSpec, description="What is behind the object.")
-    scale_jitter: Distribution = Field(default_factory=lambda: _u(0.9, 1.1), description="Random object scale factor.")
+    scale_jitter: Distribution = Field(default_factory=lambda: _u(0.9, 1.1), description="Random object scale factor. With camera distance 'auto' the camera fits the unscaled object, so this changes the object's apparent size in the image.")
     pose_variation: bool = Field(default=True, description="False: every view uses the centre of each camera distribution (FlatWorld ablation).")
     illumination_variation: bool = Field(default=True, description="False: every view uses the centre of each light distribution (FlatWorld ablation).")
     shard_size: int = Field(default=1000, ge=1, le=100_000, description="Samples per WebDataset shard.")
