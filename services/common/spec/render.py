@@ -71,6 +71,23 @@ class BackgroundSpec(StrictModel):
     noise_scale: float = Field(default=8.0, gt=0, description="Noise backgrounds: features per image side.")
 
 
+class PlanarVariationSpec(StrictModel):
+    """2D variants of a canonical render (FlatWorldDB): a flip and a planar affine map, drawn per image.
+
+    The image is first rendered as the camera and lights say, then warped in the image plane about its
+    centre: ``translate · rotate · shear · scale · flip``. RGB is resampled bilinearly; depth, segmentation
+    and mask move with it by nearest neighbour (depth values are those of the canonical render), and
+    what the warp uncovers is background. The map is recorded with each image.
+    """
+
+    enabled: bool = Field(default=False, description="Warp every image by a random flip and planar affine map (FlatWorld's 2D variation).")
+    flip_probability: float = Field(default=0.5, ge=0, le=1, description="Probability of a left-right flip.")
+    rotation_deg: Distribution = Field(default_factory=lambda: _u(-15, 15), description="In-plane rotation (degrees, counter-clockwise).")
+    scale: Distribution = Field(default_factory=lambda: _u(0.85, 1.1), description="Isotropic scale about the image centre.")
+    shear_deg: Distribution = Field(default_factory=lambda: _u(-10, 10), description="Horizontal shear angle (degrees).")
+    translate: Distribution = Field(default_factory=lambda: _u(-0.08, 0.08), description="Shift along each image axis, as a fraction of the image side (drawn for x, then y).")
+
+
 class RenderSettings(StrictModel):
     image_size: int = Field(default=224, ge=16, le=2048, description="Square image side (pixels).")
     views_per_instance: int = Field(default=10, ge=1, le=100_000, description="Images rendered of each mesh instance.")
@@ -81,6 +98,11 @@ class RenderSettings(StrictModel):
     scale_jitter: Distribution = Field(default_factory=lambda: _u(0.9, 1.1), description="Random object scale factor. With camera distance 'auto' the camera fits the unscaled object, so this changes the object's apparent size in the image.")
     pose_variation: bool = Field(default=True, description="False: every view uses the centre of each camera distribution (FlatWorld ablation).")
     illumination_variation: bool = Field(default=True, description="False: every view uses the centre of each light distribution (FlatWorld ablation).")
+    planar_variation: PlanarVariationSpec = Field(
+        default_factory=PlanarVariationSpec,
+        description="2D variation of each image (flip, rotation, scale, shear, shift in the image plane); off by "
+        "default. FlatWorld switches pose and illumination variation off and this on.",
+    )
     shard_size: int = Field(default=1000, ge=1, le=100_000, description="Samples per WebDataset shard.")
     val_fraction: float = Field(default=0.1, ge=0, lt=1, description="Fraction of views held out as the validation split.")
     backend: Literal["auto", "osmesa", "egl"] = Field(default="auto", description="OpenGL platform; 'auto' uses PYOPENGL_PLATFORM or OSMesa.")
