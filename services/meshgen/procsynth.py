@@ -49,11 +49,14 @@ class ProcSynthShape:
         One record per primitive: ``type``, ``modifier``, ``faces`` (its face count).
     rejections : int
         Draws rejected before this one (too large or empty).
+    too_large : int
+        Of those, the draws rejected by the ``max_size`` check.
     """
 
     mesh: trimesh.Trimesh
     primitives: list[dict] = field(default_factory=list)
     rejections: int = 0
+    too_large: int = 0
 
 
 # --------------------------------------------------------------------------- templates
@@ -267,7 +270,7 @@ def generate_base(params: ProcSynthParams, seed: int) -> ProcSynthShape:
             largest = max(largest, extent)
             continue
         mesh = trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
-        return ProcSynthShape(mesh=mesh, primitives=records, rejections=too_large + empty)
+        return ProcSynthShape(mesh=mesh, primitives=records, rejections=too_large + empty, too_large=too_large)
     raise SpecError(
         f"procsynth: no shape accepted after max_rejections={params.max_rejections} draws "
         f"({too_large} larger than max_size={params.max_size} (largest extent {largest:.3g}), {empty} empty); "

@@ -8,6 +8,14 @@ light with its pose, ambient level, material, object pose, background). With
 distribution's centre; with ``illumination_variation=False`` every light
 quantity does (the FlatWorld ablations).
 
+With ``planar_variation.enabled`` the record also holds ``planar``: a flip and a
+planar affine map (and its (2, 3) pixel matrix) applied to the canonical render
+(FlatWorld's 2D variation), drawn after everything else.
+
+With ``camera.distance: auto`` the camera distance fits the mesh's *unscaled*
+bounding sphere (times ``auto_fit_margin``), so the scale jitter shows in the
+image as a change of apparent size (and of depth).
+
 Conventions: world is y-up; the object's bounding-box centre sits at the origin
 after its pose; cameras look at the origin (OpenGL camera: looking down -z, +y up),
 ``pose`` matrices map camera/light coordinates to world coordinates.
@@ -136,8 +144,9 @@ def sample_view_from_seed(settings: RenderSettings, *, seed: int, rng: np.random
         raise ValueError(f"camera.fov_deg drew {fov}, outside [1, 170] degrees")
     radius = mesh_radius * scale
     if cam.distance == "auto":
-        # the bounding sphere just fits the smaller half-angle, plus a margin
-        distance = cam.auto_fit_margin * radius / math.sin(math.radians(fov) / 2)
+        # the *unscaled* bounding sphere just fits the smaller half-angle, plus a margin: the camera stays put
+        # and the scale jitter changes the object's apparent size (scaling the distance too would cancel it)
+        distance = cam.auto_fit_margin * mesh_radius / math.sin(math.radians(fov) / 2)
     else:
         distance = _draw(cam.distance, rng, pose_on)
     if distance <= 0:
@@ -161,6 +170,7 @@ def sample_view_from_seed(settings: RenderSettings, *, seed: int, rng: np.random
     background = settings.background.model_dump(mode="json")
     background["color"] = background.pop("color_rgb")
     background["noise_seed"] = int(rng.integers(0, 2**31)) if background["kind"] == "noise" else 0
+    planar = _planar(settings, rng) if settings.planar_variation.enabled else None  # drawn last: nothing else moves
     record = {
         "kind": "mesh",
         "version": RECORD_VERSION,
@@ -178,12 +188,51 @@ def sample_view_from_seed(settings: RenderSettings, *, seed: int, rng: np.random
                    "pose": object_pose.tolist()},
         "background": background,
     }
+    if planar is not None:
+        record["planar"] = planar
     return record
 
 
+def planar_matrix(flip: bool, rotation_deg: float, scale: float, shear_deg: float, translate: tuple[float, float],
+                  image_size: int) -> np.ndarray:
+    """(2, 3) map from canonical-render pixels to output pixels (continuous coordinates, x right, y down).
+
+    ``translate · rotate · shear · scale · flip`` about the image centre; the rotation is counter-clockwise
+    as seen, the shear horizontal, ``translate`` a fraction of the image side.
+    """
+    c = image_size / 2.0
+    to_centre = np.array([[1.0, 0, -c], [0, 1.0, -c], [0, 0, 1.0]])
+    flip_m = np.diag([-1.0 if flip else 1.0, 1.0, 1.0])
+    scale_m = np.diag([scale, scale, 1.0])
+    shear_m = np.array([[1.0, math.tan(math.radians(shear_deg)), 0], [0, 1.0, 0], [0, 0, 1.0]])
+    t = math.radians(rotation_deg)  # y points down: counter-clockwise on screen
+    rotate_m = np.array([[math.cos(t), math.sin(t), 0], [-math.sin(t), math.cos(t), 0], [0, 0, 1.0]])
+    back = np.array([[1.0, 0, c + translate[0] * image_size], [0, 1.0, c + translate[1] * image_size], [0, 0, 1.0]])
+    return (back @ rotate_m @ shear_m @ scale_m @ flip_m @ to_centre)[:2]
+
+
+def _planar(settings: RenderSettings, rng: np.random.Generator) -> dict:
+    """The 2D variant of one image (fixed draw order: flip, rotation, scale, shear, shift x, shift y)."""
+    spec = settings.planar_variation
+    flip = bool(rng.random() < spec.flip_probability)
+    rotation = float(spec.rotation_deg.sample(rng))
+    scale = float(spec.scale.sample(rng))
+    if scale <= 0:
+        raise ValueError(f"planar_variation.scale drew a non-positive scale {scale}")
+    shear = float(spec.shear_deg.sample(rng))
+    if not -80.0 <= shear <= 80.0:
+        raise ValueError(f"planar_variation.shear_deg drew {shear}, outside [-80, 80] degrees")
+    translate = (float(spec.translate.sample(rng)), float(spec.translate.sample(rng)))
+    matrix = planar_matrix(flip, rotation, scale, shear, translate, settings.image_size)
+    return {"flip": flip, "rotation_deg": rotation, "scale": scale, "shear_deg": shear, "translate": list(translate),
+            "matrix": matrix.tolist()}
+
+
 def flat_settings(settings: RenderSettings) -> RenderSettings:
-    """FlatWorld: the same settings with pose and illumination variation switched off."""
-    return settings.model_copy(update={"pose_variation": False, "illumination_variation": False})
+    """FlatWorld: the same settings with pose and illumination variation off and 2D (planar) variation on."""
+    planar = settings.planar_variation.model_copy(update={"enabled": True})
+    return settings.model_copy(update={"pose_variation": False, "illumination_variation": False,
+                                       "planar_variation": planar})
 
 
-__all__ = ["sample_view", "sample_view_from_seed", "look_at", "direction", "intrinsics", "flat_settings"]
+__all__ = ["sample_view", "sample_view_from_seed", "look_at", "direction", "intrinsics", "flat_settings", "planar_matrix"]

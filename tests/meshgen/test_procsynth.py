@@ -66,13 +66,29 @@ def test_edge_tubes_have_the_requested_radius():
 
 
 def test_extents_within_max_size_and_rejections_counted():
-    params = ProcSynthParams(max_size=5.0, **SMALL)
+    # the former position range: with max_size 5 the default ±3.75 would reject nearly every draw
+    params = ProcSynthParams(max_size=5.0, position_range={"low": -2.0, "high": 2.0}, **SMALL)
     rejections = []
     for c in range(8):
         base = generate_base(params, derive_seed(1, "procsynth", c))
         assert np.ptp(base.mesh.vertices, axis=0).max() <= 5.0
         rejections.append(base.rejections)
     assert sum(rejections) > 0  # the rejection path ran
+
+
+def test_max_size_rejects_draws_at_default_settings():
+    """Algorithm 1's size check matters with the defaults: some classes need redraws, all end within max_size."""
+    params = ProcSynthParams()
+    too_large, extents = [], []
+    for c in range(40):
+        base = generate_base(params, derive_seed(2026, "procsynth", c))
+        too_large.append(base.too_large)
+        extents.append(float(np.ptp(base.mesh.vertices, axis=0).max()))
+    assert max(extents) <= params.max_size
+    # about a quarter of the draws are too large (see ProcSynthParams): ~13 over 40 classes
+    assert sum(too_large) >= 5 and sum(t > 0 for t in too_large) >= 4
+    assert sum(too_large) < 40  # and acceptance stays likely
+    assert max(extents) > 0.9 * params.max_size  # accepted shapes use the room up to max_size
 
 
 def test_impossible_spec_ends_with_a_clear_error():

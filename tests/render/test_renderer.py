@@ -204,3 +204,27 @@ def test_noise_background_fills_only_the_background_and_re_renders():
     assert other["background"]["noise_seed"] != record["background"]["noise_seed"]
     again = render_record(record, mesh)
     assert np.array_equal(again.rgb, view.rgb)
+
+
+def test_scale_jitter_changes_the_apparent_size_with_auto_distance():
+    """With distance 'auto' the camera fits the unscaled object: the silhouette area grows as scale²."""
+    from services.common.spec.base import Uniform
+
+    camera = CameraSpec(elevation_deg=Fixed(value=0), roll_deg=Fixed(value=0))  # auto distance, azimuth varies
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=1.0)
+    records, areas = [], []
+    for settings in (RenderSettings(image_size=SIZE, camera=camera),  # the default jitter, 0.9..1.1
+                     RenderSettings(image_size=SIZE, camera=camera, scale_jitter=Uniform(low=0.6, high=1.1))):
+        for view_index in range(6):
+            record, view = render(sphere, settings, view_index)
+            records.append(record)
+            areas.append(view.mask.sum())
+            assert not np.concatenate([view.mask[0], view.mask[-1], view.mask[:, 0], view.mask[:, -1]]).any()
+    scales = np.array([r["object"]["scale"] for r in records])
+    distances = {round(r["camera"]["distance"], 9) for r in records}
+    assert len(distances) == 1  # the camera does not follow the scale
+    areas = np.array(areas, dtype=float)
+    assert areas.max() / areas.min() > 1.5
+    # a sphere looks the same from every azimuth: area / scale² is constant up to rasterisation
+    np.testing.assert_allclose(areas / scales**2, np.median(areas / scales**2), rtol=0.08)
+    assert np.corrcoef(scales, areas)[0, 1] > 0.99

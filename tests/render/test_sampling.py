@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from services.common.spec.base import Uniform
 from services.common.spec.render import IlluminationSpec, LightSpec, RenderSettings
 from services.render.sampling import look_at, sample_view
 
@@ -65,3 +66,17 @@ def test_look_at_roll_rotates_about_view_axis():
     a, b = look_at(np.array([0, 0, 3.0]), np.zeros(3), 0), look_at(np.array([0, 0, 3.0]), np.zeros(3), 90)
     assert np.allclose(a[:3, 2], b[:3, 2])
     assert np.allclose(b[:3, 0], a[:3, 1])
+
+
+def test_default_lights_are_white_and_coloured_light_is_an_option():
+    # ProcSynthDB is not coloured (Table 1): every default light is exactly white, on every view
+    for r in records(RenderSettings()):
+        assert r["lights"] and all(light["color"] == [1.0, 1.0, 1.0] for light in r["lights"])
+    for r in records(RenderSettings(pose_variation=False, illumination_variation=False)):
+        assert all(light["color"] == [1.0, 1.0, 1.0] for light in r["lights"])
+    coloured = LightSpec(color_rgb=(Uniform(low=0.2, high=1.0),) * 3)
+    rs = records(RenderSettings(illumination=IlluminationSpec(lights=[coloured])))
+    colours = {tuple(light["color"]) for r in rs for light in r["lights"]}
+    assert len(colours) == sum(len(r["lights"]) for r in rs)
+    assert all(0.2 <= c <= 1.0 for colour in colours for c in colour)
+    assert any(len(set(colour)) == 3 for colour in colours)  # channels differ: really coloured

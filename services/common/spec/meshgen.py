@@ -36,12 +36,30 @@ class IntRange(StrictModel):
 
 
 class ProcSynthParams(StrictModel):
-    """ProcSynthDB, Algorithm 1: random unions of primitives with random modifiers."""
+    """ProcSynthDB, Algorithm 1: random unions of primitives with random modifiers.
+
+    Why the defaults make ``max_size`` matter. A candidate's largest bounding-box extent is about the
+    span of its primitive centres plus the half-sizes of the outermost primitives. With ``v = 3`` and
+    ``w = 5`` a candidate has ``E[N] = (v+1)/2 · 5 types · w/2 = 25`` primitives; the span of ``N``
+    centres drawn uniformly from ``[-a, a]`` is ``2a(N-1)/(N+1) ≈ 1.85a``, the outermost half-sizes
+    (``size_range`` 0.5..3, rotated) add about 2 and the largest of the three axes about 0.5, so the
+    median extent is ``≈ 1.85a + 2.5`` (measured: 6.5 at ``a = 2``, 9.7 at ``a = 3.75``, 10.2 at
+    ``a = 4``). No candidate can exceed ``2a`` plus the largest primitive's diameter (a 3-unit cube's
+    diagonal, 5.2): with the former ``a = 2`` that is 9.2 < ``max_size = 10`` and the size check never
+    fired (0 of 40 classes). ``position_range = ±3.75`` puts the median candidate just under
+    ``max_size``: about a quarter of the draws are rejected, mostly the busiest and most spread-out
+    unions (accepted shapes average 23 primitives instead of 25), and the accepted extents fill the
+    range up to ``max_size``, as the proposal's size check intends.
+    """
 
     family: Literal["procsynth"] = "procsynth"
     v: int = Field(default=3, ge=1, le=20, description="Rounds p are drawn from 1..v.")
     w: int = Field(default=5, ge=1, le=50, description="Each round adds 0..w instances of every primitive type.")
-    max_size: float = Field(default=10.0, gt=0, description="Largest allowed bounding-box extent of a shape; larger shapes are rejected and redrawn.")
+    max_size: float = Field(
+        default=10.0, gt=0,
+        description="Largest allowed bounding-box extent of a shape; larger shapes are rejected and redrawn. "
+        "With the default ranges about a quarter of the draws are (median candidate extent ≈ 1.85·position_range.high + 2.5 ≈ 9.7).",
+    )
     primitives: list[Literal["cube", "sphere", "cone", "cylinder", "torus"]] = Field(
         default_factory=lambda: list(PRIMITIVES), min_length=1, description="Primitive types used."
     )
@@ -52,7 +70,11 @@ class ProcSynthParams(StrictModel):
     torus_minor_ratio: Range = Field(
         default_factory=lambda: Range(low=0.15, high=0.45), description="Torus tube radius as a fraction of its major radius."
     )
-    position_range: Range = Field(default_factory=lambda: Range(low=-2.0, high=2.0), description="Primitive centre coordinates (world units).")
+    position_range: Range = Field(
+        default_factory=lambda: Range(low=-3.75, high=3.75),
+        description="Primitive centre coordinates (world units). ±3.75 puts the median union's extent just under "
+        "the default max_size, so the size check rejects about a quarter of the draws (see the class docstring).",
+    )
     segments_range: IntRange = Field(default_factory=lambda: IntRange(low=8, high=32), description="Segment counts of round primitives.")
     modifier_probs: tuple[float, float, float] = Field(
         default=(0.5, 0.25, 0.25), description="Probabilities of (as is, wireframe, subdivided) per primitive."

@@ -23,7 +23,7 @@ class CameraSpec(StrictModel):
     distance: Distribution | Literal["auto"] = Field(
         default="auto", description="Camera distance (world units), or 'auto' to fit the object's bounding sphere in view."
     )
-    auto_fit_margin: float = Field(default=1.15, ge=1.0, le=4.0, description="With distance 'auto': extra room around the bounding sphere.")
+    auto_fit_margin: float = Field(default=1.15, ge=1.0, le=4.0, description="With distance 'auto': extra room around the unscaled bounding sphere; scale jitter above this factor can push the object past the frame.")
     roll_deg: Distribution = Field(default_factory=lambda: _u(-15, 15), description="Camera roll about the viewing axis (degrees).")
     fov_deg: Distribution = Field(default_factory=lambda: _f(40), description="Vertical field of view (degrees).")
 
@@ -34,7 +34,9 @@ class LightSpec(StrictModel):
     elevation_deg: Distribution = Field(default_factory=lambda: _u(10, 80), description="Direction the light comes from: elevation (degrees).")
     intensity: Distribution = Field(default_factory=lambda: _u(0.8, 2.0), description="Intensity (directional: lux-like; point/spot: candela-like, scaled by distance² so the irradiance at the object matches).")
     color_rgb: tuple[Distribution, Distribution, Distribution] = Field(
-        default_factory=lambda: (_u(0.8, 1.0), _u(0.8, 1.0), _u(0.8, 1.0)), description="Light colour, each channel in [0,1]."
+        default_factory=lambda: (_f(1.0), _f(1.0), _f(1.0)),
+        description="Light colour, each channel in [0,1]. White by default: ProcSynthDB is not coloured (Table 1 of "
+        "the proposal); give distributions (e.g. uniform 0.8..1 per channel) for coloured light.",
     )
     distance_factor: float = Field(default=2.5, gt=0, description="Point/spot lights: distance from the object centre in bounding radii.")
 
@@ -69,6 +71,23 @@ class BackgroundSpec(StrictModel):
     noise_scale: float = Field(default=8.0, gt=0, description="Noise backgrounds: features per image side.")
 
 
+class PlanarVariationSpec(StrictModel):
+    """2D variants of a canonical render (FlatWorldDB): a flip and a planar affine map, drawn per image.
+
+    The image is first rendered as the camera and lights say, then warped in the image plane about its
+    centre: ``translate · rotate · shear · scale · flip``. RGB is resampled bilinearly; depth, segmentation
+    and mask move with it by nearest neighbour (depth values are those of the canonical render), and
+    what the warp uncovers is background. The map is recorded with each image.
+    """
+
+    enabled: bool = Field(default=False, description="Warp every image by a random flip and planar affine map (FlatWorld's 2D variation).")
+    flip_probability: float = Field(default=0.5, ge=0, le=1, description="Probability of a left-right flip.")
+    rotation_deg: Distribution = Field(default_factory=lambda: _u(-15, 15), description="In-plane rotation (degrees, counter-clockwise).")
+    scale: Distribution = Field(default_factory=lambda: _u(0.85, 1.1), description="Isotropic scale about the image centre.")
+    shear_deg: Distribution = Field(default_factory=lambda: _u(-10, 10), description="Horizontal shear angle (degrees).")
+    translate: Distribution = Field(default_factory=lambda: _u(-0.08, 0.08), description="Shift along each image axis, as a fraction of the image side (drawn for x, then y).")
+
+
 class RenderSettings(StrictModel):
     image_size: int = Field(default=224, ge=16, le=2048, description="Square image side (pixels).")
     views_per_instance: int = Field(default=10, ge=1, le=100_000, description="Images rendered of each mesh instance.")
@@ -76,9 +95,14 @@ class RenderSettings(StrictModel):
     illumination: IlluminationSpec = Field(default_factory=IlluminationSpec, description="Lights and ambient level, drawn per image.")
     material: MaterialSpec = Field(default_factory=MaterialSpec, description="Surface material of the object.")
     background: BackgroundSpec = Field(default_factory=BackgroundSpec, description="What is behind the object.")
-    scale_jitter: Distribution = Field(default_factory=lambda: _u(0.9, 1.1), description="Random object scale factor.")
+    scale_jitter: Distribution = Field(default_factory=lambda: _u(0.9, 1.1), description="Random object scale factor. With camera distance 'auto' the camera fits the unscaled object, so this changes the object's apparent size in the image.")
     pose_variation: bool = Field(default=True, description="False: every view uses the centre of each camera distribution (FlatWorld ablation).")
     illumination_variation: bool = Field(default=True, description="False: every view uses the centre of each light distribution (FlatWorld ablation).")
+    planar_variation: PlanarVariationSpec = Field(
+        default_factory=PlanarVariationSpec,
+        description="2D variation of each image (flip, rotation, scale, shear, shift in the image plane); off by "
+        "default. FlatWorld switches pose and illumination variation off and this on.",
+    )
     shard_size: int = Field(default=1000, ge=1, le=100_000, description="Samples per WebDataset shard.")
     val_fraction: float = Field(default=0.1, ge=0, lt=1, description="Fraction of views held out as the validation split.")
     backend: Literal["auto", "osmesa", "egl"] = Field(default="auto", description="OpenGL platform; 'auto' uses PYOPENGL_PLATFORM or OSMesa.")

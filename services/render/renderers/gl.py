@@ -28,6 +28,7 @@ ambient and object pose per view (plain data from :mod:`services.render.sampling
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from services.common.glplatform import PLATFORMS, RenderBackendError, select_pla
 log = logging.getLogger(__name__)
 
 SOFTWARE_DRIVERS = ("llvmpipe", "softpipe", "swrast")
+# what a canonical render depends on besides the mesh (a record's 2D ``planar`` variant is applied after)
+CANONICAL_FIELDS = ("image_size", "camera", "lights", "ambient", "material", "object", "background")
 PHONG_FRAGMENT_SHADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shaders", "phong.frag")
 
 
@@ -239,6 +242,7 @@ class SceneRenderer:
         self._light_nodes: list = []
         self._mesh_node = None
         self._mesh_token: Any = None
+        self._canonical: tuple | None = None  # (key, RenderedView) of the last canonical render of a planar record
 
     def _gl_string(self) -> str:
         from OpenGL import GL
@@ -277,16 +281,39 @@ class SceneRenderer:
             self._scene.remove_node(self._mesh_node)
         self._mesh_node = self._scene.add(_pyrender_mesh(mesh, material), pose=np.eye(4))
         self._mesh_token = token
+        self._canonical = None
 
     def render(self, record: dict) -> RenderedView:
-        """Render the loaded mesh as ``record`` describes (camera, lights, ambient, object pose, background)."""
-        import pyrender
+        """Render the loaded mesh as ``record`` describes (camera, lights, ambient, object pose, background).
 
+        A record with a ``planar`` block (FlatWorld) is rendered canonically, then warped in the image plane
+        (:mod:`.planar`). Its canonical render is kept while the mesh token and the canonical scene stay the
+        same, so a FlatWorld mesh is drawn by OpenGL once and only warped for its other views.
+        """
         if self._mesh_node is None:
             raise RuntimeError("no mesh loaded: call set_mesh first")
         size = int(record["image_size"])
         if size != self.image_size:
             raise ValueError(f"record image_size {size} differs from this renderer's {self.image_size}")
+        planar = record.get("planar")
+        if planar is None:
+            return self._render_canonical(record)
+        from services.render.renderers.planar import warp_view
+
+        key = None
+        if self._mesh_token is not None:
+            key = (self._mesh_token, json.dumps({k: record.get(k) for k in CANONICAL_FIELDS}, sort_keys=True))
+        if key is None or self._canonical is None or self._canonical[0] != key:
+            self._canonical = (key, self._render_canonical(record))
+        view = self._canonical[1]
+        background = background_image(record["background"], size)
+        rgb, depth, mask = warp_view(view.rgb, view.depth, planar["matrix"], background)
+        return RenderedView(rgb=rgb, depth=depth, mask=mask)
+
+    def _render_canonical(self, record: dict) -> RenderedView:
+        import pyrender
+
+        size = int(record["image_size"])
         camera = record["camera"]
         k = camera["intrinsics"]
         self._camera.fx, self._camera.fy, self._camera.cx, self._camera.cy = k["fx"], k["fy"], k["cx"], k["cy"]
