@@ -135,6 +135,8 @@ def test_sierpinski_filling_rate_is_known():
     # a point cloud on a line covers almost nothing; a diverging one covers nothing
     assert filling_rate(np.stack([np.linspace(0, 1, 1000)] * 2, axis=1), 256) < 0.01
     assert filling_rate(np.array([[np.inf, 0.0], [0.0, 1.0]]), 256) == 0.0
+    # finite but past float range once shifted (a diverging chain): covers nothing, does not crash
+    assert filling_rate(np.array([[0.0, 0.0], [1e308, 1.0], [-1e308, 2.0]])) == 0.0
 
 
 def test_variants_are_fractaldb_weights():

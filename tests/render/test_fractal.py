@@ -94,6 +94,15 @@ def test_points_land_where_fractaldb_draws_them(size, pad, patch):
     assert np.array_equal(drawn, fractaldb_draw_patch(xs, ys, size, pad, patch))
 
 
+def test_clouds_past_float_range_stay_inside_the_image():
+    from services.render.renderers.fractal import rasterise
+
+    xs = np.array([[0.0, 1e308, -1e308, 0.5]])
+    ys = np.array([[0.0, 1.0, 2.0, -3e38]])
+    image = rasterise(xs, ys, 32, 3, np.ones((1, 32, 32), dtype=bool), 6)[0]
+    assert image.shape == (32, 32) and image.any()
+
+
 def test_draw_fractals_frames_the_origin_with_the_cloud():
     # a system whose attractor lies far from the origin: FractalDB's chain starts at (0, 0), so its box does too
     far = np.array([[0.5, 0, 0, 0.5, 10.0, 10.0], [0.5, 0, 0, 0.5, 10.5, 10.0]])

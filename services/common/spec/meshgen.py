@@ -167,9 +167,9 @@ class Fractal2DParams(StrictModel):
     flips: int = Field(default=4, ge=1, le=4, description="Flip variants per instance (none, horizontal, vertical, both).")
     max_attempts: int = Field(
         default=1000, ge=1,
-        description="Give up (with an error) after this many rejected systems for one class. At the defaults about "
-        "one system in 40 is accepted, so 1,000 rejections in a row (~10 s of search per core) mean the threshold is "
-        "out of reach; raise it with filling_rate.",
+        description="Give up (with an error) after this many rejected systems for one class. At the defaults one "
+        "system in 30 to 50 is accepted, so 1,000 rejections in a row (~10-15 s of search per core) mean the "
+        "threshold is out of reach; raise it with filling_rate.",
     )
 
     @model_validator(mode="after")

@@ -193,8 +193,9 @@ def rasterise_torch(xs, ys, image_size: int, patch: int, keep: np.ndarray, pad: 
         lo = torch.where(finite, v, torch.full_like(v, float("inf"))).amin(dim=1, keepdim=True)
         hi = torch.where(finite, v, torch.full_like(v, float("-inf"))).amax(dim=1, keepdim=True)
         scale = torch.where(hi > lo, float(image_size - 2 * pad) / (hi - lo), torch.zeros_like(hi))
-        u = ((torch.where(finite, v, lo) - lo) * scale + float(pad)).to(torch.int64)
-        return torch.clamp(u, max=image_size - 1) + patch
+        u = (torch.where(finite, v, lo) - lo) * scale + float(pad)
+        u = torch.nan_to_num(u, nan=float(pad), posinf=float(image_size - 1), neginf=0.0)
+        return torch.clamp(u, 0, image_size - 1).to(torch.int64) + patch
 
     flat = to_pixels(ys) * side + to_pixels(xs) + torch.arange(b, device=device)[:, None] * side * side
     occupied = torch.zeros(b * side * side, dtype=torch.bool, device=device)
@@ -266,11 +267,18 @@ def _to_pixels(v: np.ndarray, image_size: int, pad: int) -> np.ndarray:
     """FractalDB's ``__rescale`` of one axis: ``int((v - min) / (max - min) * (size - 2 pad) + pad)``.
 
     The extremes land on pixels ``pad`` and ``image_size - pad`` (clipped to the
-    last pixel when ``pad`` is 0); a degenerate axis lands on ``pad``.
+    last pixel when ``pad`` is 0); a degenerate axis lands on ``pad``, and pixels
+    of a cloud too large for floats stay inside the image.
     """
+    v = np.asarray(v, dtype=np.float64)
     lo, hi = float(v.min()), float(v.max())
-    scale = float(image_size - 2 * pad) / (hi - lo) if hi > lo else 0.0
-    return np.minimum(((v - lo) * scale + float(pad)).astype(np.intp), image_size - 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        span = hi - lo
+        scale = float(image_size - 2 * pad) / span if span > 0 else 0.0
+        u = (v - lo) * scale + float(pad)
+    # a diverging cloud may overflow the span: keep its pixels inside the image
+    u = np.nan_to_num(u, nan=float(pad), posinf=float(image_size - 1), neginf=0.0)
+    return np.clip(u, 0, image_size - 1).astype(np.intp)
 
 
 def apply_flip(image: np.ndarray, flip: int) -> np.ndarray:
