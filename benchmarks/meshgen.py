@@ -5,7 +5,7 @@ Prints readable lines, then LAST one JSON line with medians:
 ``morphsynth_instances_per_s`` (decimation of a procsynth base to <= 5000 vertices,
 KL bases, GP samples and GLB export, amortised over the default 3 instances per
 class; the procsynth base draw itself is timed under procsynth),
-``fractal2d_classes_per_s`` (IFS search to filling rate 0.2 with 100k points).
+``fractal2d_classes_per_s`` (IFS search to filling rate 0.2 as FractalDB measures it: 100k points, 512 px, 6 px pad).
 Targets (issue 3): procsynth >= 20, morphsynth >= 10 per core.
 
 Run: ``.venv/bin/python benchmarks/meshgen.py [--repeats 5] [--classes 10]``

@@ -4,14 +4,31 @@ A class is an IFS of N affine maps (N uniform in ``maps_range``, each map's six
 coefficients uniform in ``coefficient_range``), map ``i`` being
 ``x' = a x + b y + e, y' = c x + d y + f`` for the row ``[a, b, c, d, e, f]``,
 chosen with probability proportional to ``|ad - bc|``. A system is accepted when
-its chaos-game point cloud (``search_points`` points, each axis rescaled into a
-``search_size`` square with a 5 % margin, as FractalDB renders) covers at least
-``filling_rate`` of the pixels; otherwise a new system is drawn, at most
-``max_attempts`` times.
+its chaos-game point cloud covers at least ``filling_rate`` of the pixels of an
+image; otherwise a new system is drawn, at most ``max_attempts`` times.
 
-The chaos game runs many independent chains side by side (one numpy step moves
-every chain), with a short burn-in per chain, instead of one long sequential
-chain: the points are samples of the same attractor.
+The filling rate is FractalDB's (``param_search/ifs_search.py`` with
+``param_search/ifs_simple.py`` of hirokatsukataoka16/FractalDB-Pretrained-ResNet-PyTorch):
+``numof_point`` = 100,000 points, the first of them the origin (its chain starts
+at ``(0, 0)`` and keeps it), drawn into a 512 x 512 image with a 6 px pad
+(``draw_point(512, 512, 6, 6, ...)``): ``ifs_function.__rescale`` shifts each
+axis by its minimum (the origin makes it <= 0) and maps it to
+``uint16(v / (max - min) * (512 - 2*6) + 6)``, i.e. truncated, pixels 6..506;
+``cal_pix`` is the fraction of non-zero pixels of the 512 x 512 image. Here
+``search_points``, ``search_size`` and ``search_pad`` hold these numbers.
+
+The points are FractalDB's too: one chain from the origin, no burn-in
+(:func:`chaos_game`, computed in blocks rather than point by point). Many short
+parallel chains with a short burn-in, as this module used before, over-count
+slowly contracting systems (a near-rotation map chosen 98 % of the time: 0.21
+on short chains against 0.14 on FractalDB's chain), so they are not used here.
+
+The search is bounded twice: a threshold above what ``search_points`` points can
+cover on the padded image at all is refused at once (spec validation and here),
+and ``max_attempts`` (default 1,000) caps the systems tried: at the default
+threshold one system in 30 to 50 passes, so 1,000 straight rejections are odds
+of ~2e-9 for a reachable threshold, and ~10-15 s of search on one core for an
+unreachable one.
 
 Instances are FractalDB's 25 weight variants (:func:`ifs_variants`); the render
 stage draws them (flips, several drawings per variant).
@@ -27,9 +44,9 @@ from services.common.errors import SpecError
 from services.common.seeds import rng_from_seed
 from services.common.spec.meshgen import Fractal2DParams
 
-CHAINS = 2000
-BURN_IN = 20
-MARGIN = 0.05
+BLOCK = 48  # chaos-game steps per block (see chaos_game)
+FRACTALDB_SIZE = 512  # param_search/ifs_search.py: draw_point(512, 512, 6, 6, 'gray', 0)
+FRACTALDB_PAD = 6
 
 
 @dataclass
@@ -48,6 +65,9 @@ class IFSClass:
         The class seed it was drawn from.
     rejections : int
         Systems rejected before this one.
+    chain_seed : int
+        Seed of the chaos game the filling rate was measured on
+        (:func:`search_cloud` redraws that point cloud).
     """
 
     maps: np.ndarray
@@ -55,6 +75,7 @@ class IFSClass:
     filling_rate: float
     seed: int
     rejections: int
+    chain_seed: int = 0
 
     def to_json(self) -> dict:
         """The stored class definition (``meshes/<dataset>/<class>/ifs.json``)."""
@@ -77,55 +98,126 @@ def map_probabilities(maps: np.ndarray) -> np.ndarray:
 
 
 def chaos_game(maps: np.ndarray, probs: np.ndarray, points: int, rng: np.random.Generator,
-               chains: int = CHAINS, burn_in: int = BURN_IN) -> np.ndarray:
-    """Points on the attractor of an IFS, from ``chains`` parallel chains.
+               block: int = BLOCK) -> np.ndarray:
+    """FractalDB's chaos game (``ifs_simple.ifs_function.calculate``): one chain from the origin.
+
+    ``x_0 = (0, 0)`` is the first point; ``x_{t+1}`` is map ``j_t`` applied to
+    ``x_t``, ``j_t`` the first map whose cumulative probability reaches the
+    uniform draw ``u_t`` (FractalDB: ``rand[i] <= select_function[j]``). No
+    burn-in: the origin and the chain's approach to the attractor are part of the
+    cloud, as in FractalDB.
+
+    The chain is sequential, but not computed point by point in Python: it is cut
+    into blocks of ``block`` steps; the composition of each block's maps is built
+    for all blocks at once (``block`` vector steps), the blocks' start points
+    follow from those compositions (a prefix scan, ``log2(blocks)`` vector
+    steps), and then all blocks are run from their start points at once
+    (``block`` vector steps). The points are the sequential chain's up to float
+    rounding.
 
     Parameters
     ----------
     maps : (n, 6) float
     probs : (n,) float
     points : int
-        Number of points returned.
+        Number of points returned, the origin included.
     rng : numpy.random.Generator
-        Map choices and starting points.
+        The ``points - 1`` uniform draws choosing the maps.
 
     Returns
     -------
     xy : (points, 2) float (may hold inf/nan for diverging systems)
     """
-    chains = min(chains, points)
-    steps = -(-points // chains)
-    choice = rng.choice(len(maps), size=(burn_in + steps, chains), p=probs)
-    xy = rng.uniform(-1.0, 1.0, (chains, 2))
-    out = np.empty((steps, chains, 2))
+    maps = np.asarray(maps, dtype=np.float64)
+    steps = points - 1
+    uniforms = rng.random(steps)
+    pick = np.minimum(np.searchsorted(np.cumsum(probs), uniforms, side="left"), len(maps) - 1)
+    blocks = max(1, -(-steps // block))
+    # the table with an identity map appended, which pads the last block
+    table = np.vstack([maps, [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]])
+    padded = np.full(blocks * block, len(maps), dtype=np.int64)
+    padded[:steps] = pick
+    coef = np.ascontiguousarray(table[padded.reshape(blocks, block)].transpose(1, 2, 0))  # (block, 6, blocks)
     with np.errstate(over="ignore", invalid="ignore"):
-        for t in range(burn_in + steps):
-            m = maps[choice[t]]
-            x, y = xy[:, 0], xy[:, 1]
-            xy = np.stack([m[:, 0] * x + m[:, 1] * y + m[:, 4], m[:, 2] * x + m[:, 3] * y + m[:, 5]], axis=1)
-            if t >= burn_in:
-                out[t - burn_in] = xy
-    return out.reshape(-1, 2)[:points]
+        # 1. each block's composed map  p -> A p + t
+        a11, a12, a21, a22 = np.ones(blocks), np.zeros(blocks), np.zeros(blocks), np.ones(blocks)
+        tx, ty = np.zeros(blocks), np.zeros(blocks)
+        for k in range(block):
+            a, b, c, d, e, f = coef[k]
+            a11, a12, a21, a22 = a * a11 + b * a21, a * a12 + b * a22, c * a11 + d * a21, c * a12 + d * a22
+            tx, ty = a * tx + b * ty + e, c * tx + d * ty + f
+        # 2. the start point of every block: the offsets of the prefix compositions (a log-depth scan)
+        shift = 1
+        while shift < blocks:
+            m11, m12, m21, m22 = a11[shift:], a12[shift:], a21[shift:], a22[shift:]
+            p11, p12, p21, p22, px, py = (v[:-shift] for v in (a11, a12, a21, a22, tx, ty))
+            a11, a12, a21, a22, tx, ty = (np.concatenate([v[:shift], w]) for v, w in (
+                (a11, m11 * p11 + m12 * p21), (a12, m11 * p12 + m12 * p22), (a21, m21 * p11 + m22 * p21),
+                (a22, m21 * p12 + m22 * p22), (tx, m11 * px + m12 * py + tx[shift:]),
+                (ty, m21 * px + m22 * py + ty[shift:])))
+            shift *= 2
+        starts = np.zeros((blocks, 2))
+        starts[1:, 0], starts[1:, 1] = tx[:-1], ty[:-1]
+        # 3. all blocks stepped from their start points at once
+        out = np.empty((2, blocks, block))
+        x, y = starts[:, 0], starts[:, 1]
+        for k in range(block):
+            a, b, c, d, e, f = coef[k]
+            x, y = a * x + b * y + e, c * x + d * y + f
+            out[0, :, k] = x
+            out[1, :, k] = y
+    xy = np.empty((2, points))  # returned transposed: each coordinate contiguous
+    xy[:, 0] = 0.0
+    xy[:, 1:] = out.reshape(2, -1)[:, :steps]
+    return xy.T
 
 
-def filling_rate(xy: np.ndarray, size: int, margin: float = MARGIN) -> float:
-    """Fraction of the pixels of a ``size`` x ``size`` image the points cover.
+def search_cloud(maps: np.ndarray, probs: np.ndarray, points: int, chain_seed: int) -> np.ndarray:
+    """The point cloud the search measured for a system: :func:`chaos_game` drawn from ``chain_seed``."""
+    return chaos_game(maps, probs, points, rng_from_seed(chain_seed))
 
-    Each axis is rescaled to the image independently, leaving ``margin`` (a
-    fraction of the side) free on every border. Non-finite or degenerate clouds
-    cover nothing.
+
+def fractaldb_pixels(v: np.ndarray, size: int, pad: int) -> np.ndarray:
+    """FractalDB's pixel index of each coordinate along one axis (``ifs_function.__rescale``).
+
+    ``v - min(v)`` (FractalDB subtracts the minimum when it is negative, which the
+    origin in its cloud guarantees), scaled by ``(size - 2 pad) / (max - min)``,
+    plus ``pad``, truncated: the extremes land on pixels ``pad`` and
+    ``size - pad`` (clipped to ``size - 1`` when ``pad`` is 0).
     """
-    if not np.isfinite(xy).all():
+    lo, hi = v.min(), v.max()
+    u = (v - lo) / (hi - lo) * float(size - 2 * pad) + float(pad)
+    return np.minimum(u.astype(np.int64), size - 1)
+
+
+def filling_rate(xy: np.ndarray, size: int = FRACTALDB_SIZE, pad: int = FRACTALDB_PAD) -> float:
+    """FractalDB's filling rate: the fraction of a ``size`` x ``size`` image's pixels the points hit.
+
+    Each axis is mapped to pixels by :func:`fractaldb_pixels` (independently, a
+    ``pad`` px border left free on every side); the rate counts hit pixels over the
+    whole image, border included (``cal_pix``). Non-finite or degenerate
+    clouds cover nothing (FractalDB would draw a diverging system's few
+    pre-divergence points; it fails any threshold either way).
+    """
+    x, y = np.ascontiguousarray(xy[:, 0]), np.ascontiguousarray(xy[:, 1])
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
         return 0.0
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    span = hi - lo
-    if np.any(span <= 1e-12 * np.maximum(np.abs(hi), 1.0)):
-        return 0.0
-    inner = size * (1.0 - 2.0 * margin)
-    pix = np.floor((xy - lo) / span * (inner - 1) + size * margin).astype(np.int64)
+    with np.errstate(over="ignore"):
+        for v in (x, y):
+            lo, hi = v.min(), v.max()
+            span = hi - lo
+            if not np.isfinite(span) or span <= 1e-12 * max(abs(hi), 1.0):  # diverged (past float range) or flat
+                return 0.0
+    px, py = fractaldb_pixels(x, size, pad), fractaldb_pixels(y, size, pad)
     covered = np.zeros(size * size, dtype=bool)
-    covered[pix[:, 1] * size + pix[:, 0]] = True
-    return float(covered.mean())
+    covered[py * size + px] = True
+    return float(np.count_nonzero(covered)) / (size * size)
+
+
+def reachable_filling_rate(points: int, size: int, pad: int) -> float:
+    """The largest filling rate ``points`` points can reach: one per pixel of the padded square."""
+    inner = size - 2 * pad + 1 if pad > 0 else size
+    return min(points, inner * inner) / float(size * size)
 
 
 def search_ifs(params: Fractal2DParams, seed: int) -> IFSClass:
@@ -134,18 +226,29 @@ def search_ifs(params: Fractal2DParams, seed: int) -> IFSClass:
     Raises
     ------
     SpecError
-        After ``max_attempts`` rejected systems (the threshold is too high for
-        the coefficient range), naming the fields to change.
+        At once when ``filling_rate`` is above :func:`reachable_filling_rate`;
+        after ``max_attempts`` rejected systems (the threshold is too high for
+        the coefficient range); either names the fields to change.
     """
+    reachable = reachable_filling_rate(params.search_points, params.search_size, params.search_pad)
+    if params.filling_rate > reachable:
+        raise SpecError(
+            f"fractal2d: filling_rate={params.filling_rate} can never be reached: search_points="
+            f"{params.search_points} points cover at most {reachable:.3f} of a search_size={params.search_size} "
+            f"image with search_pad={params.search_pad}; lower filling_rate or raise search_points"
+        )
     rng = rng_from_seed(seed)
     best = 0.0
     for attempt in range(params.max_attempts):
         n = int(rng.integers(params.maps_range.low, params.maps_range.high + 1))
         maps = rng.uniform(params.coefficient_range.low, params.coefficient_range.high, (n, 6))
         probs = map_probabilities(maps)
-        rate = filling_rate(chaos_game(maps, probs, params.search_points, rng), params.search_size)
+        chain_seed = int(rng.integers(0, 2**63 - 1))
+        xy = search_cloud(maps, probs, params.search_points, chain_seed)
+        rate = filling_rate(xy, params.search_size, params.search_pad)
         if rate >= params.filling_rate:
-            return IFSClass(maps=maps, probs=probs, filling_rate=rate, seed=int(seed), rejections=attempt)
+            return IFSClass(maps=maps, probs=probs, filling_rate=rate, seed=int(seed), rejections=attempt,
+                            chain_seed=chain_seed)
         best = max(best, rate)
     raise SpecError(
         f"fractal2d: no system reached filling_rate={params.filling_rate} in max_attempts={params.max_attempts} "

@@ -37,8 +37,11 @@ def test_images_are_grey_on_black_and_flips_mirror():
     image = draw_fractals([(SIERPINSKI, np.ones(3) / 3)], [1], image_size=96, points=20_000)[0]
     values = np.unique(image)
     assert values.tolist() == [0, 127]
-    # the triangle's apex is at the top: the top row is mostly empty, the bottom row mostly filled
-    assert (image[2] > 0).mean() < (image[-3] > 0).mean()
+    # FractalDB's framing (pad 6, patches at +1..+3, then flipped): drawn rows 2..88, columns 7..93 of 96
+    rows, cols = np.nonzero(image)
+    assert 2 <= rows.min() <= 4 and 86 <= rows.max() <= 88 and 7 <= cols.min() <= 9 and 91 <= cols.max() <= 93
+    # the triangle's apex is at the top: its top row is mostly empty, its bottom row mostly filled
+    assert (image[3] > 0).mean() < (image[87] > 0).mean()
     flipped = draw_fractals([(SIERPINSKI, np.ones(3) / 3)], [1], image_size=96, points=20_000, flips=[2])[0]
     assert np.array_equal(flipped, image[::-1])
     assert np.array_equal(apply_flip(image, 3), image[::-1, ::-1])
@@ -61,6 +64,52 @@ def test_torch_path_draws_the_same_images():
     # float rounding (fused multiply-add) may move a point by one pixel, nothing more
     assert (on_torch != on_numpy).mean() < 0.002
     assert np.array_equal(on_torch[3], on_numpy[3])  # exact binary fractions: identical
+
+
+def fractaldb_draw_patch(xs, ys, size, pad, patch):
+    """FractalDB's ``fractal_renderer/ifs_function.py`` ``__rescale`` + ``draw_patch`` (every patch cell on) + flip."""
+    xs, ys = np.array(xs, dtype=float), np.array(ys, dtype=float)
+    if np.min(xs) < 0.0:
+        xs -= np.min(xs)
+    if np.min(ys) < 0.0:
+        ys -= np.min(ys)
+    xmax, xmin, ymax, ymin = np.max(xs), np.min(xs), np.max(ys), np.min(ys)
+    px = np.uint16(xs / (xmax - xmin) * float(size - 2 * pad) + float(pad))
+    py = np.uint16(ys / (ymax - ymin) * float(size - 2 * pad) + float(pad))
+    image = np.zeros((size, size), dtype=np.uint8)
+    for x, y in zip(px.tolist(), py.tolist()):  # image.paste(patch, (x + 1, y + 1)), clipped to the image
+        image[y + 1:y + 1 + patch, x + 1:x + 1 + patch] = 127
+    return image[::-1]  # image.transpose(Image.FLIP_TOP_BOTTOM)
+
+
+@pytest.mark.parametrize("size, pad, patch", [(362, 6, 3), (40, 6, 3), (32, 0, 1), (50, 3, 5)])
+def test_points_land_where_fractaldb_draws_them(size, pad, patch):
+    from services.render.renderers.fractal import rasterise
+
+    rng = rng_from_seed(size + pad)
+    # the origin first, as in FractalDB's chain; the cloud spans both signs
+    xs = np.concatenate([[0.0], rng.uniform(-1.5, 0.7, 300), [0.7]])
+    ys = np.concatenate([[0.0], rng.uniform(-0.2, 2.0, 300), [-0.2]])
+    drawn = rasterise(xs[None], ys[None], size, patch, np.ones((1, size, size), dtype=bool), pad)[0]
+    assert np.array_equal(drawn, fractaldb_draw_patch(xs, ys, size, pad, patch))
+
+
+def test_clouds_past_float_range_stay_inside_the_image():
+    from services.render.renderers.fractal import rasterise
+
+    xs = np.array([[0.0, 1e308, -1e308, 0.5]])
+    ys = np.array([[0.0, 1.0, 2.0, -3e38]])
+    image = rasterise(xs, ys, 32, 3, np.ones((1, 32, 32), dtype=bool), 6)[0]
+    assert image.shape == (32, 32) and image.any()
+
+
+def test_draw_fractals_frames_the_origin_with_the_cloud():
+    # a system whose attractor lies far from the origin: FractalDB's chain starts at (0, 0), so its box does too
+    far = np.array([[0.5, 0, 0, 0.5, 10.0, 10.0], [0.5, 0, 0, 0.5, 10.5, 10.0]])
+    image = draw_fractals([(far, np.ones(2) / 2)], [0], image_size=64, points=4000, patch=1)[0]
+    # the origin is the lower-left corner: pixel (6, 6) before the +1 patch offset, flipped
+    assert image[64 - 1 - 7, 7] > 0
+    assert not image[20:40, 7:40].any()  # the attractor sits at the upper right, nothing in between
 
 
 def test_patches_keep_about_half_the_covered_pixels_like_fractaldb():

@@ -211,12 +211,33 @@ class Fractal2DParams(StrictModel):
     family: Literal["fractal2d"] = "fractal2d"
     maps_range: IntRange = Field(default_factory=lambda: IntRange(low=2, high=7), description="Number of affine maps N per system.")
     coefficient_range: Range = Field(default_factory=lambda: Range(low=-1.0, high=1.0), description="Each map's six coefficients are uniform in this range.")
-    filling_rate: float = Field(default=0.2, gt=0, lt=1, description="Fraction of pixels the point cloud must cover for a system to be accepted.")
-    search_points: int = Field(default=100_000, ge=1000, le=10_000_000, description="Chaos-game points used to measure the filling rate.")
-    search_size: int = Field(default=256, ge=32, le=2048, description="Image side (pixels) the filling rate is measured on.")
+    filling_rate: float = Field(
+        default=0.2, gt=0, lt=1,
+        description="Fraction of the search image's pixels (padding included) the point cloud must hit for a system "
+        "to be accepted (FractalDB: 0.2). At most min(search_points, (search_size - 2 search_pad + 1)²) / "
+        "search_size² can be reached; a higher value is refused.",
+    )
+    search_points: int = Field(
+        default=100_000, ge=1000, le=10_000_000,
+        description="Points the filling rate is measured on, the origin first (FractalDB's numof_point: 100,000).",
+    )
+    search_size: int = Field(
+        default=512, ge=32, le=2048,
+        description="Image side (pixels) the filling rate is measured on (FractalDB's param search: 512).",
+    )
+    search_pad: int = Field(
+        default=6, ge=0, le=256,
+        description="Border (pixels) left free on every side of the search image: each axis of the cloud is mapped "
+        "to pixels search_pad..search_size - search_pad, truncated (FractalDB: 6).",
+    )
     weight_step: float = Field(default=0.4, gt=0, lt=1, description="w: instances scale one coefficient by 1±w, 1±2w.")
     flips: int = Field(default=4, ge=1, le=4, description="Flip variants per instance (none, horizontal, vertical, both).")
-    max_attempts: int = Field(default=100_000, ge=1, description="Give up (with an error) after this many rejected systems for one class.")
+    max_attempts: int = Field(
+        default=1000, ge=1,
+        description="Give up (with an error) after this many rejected systems for one class. At the defaults one "
+        "system in 30 to 50 is accepted, so 1,000 rejections in a row (~10-15 s of search per core) mean the "
+        "threshold is out of reach; raise it with filling_rate.",
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -224,4 +245,14 @@ class Fractal2DParams(StrictModel):
             raise ValueError(f"maps_range.low must be >= 1, got {self.maps_range.low}")
         if self.maps_range.high > 64:
             raise ValueError(f"maps_range.high must be <= 64, got {self.maps_range.high}")
+        if 2 * self.search_pad >= self.search_size:
+            raise ValueError(f"search_pad ({self.search_pad}) must be less than half of search_size ({self.search_size})")
+        inner = self.search_size - 2 * self.search_pad + 1 if self.search_pad > 0 else self.search_size
+        reachable = min(self.search_points, inner * inner) / self.search_size**2
+        if self.filling_rate > reachable:
+            raise ValueError(
+                f"filling_rate ({self.filling_rate}) can never be reached: search_points={self.search_points} points "
+                f"cover at most {reachable:.3f} of a search_size={self.search_size} image with "
+                f"search_pad={self.search_pad}; lower filling_rate or raise search_points"
+            )
         return self

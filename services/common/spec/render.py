@@ -113,6 +113,12 @@ class FractalRenderSettings(StrictModel):
     points: int = Field(default=200_000, ge=1000, le=10_000_000, description="Chaos-game points per image.")
     drawings_per_variant: int = Field(default=10, ge=1, description="Images per (weight variant, flip).")
     patch: int = Field(default=3, ge=1, le=9, description="Each point is drawn as a random patch of this size.")
+    pad: int = Field(
+        default=6, ge=0, le=256,
+        description="FractalDB's padding: each axis of the point cloud is mapped to pixels pad..image_size - pad "
+        "(truncated), and each patch is pasted one pixel right of and below its point, as FractalDB's renderer does "
+        "(its default: 6).",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto",
         description="Where the chaos game runs: numpy on the CPU, or torch on a CUDA GPU; 'auto' uses CUDA when "
@@ -120,6 +126,12 @@ class FractalRenderSettings(StrictModel):
     )
     shard_size: int = Field(default=1000, ge=1, le=100_000, description="Samples per WebDataset shard.")
     val_fraction: float = Field(default=0.1, ge=0, lt=1, description="Fraction of each (variant, flip)'s drawings held out as the validation split.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if 2 * self.pad >= self.image_size:
+            raise ValueError(f"pad ({self.pad}) must be less than half of image_size ({self.image_size})")
+        return self
 
 
 class NoiseSceneParams(StrictModel):

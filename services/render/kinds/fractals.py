@@ -50,7 +50,7 @@ def fractal_records(ctx: DatasetContext, task: ShardTask) -> list[dict]:
             "kind": "fractal", "dataset_id": ctx.dataset_id, "class_index": cls, "instance": instance, "view": slot,
             "flip": flip, "drawing": drawing,
             "seed": derive_seed(ctx.root_seed, ctx.dataset_id, cls, instance, slot),
-            "image_size": fr.image_size, "points": fr.points, "patch": fr.patch,
+            "image_size": fr.image_size, "points": fr.points, "patch": fr.patch, "pad": fr.pad,
             "maps": maps.tolist(), "probs": list(ifs["probs"]), "ifs_key": ifs_key(ctx.mesh_dataset_id, cls),
         })
     return records

@@ -6,6 +6,17 @@ point, repeatedly; the visited points are rescaled by their min/max into the
 image and each is pasted as a 3x3 patch with its own random on/off pattern
 (one of the 511 non-empty 9-bit masks), grey (127) on black.
 
+Where the points land is FractalDB's (``fractal_renderer/ifs_function.py`` of
+hirokatsukataoka16/FractalDB-Pretrained-ResNet-PyTorch, run by ``exe.sh`` at
+``--image_size_x=362`` with ``make_fractaldb.py``'s default ``--pad_size_x=6``):
+``__rescale`` maps each axis to ``uint16((v - min) / (max - min) * (362 - 2*6) + 6)``
+(truncated; pixels 6..356; the cloud holds the origin, its chain's first point,
+so ``min <= 0`` and FractalDB's "shift when negative" is a shift by the
+minimum), ``draw_patch`` pastes each patch with its top-left corner at
+``(x + 1, y + 1)`` (pixels ``x+1 .. x+3``), and the image is then flipped top to
+bottom (y up). Here ``pad`` and ``image_size`` are settings (defaults 6 and 362)
+and the origin is added to every cloud, as in FractalDB.
+
 Instead of one long Python loop over points, we run many independent chains of
 each system in parallel (``chains`` per image, every image of a batch at once):
 one numpy step advances every chain of every image by one map application,
@@ -33,6 +44,7 @@ from services.common.seeds import rng_from_seed
 
 FLIPS = ("none", "horizontal", "vertical", "both")
 GREY = 127  # FractalDB's grey level
+PAD = 6  # FractalDB's make_fractaldb.py --pad_size_x/--pad_size_y default
 
 
 def patch_bit_probability(patch: int) -> float:
@@ -168,30 +180,31 @@ def _iterate_torch(table: np.ndarray, lut: np.ndarray, draws: np.ndarray, n_sys:
     return xs, ys
 
 
-def rasterise_torch(xs, ys, image_size: int, patch: int, keep: np.ndarray) -> np.ndarray:
+def rasterise_torch(xs, ys, image_size: int, patch: int, keep: np.ndarray, pad: int = PAD) -> np.ndarray:
     """:func:`rasterise` for torch point clouds (on their device); returns numpy uint8 images."""
     import torch
 
     device = xs.device
     b = xs.shape[0]
-    pad = patch // 2
-    side = image_size + 2 * pad
+    side = image_size + patch + 1
     finite = torch.isfinite(xs) & torch.isfinite(ys)
 
     def to_pixels(v):
         lo = torch.where(finite, v, torch.full_like(v, float("inf"))).amin(dim=1, keepdim=True)
         hi = torch.where(finite, v, torch.full_like(v, float("-inf"))).amax(dim=1, keepdim=True)
-        scale = torch.where(hi > lo, (image_size - 1) / (hi - lo), torch.zeros_like(hi))
-        return ((torch.where(finite, v, lo) - lo) * scale + 0.5).to(torch.int64) + pad
+        scale = torch.where(hi > lo, float(image_size - 2 * pad) / (hi - lo), torch.zeros_like(hi))
+        u = (torch.where(finite, v, lo) - lo) * scale + float(pad)
+        u = torch.nan_to_num(u, nan=float(pad), posinf=float(image_size - 1), neginf=0.0)
+        return torch.clamp(u, 0, image_size - 1).to(torch.int64) + patch
 
     flat = to_pixels(ys) * side + to_pixels(xs) + torch.arange(b, device=device)[:, None] * side * side
     occupied = torch.zeros(b * side * side, dtype=torch.bool, device=device)
     occupied[flat[finite]] = True
     occupied = occupied.reshape(b, side, side)
     covered = torch.zeros((b, image_size, image_size), dtype=torch.bool, device=device)
-    for dy in range(patch):
-        for dx in range(patch):
-            covered |= occupied[:, dy:dy + image_size, dx:dx + image_size]
+    for dy in range(1, patch + 1):
+        for dx in range(1, patch + 1):
+            covered |= occupied[:, patch - dy:patch - dy + image_size, patch - dx:patch - dx + image_size]
     drawn = torch.flip(covered, dims=[1]) & torch.as_tensor(keep, device=device)
     return (drawn.to(torch.uint8) * GREY).cpu().numpy()
 
@@ -204,26 +217,31 @@ def patch_bits(rng: np.random.Generator, image_size: int, patch: int) -> np.ndar
     return rng.random((image_size, image_size), dtype=np.float32) < np.float32(patch_bit_probability(patch))
 
 
-def rasterise(xs: np.ndarray, ys: np.ndarray, image_size: int, patch: int, keep: np.ndarray) -> np.ndarray:
+def rasterise(xs: np.ndarray, ys: np.ndarray, image_size: int, patch: int, keep: np.ndarray,
+              pad: int = PAD) -> np.ndarray:
     """Draw point clouds as FractalDB patches, grey on black.
 
     Parameters
     ----------
     xs, ys : (b, n) float
-        Point clouds; each is rescaled by its own finite min/max into the image.
+        Point clouds; each is rescaled by its own finite min/max into the image
+        (FractalDB's ``__rescale``: pixels ``pad .. image_size - pad``, truncated).
     image_size : int
     patch : int
-        Side of the square patch pasted at every point.
+        Side of the square patch pasted at every point, its top-left corner one
+        pixel right of and below the point (FractalDB's ``paste(patch, (x + 1, y + 1))``).
     keep : (b, image_size, image_size) bool
         Per-pixel random bits (on with :func:`patch_bit_probability`): which covered pixels are grey.
+    pad : int
+        FractalDB's padding (pixels left free by the rescale on every side before the patch offset).
 
     Returns
     -------
     (b, image_size, image_size) uint8
     """
     b = xs.shape[0]
-    pad = patch // 2
-    canvas_side = image_size + 2 * pad
+    # a point at pixel p sits at canvas index p + patch; its patch covers pixels p + 1 .. p + patch
+    canvas_side = image_size + patch + 1
     occupied = np.zeros((b, canvas_side * canvas_side), dtype=bool)
     for i in range(b):  # per image: min/max rescale and one scatter (no per-point loop)
         x, y = xs[i], ys[i]
@@ -232,23 +250,35 @@ def rasterise(xs: np.ndarray, ys: np.ndarray, image_size: int, patch: int, keep:
             x, y = x[finite], y[finite]
         if len(x) == 0:
             continue
-        px = _to_pixels(x, image_size) + pad
-        py = _to_pixels(y, image_size) + pad
+        px = _to_pixels(x, image_size, pad) + patch
+        py = _to_pixels(y, image_size, pad) + patch
         occupied[i, py * canvas_side + px] = True
     occupied = occupied.reshape(b, canvas_side, canvas_side)
     covered = np.zeros((b, image_size, image_size), dtype=bool)
-    for dy in range(patch):
-        for dx in range(patch):
-            covered |= occupied[:, dy:dy + image_size, dx:dx + image_size]
+    for dy in range(1, patch + 1):
+        for dx in range(1, patch + 1):
+            covered |= occupied[:, patch - dy:patch - dy + image_size, patch - dx:patch - dx + image_size]
     # y grows downwards in images; FractalDB draws with y up
     drawn = covered[:, ::-1, :] & keep
     return np.where(drawn, np.uint8(GREY), np.uint8(0)).astype(np.uint8)
 
 
-def _to_pixels(v: np.ndarray, image_size: int) -> np.ndarray:
+def _to_pixels(v: np.ndarray, image_size: int, pad: int) -> np.ndarray:
+    """FractalDB's ``__rescale`` of one axis: ``int((v - min) / (max - min) * (size - 2 pad) + pad)``.
+
+    The extremes land on pixels ``pad`` and ``image_size - pad`` (clipped to the
+    last pixel when ``pad`` is 0); a degenerate axis lands on ``pad``, and pixels
+    of a cloud too large for floats stay inside the image.
+    """
+    v = np.asarray(v, dtype=np.float64)
     lo, hi = float(v.min()), float(v.max())
-    scale = (image_size - 1) / (hi - lo) if hi > lo else 0.0
-    return ((v - lo) * scale + 0.5).astype(np.intp)
+    with np.errstate(over="ignore", invalid="ignore"):
+        span = hi - lo
+        scale = float(image_size - 2 * pad) / span if span > 0 else 0.0
+        u = (v - lo) * scale + float(pad)
+    # a diverging cloud may overflow the span: keep its pixels inside the image
+    u = np.nan_to_num(u, nan=float(pad), posinf=float(image_size - 1), neginf=0.0)
+    return np.clip(u, 0, image_size - 1).astype(np.intp)
 
 
 def apply_flip(image: np.ndarray, flip: int) -> np.ndarray:
@@ -262,8 +292,11 @@ def apply_flip(image: np.ndarray, flip: int) -> np.ndarray:
 
 def draw_fractals(systems: list[tuple[np.ndarray, np.ndarray]], seeds: list[int], *, image_size: int = 362,
                   points: int = 200_000, patch: int = 3, flips: list[int] | None = None,
-                  chains: int = 1024, device: str | None = None) -> np.ndarray:
+                  chains: int = 1024, device: str | None = None, pad: int = PAD) -> np.ndarray:
     """Draw one grey image per (system, seed), all at once.
+
+    Every cloud holds the origin besides its chains' points (FractalDB's chain
+    starts there and draws it), so the origin is inside the rescaled box.
 
     Parameters
     ----------
@@ -274,11 +307,15 @@ def draw_fractals(systems: list[tuple[np.ndarray, np.ndarray]], seeds: list[int]
         Flip index per image (default: none).
     device : str, optional
         Torch device to draw on (e.g. ``"cuda"``); default: numpy on the CPU.
+    pad : int
+        FractalDB's padding (pixels), see :func:`rasterise`.
 
     Returns
     -------
     (len(systems), image_size, image_size) uint8
     """
+    if not 0 <= 2 * pad < image_size:
+        raise ValueError(f"pad ({pad}) must be >= 0 and less than half of image_size ({image_size})")
     if len(systems) != len(seeds):
         raise ValueError(f"one seed per system needed: {len(systems)} systems, {len(seeds)} seeds")
     if not systems:
@@ -288,9 +325,15 @@ def draw_fractals(systems: list[tuple[np.ndarray, np.ndarray]], seeds: list[int]
     keep = np.stack([patch_bits(r, image_size, patch) for r in item_rngs])
     xs, ys = chaos_game(systems, points, item_rngs, chains=chains, device=device)
     if device is None:
-        images = rasterise(xs, ys, image_size, patch, keep)
+        origin = np.zeros((len(systems), 1), dtype=xs.dtype)
+        xs, ys = np.concatenate([origin, xs], axis=1), np.concatenate([origin, ys], axis=1)
+        images = rasterise(xs, ys, image_size, patch, keep, pad)
     else:
-        images = rasterise_torch(xs, ys, image_size, patch, keep)
+        import torch
+
+        origin = torch.zeros((len(systems), 1), dtype=xs.dtype, device=xs.device)
+        xs, ys = torch.cat([origin, xs], dim=1), torch.cat([origin, ys], dim=1)
+        images = rasterise_torch(xs, ys, image_size, patch, keep, pad)
     if flips is not None:
         images = np.stack([apply_flip(img, f) for img, f in zip(images, flips)])
     return images
@@ -310,7 +353,7 @@ def draw_fractal_records(records: list[dict], device: str | None = None) -> np.n
     first = records[0]
     return draw_fractals([(np.asarray(r["maps"]), np.asarray(r["probs"])) for r in records],
                          [r["seed"] for r in records], image_size=first["image_size"], points=first["points"],
-                         patch=first["patch"], flips=[r["flip"] for r in records], device=device)
+                         patch=first["patch"], pad=first["pad"], flips=[r["flip"] for r in records], device=device)
 
 
 def fractal_device(setting: str) -> str | None:
