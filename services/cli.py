@@ -243,10 +243,10 @@ def plan(spec_path: str, train_images_per_s: float | None) -> None:
         table.add_row(d.name, d.family, f"{d.images:,}", f"{d.train_images:,}", f"{d.shards:,}", hours(d.render_core_hours))
     out.print(table)
     table = Table(title=f"{spec.name}: pre-training")
-    for col in ("run", "model", "images seen", "GPU-h"):
+    for col in ("run", "model", "images seen", "of which search", "GPU-h"):
         table.add_column(col)
     for r in p["runs"]:
-        table.add_row(r.name, r.model, f"{r.images_seen:,}", hours(r.gpu_hours))
+        table.add_row(r.name, r.model, f"{r.images_seen:,}", f"{r.search_images:,}", hours(r.gpu_hours))
     out.print(table)
     out.print(
         f"total images {p['total_images']:,}; render {hours(p['render_core_hours'])} core-hours; "

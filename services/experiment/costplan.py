@@ -31,8 +31,9 @@ class DatasetCost:
 class RunCost:
     name: str
     model: str
-    images_seen: int
+    images_seen: int  # the run and its search together
     gpu_hours: float | None
+    search_images: int = 0  # of which the cross-validated search (trials' training and held-out scoring)
 
 
 def load_measured(path: Path = MEASURED) -> dict:
@@ -67,8 +68,12 @@ def plan_experiment(spec: ExperimentSpec, measured: dict | None = None, train_im
         classes = sum(spec.dataset(n).classes for n in r.datasets)
         if r.class_budget:
             available = int(available * min(1.0, r.class_budget / classes))
-        seen = available * r.epochs
-        runs.append(RunCost(r.name, r.model, seen, seen / gpu_rate / 3600 if gpu_rate else None))
+        search = 0
+        if r.search is not None:  # every (lr, wd) x fold trains on k-1 folds and scores the held-out one, each epoch
+            pairs = len(r.search.lr) * len(r.search.weight_decay)
+            search = int(pairs * r.search.folds * r.search.epochs * available * r.search.fraction)
+        seen = available * r.epochs + search
+        runs.append(RunCost(r.name, r.model, seen, seen / gpu_rate / 3600 if gpu_rate else None, search))
     return {
         "experiment": spec.name,
         "datasets": datasets,

@@ -300,8 +300,37 @@ def _scan_index(store: Store, shard: ShardRef) -> ShardIndex:
     return ShardIndex.from_rows(rows, unusable)
 
 
+@dataclass(frozen=True)
+class Folds:
+    """Class-stratified cross-validation folds of a split: the samples of ``fold`` of ``folds``
+    (``held_out=True``) or of all the others, after keeping ``fraction`` of every class (seeded)."""
+
+    folds: int
+    fold: int
+    held_out: bool
+    seed: int = 0
+    fraction: float = 1.0
+
+    def select(self, rows: np.ndarray) -> np.ndarray:
+        """The subset of ``(n, 3)`` rows (shard, position, label) in this selection, in the given order."""
+        if len(rows) == 0:
+            return rows
+        rng = derive_rng(self.seed, "folds")
+        shuffled = rng.permutation(len(rows))
+        by_label = shuffled[np.argsort(rows[shuffled, 2], kind="stable")]  # each label's rows, shuffled
+        labels = rows[by_label, 2]
+        starts = np.r_[0, np.flatnonzero(np.diff(labels)) + 1]
+        counts = np.diff(np.r_[starts, len(labels)])
+        rank_in_label = np.arange(len(labels)) - np.repeat(starts, counts)
+        kept = rank_in_label < np.ceil(self.fraction * np.repeat(counts, counts))
+        fold = rank_in_label % self.folds
+        chosen = by_label[kept & ((fold == self.fold) == self.held_out)]
+        return rows[np.sort(chosen)]
+
+
 def epoch_order(indexes: Sequence[ShardIndex], sources: Sequence[int], label_tables: Sequence[np.ndarray], *,
-                seed: int, split: str, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+                seed: int, split: str, epoch: int, rank: int = 0, world_size: int = 1,
+                folds: Folds | None = None, shuffle: bool = True) -> np.ndarray:
     """Rank ``rank``'s samples of an epoch, in training order: ``(n, 3)`` int64 rows of
     (shard number, position in its index, label).
 
@@ -320,6 +349,10 @@ def epoch_order(indexes: Sequence[ShardIndex], sources: Sequence[int], label_tab
         keep = np.flatnonzero(labels >= 0)
         parts.append(np.stack([np.full(len(keep), number), keep, labels[keep]], axis=1))
     rows = np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.int64)
+    if folds is not None:
+        rows = folds.select(rows)
+    if not shuffle:  # evaluation: index order
+        return rows[rank::world_size]
     order = derive_rng(seed, "data", split, epoch).permutation(len(rows))
     return rows[order[rank::world_size]]
 
@@ -442,6 +475,14 @@ def decode_image(
     if augment is not None and augment.random_resized_crop:
         left, top, right, bottom = random_resized_crop_box(width, height, augment.crop_scale, augment.crop_ratio, rng)
         image = image[:, top:bottom, left:right]
+    elif augment is not None and augment.random_crop:
+        if min(height, width) < size:  # too small to crop: scale up first (FractalDB's images are larger)
+            scale = size / min(height, width)
+            height, width = max(size, round(height * scale)), max(size, round(width * scale))
+            image = nn_functional.interpolate(image[None].float(), size=(height, width), mode="bilinear",
+                                              align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+        top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
+        image = image[:, top:top + size, left:left + size]
     if image.shape[1:] != (size, size):
         batch = image[None].contiguous(memory_format=torch.channels_last)
         image = nn_functional.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
@@ -469,6 +510,9 @@ class ShardStream(IterableDataset):
     shuffle_buffer : int
         Ignored: kept so callers and older specs still work (training reads a global random order).
     seed, epoch, rank, world_size, max_corrupt_fraction : see module docs.
+    folds : Folds, optional
+        Only these cross-validation folds of the split (read by random access; shuffled
+        when ``augment`` is given, in index order otherwise).
 
     Training streams (``augment`` given) index every shard when created (render's indexes
     or one pass over each shard; cached per process) and read samples by random access in
@@ -489,6 +533,7 @@ class ShardStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         max_corrupt_fraction: float = 0.01,
+        folds: Folds | None = None,
     ):
         super().__init__()
         self.store_url = store_url
@@ -503,11 +548,13 @@ class ShardStream(IterableDataset):
         self.max_corrupt_fraction = max_corrupt_fraction
         self.split = shards[0].split if shards else "?"
         self.world_size = world_size
-        if augment is not None:  # training: a global random order over the indexed samples
+        self.random_access = augment is not None or folds is not None
+        if self.random_access:  # training (a global random order) or a cross-validation fold
             store = open_store(store_url)
             self.indexes = [shard_index(store, s) for s in self.shards]
             self.order = epoch_order(self.indexes, [s.source for s in self.shards], self.label_tables, seed=seed,
-                                     split=self.split, epoch=epoch, rank=rank, world_size=world_size)
+                                     split=self.split, epoch=epoch, rank=rank, world_size=world_size, folds=folds,
+                                     shuffle=augment is not None)
 
     def _samples(self, store: Store, units: list[WorkUnit], allowed: float) -> Iterator[tuple[dict, int]]:
         """(raw sample, label) for the worker's units; counts and skips bad ones."""
@@ -573,7 +620,7 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         rng = derive_rng(self.seed, "data", self.split, self.epoch, self.rank, worker)
-        if self.augment is not None:
+        if self.random_access:
             yield from self._random_access(worker, workers, rng)
             return
         units = split_units(self.units, workers, worker)

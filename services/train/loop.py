@@ -31,6 +31,7 @@ epoch with grouping key experiment/stage/index.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -51,7 +52,7 @@ from services.common.spec.experiment import ExperimentSpec
 from services.common.spec.train import OptimSpec, PretrainSpec
 from services.common.store import Store
 from services.train import metrics as prom
-from services.train.data import EmptySplitError, IMAGENET_MEAN, IMAGENET_STD, ShardStream, dataset_shards, make_loader, to_model_input
+from services.train.data import EmptySplitError, Folds, ShardStream, dataset_shards, make_loader, to_model_input
 from services.train.mixes import LabelMap, mix_for_run
 from services.train.models import checkpoint_dict, load_checkpoint, save_checkpoint, unwrap
 from services.train.objectives import Objective, objective_for
@@ -139,6 +140,16 @@ def _all_have_batch(has_batch: bool, ctx: DistContext) -> bool:
     return bool(t.item())
 
 
+@dataclass(frozen=True)
+class SearchTrial:
+    """One cross-validation trial of a run's hyper-parameter search: its settings, where it writes, its folds."""
+
+    run: PretrainSpec
+    prefix: str
+    train_folds: Folds
+    val_folds: Folds
+
+
 class PretrainRun:
     """One pre-training run, resumable from the store.
 
@@ -152,19 +163,24 @@ class PretrainRun:
         Default: :func:`init_distributed` from the environment.
     index : int
         Job completion index, used as the Pushgateway grouping key.
+    trial : SearchTrial, optional
+        Run one cross-validation trial of the run's hyper-parameter search instead of the run
+        itself (see :meth:`search`).
     """
 
-    def __init__(self, spec: ExperimentSpec, name: str, store: Store, *, ctx: DistContext | None = None, index: int = 0):
+    def __init__(self, spec: ExperimentSpec, name: str, store: Store, *, ctx: DistContext | None = None, index: int = 0,
+                 trial: SearchTrial | None = None):
         matches = [p for p in spec.pretrain if p.name == name]
         if not matches:
             raise FlatlandError(f"no pretrain run named '{name}' (known: {[p.name for p in spec.pretrain]})")
         self.spec = spec
-        self.run: PretrainSpec = matches[0]
+        self.run: PretrainSpec = matches[0] if trial is None else trial.run
         self.store = store
         self.ctx = ctx or init_distributed()
         self.index = index
+        self.trial = trial
         self.run_id = spec.run_id(name)
-        self.prefix = run_prefix(self.run_id)
+        self.prefix = run_prefix(self.run_id) if trial is None else trial.prefix
         self.objective: Objective = objective_for(self.run)
 
     # -- store keys -------------------------------------------------------------------
@@ -205,6 +221,9 @@ class PretrainRun:
         """
         if self.is_done():
             return self.store.get_json(self.done_key)
+        search = None
+        if self.trial is None and self.run.search is not None:
+            search = self.search(progress=progress)
         run, ctx, store = self.run, self.ctx, self.store
         started = time.time()
         label_map = mix_for_run(self.spec, run, store)
@@ -213,6 +232,9 @@ class PretrainRun:
             store.put_json(self.key("label_map.json"), label_map.to_json())
         train_shards, val_shards, tables = self._shards(label_map)
         expected_train = self._expected_samples(train_shards, label_map)
+        if self.trial is not None:  # all folds but one, of the searched fraction
+            folds = self.trial.train_folds
+            expected_train = int(expected_train * folds.fraction * (folds.folds - 1) / folds.folds)
         steps_per_epoch = max(1, expected_train // (run.batch_size * ctx.world_size))
 
         torch.manual_seed(derive_seed(run.seed, "torch", "init"))
@@ -257,7 +279,8 @@ class PretrainRun:
             torch.manual_seed(derive_seed(run.seed, "torch", epoch))
             stream = ShardStream(store.url, train_shards, tables, input_size=run.input_size, augment=run.augment,
                                  shuffle_buffer=run.shuffle_buffer, seed=run.seed, epoch=epoch, rank=ctx.rank,
-                                 world_size=ctx.world_size, max_corrupt_fraction=run.max_corrupt_fraction)
+                                 world_size=ctx.world_size, max_corrupt_fraction=run.max_corrupt_fraction,
+                                 folds=self.trial.train_folds if self.trial else None)
             loader = make_loader(stream, batch_size=run.batch_size, workers=run.workers, train=True, pin_memory=use_cuda)
             train_model.train()
             metric_names = objective.metrics
@@ -271,7 +294,7 @@ class PretrainRun:
                     break
                 if on_batch is not None:
                     on_batch(epoch, list(batch["key"]))
-                x = to_model_input(batch["image"], ctx.device, channels_last=channels_last)
+                x = to_model_input(batch["image"], ctx.device, channels_last=channels_last, mean=run.mean, std=run.std)
                 y = objective.targets(batch, ctx.device)
                 with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp):
                     output = train_model(x)
@@ -324,6 +347,8 @@ class PretrainRun:
                    "num_classes": label_map.num_classes, "final": records[-1] if records else {},
                    "checkpoint": self.key("checkpoints/final.pt"), "label_map": self.key("label_map.json"),
                    "seconds_this_session": time.time() - started}
+        if search is not None:
+            summary["search"] = search
         if ctx.is_main:
             self._finish(model, records, label_map, summary)
         if ctx.distributed:
@@ -336,7 +361,9 @@ class PretrainRun:
         for source, part in enumerate(label_map.parts):
             tables.append(part.label_table())
             train += dataset_shards(self.store, part.dataset_id, run.train_split, source=source)
-            if run.val_split is not None:
+            if self.trial is not None:  # validation: the held-out fold of the training split
+                val = train
+            elif run.val_split is not None:
                 try:
                     val += dataset_shards(self.store, part.dataset_id, run.val_split, source=source)
                 except EmptySplitError:
@@ -362,10 +389,11 @@ class PretrainRun:
         model.eval()
         stream = ShardStream(self.store.url, shards, tables, input_size=run.input_size, augment=None,
                              seed=run.seed, rank=ctx.rank, world_size=ctx.world_size,
-                             max_corrupt_fraction=run.max_corrupt_fraction)
+                             max_corrupt_fraction=run.max_corrupt_fraction,
+                             folds=self.trial.val_folds if self.trial else None)
         sums = np.zeros(2 + len(objective.metrics))  # loss*n, n, then the objective's metric sums
         for batch in make_loader(stream, batch_size=run.batch_size, workers=run.workers, train=False):
-            x = to_model_input(batch["image"], ctx.device, channels_last=channels_last)
+            x = to_model_input(batch["image"], ctx.device, channels_last=channels_last, mean=run.mean, std=run.std)
             y = objective.targets(batch, ctx.device)
             with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp):
                 output = model(x)
@@ -377,10 +405,59 @@ class PretrainRun:
                 **{f"val_{m}": value / seen for m, value in zip(objective.metrics, metric_sums)},
                 "val_samples": int(seen)}
 
+    def search(self, progress: Progress | None = None) -> dict:
+        """The cross-validated search of ``optim.lr`` and ``optim.weight_decay`` (``run.search``).
+
+        Every (lr, weight decay) pair trains ``search.epochs`` epochs on all folds of the
+        training split but one and is scored on the held-out fold, for each fold; each trial
+        is a resumable run of its own under ``runs/<run_id>/search/``. The pair with the best
+        mean held-out score (the objective's first metric, top-1 for classification) replaces
+        the run's optimiser settings. Writes and returns ``runs/<run_id>/search.json``.
+        """
+        key = self.key("search.json")
+        if self.store.exists(key):
+            result = self.store.get_json(key)
+        else:
+            result = self._run_search(progress)
+            if self.ctx.is_main:
+                self.store.put_json(key, result)
+        self.run = self.run.model_copy(update={"optim": self.run.optim.model_copy(update={
+            "lr": result["best"]["lr"], "weight_decay": result["best"]["weight_decay"]})})
+        return result
+
+    def _run_search(self, progress: Progress | None) -> dict:
+        run, search = self.run, self.run.search
+        metric = f"val_{self.objective.metrics[0]}" if self.objective.metrics else "val_loss"
+        sign = 1.0 if self.objective.metrics else -1.0  # higher is better, except for a loss
+        pairs = list(itertools.product(search.lr, search.weight_decay))
+        task, total, done = f"search:{run.name}", len(pairs) * search.folds, 0
+        grid = []
+        for lr, weight_decay in pairs:
+            scores = []
+            for fold in range(search.folds):
+                trial_run = run.model_copy(update={
+                    "search": None, "epochs": search.epochs,
+                    "optim": run.optim.model_copy(update={"lr": lr, "weight_decay": weight_decay})})
+                trial = SearchTrial(
+                    run=trial_run, prefix=self.key(f"search/lr{lr:g}-wd{weight_decay:g}-fold{fold}"),
+                    train_folds=Folds(search.folds, fold, held_out=False, seed=run.seed, fraction=search.fraction),
+                    val_folds=Folds(search.folds, fold, held_out=True, seed=run.seed, fraction=search.fraction))
+                summary = PretrainRun(self.spec, run.name, self.store, ctx=self.ctx, index=self.index,
+                                      trial=trial).execute()
+                scores.append(float(summary["final"][metric]))
+                done += 1
+                if progress:
+                    progress(task, done, total)
+            grid.append({"lr": lr, "weight_decay": weight_decay, f"fold_{metric}": scores,
+                         f"mean_{metric}": float(np.mean(scores))})
+        best = max(grid, key=lambda g: sign * g[f"mean_{metric}"])  # ties: the first listed
+        return {"folds": search.folds, "epochs": search.epochs, "fraction": search.fraction, "metric": metric,
+                "grid": grid, "best": {"lr": best["lr"], "weight_decay": best["weight_decay"]}}
+
     def _checkpoint(self, model, epoch: int, **extra) -> dict:
         run = self.run
         return checkpoint_dict(model, name=run.model, num_classes=extra.pop("num_classes"), input_size=run.input_size,
-                               mean=IMAGENET_MEAN, std=IMAGENET_STD, epoch=epoch,
+                               mean=run.mean, std=run.std, epoch=epoch,
                                spec=run.model_dump(mode="json") | {"run_id": self.run_id, "experiment": self.spec.name},
                                **self.objective.checkpoint_extras(), **extra)
 

@@ -264,3 +264,38 @@ def test_tar_reader_understands_long_names_and_skips_other_members(tar_format):
     members = list(_tar_members(buffer, "shard"))
     assert [(m["fname"], m["data"]) for m in members] == [
         (f"{long_key}.rgb.png", b"png-bytes"), (f"{long_key}.cls", b"3"), ("ünï.cls", b"1")]
+
+
+def test_random_crop_takes_a_window_without_rescaling():
+    rng = derive_rng(0, "crop")
+    image = derive_rng(1, "image").integers(0, 256, size=(40, 36, 3), dtype=np.uint8)
+    png = _png_bytes(image)
+    augment = AugmentSpec(random_resized_crop=False, random_crop=True, horizontal_flip=False)
+    corners = set()
+    for _ in range(30):
+        crop = decode_image(png, 24, augment, rng).numpy()
+        matches = [(y, x) for y in range(17) for x in range(13) if np.array_equal(image[y:y + 24, x:x + 24], crop)]
+        assert len(matches) == 1  # an exact window of the original: no resampling, no flip
+        corners.add(matches[0])
+    assert len(corners) > 10
+    small = decode_image(_png_bytes(image[:20, :20]), 24, augment, rng)
+    assert small.shape == (24, 24, 3)  # smaller than the input: scaled up, then cropped
+
+
+def _png_bytes(array):
+    from tests.train.synthetic_shards import _png
+
+    return _png(array)
+
+
+def test_folds_are_class_stratified_and_partition_the_split():
+    from services.train.data import Folds
+
+    rows = np.stack([np.zeros(90, int), np.arange(90), np.repeat(np.arange(6), 15)], axis=1)
+    held = [Folds(3, k, held_out=True, seed=4).select(rows) for k in range(3)]
+    assert sorted(np.concatenate(held)[:, 1].tolist()) == list(range(90))  # each sample held out exactly once
+    assert all((np.bincount(h[:, 2], minlength=6) == 5).all() for h in held)  # every class in every fold
+    rest = Folds(3, 1, held_out=False, seed=4).select(rows)
+    assert set(rest[:, 1]) == set(range(90)) - set(held[1][:, 1])
+    half = [Folds(3, k, held_out=True, seed=4, fraction=0.4).select(rows) for k in range(3)]
+    assert sum(len(h) for h in half) == 6 * 6  # ceil(0.4 * 15) per class

@@ -150,3 +150,51 @@ def test_a_diverging_run_stops_with_a_named_cause(local_store):
     with pytest.raises(DivergedError, match="loss became .* in epoch 0; lower optim.lr"):
         pretrain(spec, "r", local_store)
     assert not local_store.exists(f"runs/{spec.run_id('r')}/done.json")
+
+
+def test_cross_validated_search_picks_the_best_pair_and_trains_the_run_with_it(local_store):
+    spec = make_spec(epochs=1, batch_size=16, input_size=16, workers=0,
+                     search={"folds": 2, "lr": [1e-7, 0.05], "weight_decay": [0.0], "epochs": 2})
+    render(local_store, spec, train=16, val=4)
+    events = []
+    summary = pretrain(spec, "r", local_store, progress=lambda *e: events.append(e))
+    run = f"runs/{spec.run_id('r')}"
+    search = local_store.get_json(f"{run}/search.json")
+    assert summary["search"] == search and search["folds"] == 2 and search["metric"] == "val_top1"
+    assert [(g["lr"], g["weight_decay"]) for g in search["grid"]] == [(1e-7, 0.0), (0.05, 0.0)]
+    for g in search["grid"]:
+        assert len(g["fold_val_top1"]) == 2 and g["mean_val_top1"] == pytest.approx(np.mean(g["fold_val_top1"]))
+    best = max(search["grid"], key=lambda g: g["mean_val_top1"])
+    assert search["best"] == {"lr": best["lr"], "weight_decay": best["weight_decay"]}
+    assert search["best"]["lr"] == 0.05  # a learning rate of 1e-7 learns nothing in two epochs
+    # each trial trained on one fold and was scored on the other: half the 96 training views each
+    for fold in range(2):
+        trial = local_store.get_json(f"{run}/search/lr0.05-wd0-fold{fold}/done.json")
+        assert trial["final"]["val_samples"] == 48 and trial["final"]["train_samples"] <= 48
+    # the run itself trained with the chosen pair
+    ckpt = load_checkpoint(local_store, f"{run}/checkpoints/final.pt")
+    assert ckpt["spec"]["optim"]["lr"] == 0.05 and ckpt["spec"]["optim"]["weight_decay"] == 0.0
+    assert ("search:r", 4, 4) in events
+    assert pretrain(spec, "r", local_store) == summary  # finished: nothing runs again
+
+
+def test_fractaldb_preset_fills_what_the_run_leaves_unset():
+    spec = make_spec(preset="fractaldb", optim={"lr": 0.05}, epochs=3)
+    run = spec.pretrain[0]
+    assert (run.epochs, run.batch_size, run.input_size) == (3, 32, 32)  # set by the run: kept
+    assert run.optim.lr == 0.05 and run.optim.schedule == "step" and run.optim.step_size == 30
+    assert run.optim.warmup_epochs == 0 and run.optim.weight_decay == 1e-4
+    assert run.augment.random_crop and not run.augment.random_resized_crop and not run.augment.horizontal_flip
+    assert run.mean == (0.2, 0.2, 0.2) and run.std == (0.5, 0.5, 0.5)
+    # FractalDB's schedule: x0.1 at epochs 30 and 60
+    assert [lr_factor(e, run.optim, 90) for e in (0, 29.9, 30, 59.9, 60, 89)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_a_run_normalises_with_its_own_statistics_and_records_them(local_store):
+    spec = make_spec(epochs=1, batch_size=16, input_size=16, mean=[0.2, 0.2, 0.2], std=[0.5, 0.5, 0.5],
+                     augment={"random_resized_crop": False, "random_crop": True, "horizontal_flip": False})
+    render(local_store, spec, train=8, val=2)
+    pretrain(spec, "r", local_store)
+    ckpt = load_checkpoint(local_store, f"runs/{spec.run_id('r')}/checkpoints/final.pt")
+    assert ckpt["mean"] == [0.2, 0.2, 0.2] and ckpt["std"] == [0.5, 0.5, 0.5]

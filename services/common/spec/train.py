@@ -10,13 +10,19 @@ from services.common.spec.base import Name, StrictModel
 
 
 class AugmentSpec(StrictModel):
-    random_resized_crop: bool = Field(default=True, description="FractalDB-style random crop.")
+    random_resized_crop: bool = Field(default=True, description="torchvision's RandomResizedCrop (area `crop_scale`, aspect `crop_ratio`), then resize to the input size.")
+    random_crop: bool = Field(
+        default=False,
+        description="FractalDB's RandomCrop: an input-size window at a random position, no rescaling (images smaller "
+        "than the input are resized up first). Exclusive with random_resized_crop.")
     crop_scale: tuple[float, float] = Field(default=(0.5, 1.0), description="Crop area range (fraction of the image).")
     crop_ratio: tuple[float, float] = Field(default=(3 / 4, 4 / 3), description="Crop aspect-ratio range (width / height).")
     horizontal_flip: bool = Field(default=True, description="Random horizontal flips.")
 
     @model_validator(mode="after")
     def _ranges(self):
+        if self.random_crop and self.random_resized_crop:
+            raise ValueError("random_crop and random_resized_crop exclude each other: set random_resized_crop: false")
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
@@ -37,8 +43,71 @@ class OptimSpec(StrictModel):
     grad_clip_norm: float | None = Field(default=None, gt=0, description="Clip gradients to this global norm.")
 
 
+class PretrainSearchSpec(StrictModel):
+    """Cross-validated grid search of the pre-training learning rate and weight decay.
+
+    The run's training split is divided into ``folds`` class-stratified folds (after keeping
+    ``fraction`` of every class's samples); each (lr, weight decay) trains ``epochs`` epochs on
+    all folds but one and is scored by top-1 on the one held out, for every fold. The pair with
+    the best mean held-out top-1 trains the run.
+    """
+
+    folds: int = Field(default=3, ge=2, le=20, description="Cross-validation folds of the training split.")
+    lr: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2], min_length=1, description="Peak learning rates to try.")
+    weight_decay: list[float] = Field(default_factory=lambda: [5e-5, 1e-4, 2e-4], min_length=1, description="Weight decays to try.")
+    epochs: int = Field(default=5, ge=1, description="Epochs of each trial (short: trials rank settings, they do not finish a run).")
+    fraction: float = Field(default=1.0, gt=0, le=1, description="Share of every class's training samples the search uses (cost control).")
+
+    @model_validator(mode="after")
+    def _positive(self):
+        if any(v <= 0 for v in self.lr) or any(v < 0 for v in self.weight_decay):
+            raise ValueError("search.lr values must be > 0 and search.weight_decay values >= 0")
+        return self
+
+
+#: FractalDB's pre-training protocol (hirokatsukataoka16/FractalDB-Pretrained-ResNet-PyTorch,
+#: pretraining/main.py and args.py): RandomCrop(224) of the 362-px images, no flip, Normalize(0.2, 0.5),
+#: SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch 256, 90 epochs, MultiStepLR at 30 and 60 (x0.1).
+PRESETS: dict[str, dict] = {
+    "fractaldb": {
+        "input_size": 224,
+        "epochs": 90,
+        "batch_size": 256,
+        "augment": {"random_resized_crop": False, "random_crop": True, "horizontal_flip": False},
+        "mean": (0.2, 0.2, 0.2),
+        "std": (0.5, 0.5, 0.5),
+        "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "step", "step_size": 30,
+                  "step_gamma": 0.1, "warmup_epochs": 0.0, "label_smoothing": 0.0},
+    },
+}
+
+
+def _with_preset(preset: dict, given: dict) -> dict:
+    """``given`` over ``preset``: what the spec sets wins, key by key inside augment and optim too."""
+    merged = dict(preset)
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
 class PretrainSpec(StrictModel):
     name: Name = Field(description="Run name (the run id adds a hash of this spec).")
+    preset: Literal["fractaldb"] | None = Field(
+        default=None,
+        description="A published protocol filling every setting the run does not set itself. 'fractaldb': "
+        "FractalDB's pre-training (RandomCrop 224, no flip, Normalize(0.2, 0.5), SGD lr 0.1, weight decay 1e-4, "
+        "batch 256, 90 epochs, step decay x0.1 at epochs 30 and 60).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data):
+        if isinstance(data, dict) and data.get("preset") in PRESETS:
+            return _with_preset(PRESETS[data["preset"]], data)
+        return data
+
     datasets: list[Name] = Field(min_length=1, description="Datasets to mix (uniformly); names from `datasets`.")
 
     @model_validator(mode="after")
@@ -57,7 +126,11 @@ class PretrainSpec(StrictModel):
         "Ignored (kept so older specs validate): training reads each epoch in one global random order "
         "over every sample of the run's datasets, by random access (see docs/train-stage.md)."))
     augment: AugmentSpec = Field(default_factory=AugmentSpec, description="Training-time augmentation.")
+    mean: tuple[float, float, float] = Field(default=(0.485, 0.456, 0.406), description="Per-channel mean subtracted from inputs in [0, 1] (recorded in checkpoints; default ImageNet's).")
+    std: tuple[float, float, float] = Field(default=(0.229, 0.224, 0.225), description="Per-channel standard deviation inputs are divided by (recorded in checkpoints).")
     optim: OptimSpec = Field(default_factory=OptimSpec, description="Optimiser and schedule.")
+    search: PretrainSearchSpec | None = Field(
+        default=None, description="Cross-validated search of optim.lr and optim.weight_decay before the run (they are replaced by the best pair).")
     amp: bool = Field(default=True, description="Mixed precision (GPU only; ignored on the CPU).")
     amp_dtype: Literal["bfloat16", "float16"] = Field(
         default="bfloat16", description="Autocast dtype on the GPU; float16 adds a GradScaler."
