@@ -3,7 +3,8 @@
     PYOPENGL_PLATFORM=osmesa python scripts/render_contact_sheets.py STORE_DIR [OUT_DIR=docs]
 
 Writes render-procsynth.png (pose and illumination vary), render-flatworld.png (neither: 2D variants of
-one canonical render), render-pose-only.png and render-illumination-only.png, all of the same meshes.
+one canonical render), render-pose-only.png and render-illumination-only.png, all of the same meshes;
+then render-morphsynth.png (one GP morph per class) and render-fractal2d.png (FractalDB classes).
 """
 
 from __future__ import annotations
@@ -35,13 +36,17 @@ def spec():
         if name != "procsynth":
             dataset["meshes_from"] = "procsynth"
         datasets.append(dataset)
+    datasets.append({"name": "morphsynth", "family": {"family": "morphsynth"}, "classes": 5, "instances_per_class": 1,
+                     "render": RENDER})
+    datasets.append({"name": "fractal2d", "family": {"family": "fractal2d"}, "classes": 5,
+                     "fractal_render": {"image_size": 128, "points": 20000, "shard_size": 100}})
     return parse_spec({"name": "contact-sheets", "seed": 0, "datasets": datasets})
 
 
 def main(store_dir: str, out_dir: str = "docs") -> None:
     experiment, store = spec(), LocalStore(store_dir)
     meshgen(experiment, store)
-    for name in VARIANTS:
+    for name in [*VARIANTS, "morphsynth", "fractal2d"]:
         path = Path(out_dir) / f"render-{name}.png"
         Image.fromarray(contact_sheet(experiment, store, name)).save(path, format="PNG", optimize=True)
         print(path)
