@@ -218,7 +218,7 @@ def patch_bits(rng: np.random.Generator, image_size: int, patch: int) -> np.ndar
 
 
 def rasterise(xs: np.ndarray, ys: np.ndarray, image_size: int, patch: int, keep: np.ndarray,
-              pad: int = PAD) -> np.ndarray:
+              pad: int = PAD, with_origin: bool = False) -> np.ndarray:
     """Draw point clouds as FractalDB patches, grey on black.
 
     Parameters
@@ -234,6 +234,8 @@ def rasterise(xs: np.ndarray, ys: np.ndarray, image_size: int, patch: int, keep:
         Per-pixel random bits (on with :func:`patch_bit_probability`): which covered pixels are grey.
     pad : int
         FractalDB's padding (pixels left free by the rescale on every side before the patch offset).
+    with_origin : bool
+        Draw the origin too, as one more point of every cloud (without copying the clouds).
 
     Returns
     -------
@@ -248,11 +250,12 @@ def rasterise(xs: np.ndarray, ys: np.ndarray, image_size: int, patch: int, keep:
         finite = np.isfinite(x) & np.isfinite(y)
         if not finite.all():
             x, y = x[finite], y[finite]
-        if len(x) == 0:
+        if len(x) == 0 and not with_origin:
             continue
-        px = _to_pixels(x, image_size, pad) + patch
-        py = _to_pixels(y, image_size, pad) + patch
-        occupied[i, py * canvas_side + px] = True
+        (px, ox), (py, oy) = (_to_pixels(v, image_size, pad, with_origin) for v in (x, y))
+        occupied[i, (py + patch) * canvas_side + px + patch] = True
+        if with_origin:
+            occupied[i, (oy + patch) * canvas_side + ox + patch] = True
     occupied = occupied.reshape(b, canvas_side, canvas_side)
     covered = np.zeros((b, image_size, image_size), dtype=bool)
     for dy in range(1, patch + 1):
@@ -263,22 +266,36 @@ def rasterise(xs: np.ndarray, ys: np.ndarray, image_size: int, patch: int, keep:
     return np.where(drawn, np.uint8(GREY), np.uint8(0)).astype(np.uint8)
 
 
-def _to_pixels(v: np.ndarray, image_size: int, pad: int) -> np.ndarray:
+def _to_pixels(v: np.ndarray, image_size: int, pad: int, with_origin: bool = False):
     """FractalDB's ``__rescale`` of one axis: ``int((v - min) / (max - min) * (size - 2 pad) + pad)``.
 
     The extremes land on pixels ``pad`` and ``image_size - pad`` (clipped to the
     last pixel when ``pad`` is 0); a degenerate axis lands on ``pad``, and pixels
-    of a cloud too large for floats stay inside the image.
+    of a cloud too large for floats stay inside the image. With ``with_origin`` the
+    origin counts as one more point. Returns ``(pixels, the origin's pixel)``.
     """
-    v = np.asarray(v, dtype=np.float64)
-    lo, hi = float(v.min()), float(v.max())
-    with np.errstate(over="ignore", invalid="ignore"):
-        span = hi - lo
-        scale = float(image_size - 2 * pad) / span if span > 0 else 0.0
-        u = (v - lo) * scale + float(pad)
-    # a diverging cloud may overflow the span: keep its pixels inside the image
-    u = np.nan_to_num(u, nan=float(pad), posinf=float(image_size - 1), neginf=0.0)
-    return np.clip(u, 0, image_size - 1).astype(np.intp)
+    lo = float(v.min()) if len(v) else 0.0
+    hi = float(v.max()) if len(v) else 0.0
+    if with_origin:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    span = hi - lo
+    scale = float(image_size - 2 * pad) / span if span > 0 else 0.0
+    if not (np.isfinite(span) and np.isfinite(scale)):  # a diverging cloud: the careful path
+        with np.errstate(over="ignore", invalid="ignore"):
+            u = (np.asarray(v, dtype=np.float64) - lo) * scale + float(pad)
+            origin = (0.0 - lo) * scale + float(pad)
+        u = np.clip(np.nan_to_num(u, nan=float(pad), posinf=float(image_size - 1), neginf=0.0), 0, image_size - 1)
+        origin = float(np.clip(np.nan_to_num(origin, nan=float(pad), posinf=image_size - 1, neginf=0.0), 0, image_size - 1))
+        pixels = u.astype(np.intp)
+    else:  # three passes in float64 (FractalDB's arithmetic), no copies beyond the result
+        u = np.subtract(v, lo, dtype=np.float64)
+        u *= scale
+        u += float(pad)
+        if pad == 0:  # the maximum lands on image_size itself
+            np.minimum(u, image_size - 1, out=u)
+        pixels = u.astype(np.intp)
+        origin = min((0.0 - lo) * scale + float(pad), image_size - 1)
+    return pixels, int(origin)
 
 
 def apply_flip(image: np.ndarray, flip: int) -> np.ndarray:
@@ -325,9 +342,7 @@ def draw_fractals(systems: list[tuple[np.ndarray, np.ndarray]], seeds: list[int]
     keep = np.stack([patch_bits(r, image_size, patch) for r in item_rngs])
     xs, ys = chaos_game(systems, points, item_rngs, chains=chains, device=device)
     if device is None:
-        origin = np.zeros((len(systems), 1), dtype=xs.dtype)
-        xs, ys = np.concatenate([origin, xs], axis=1), np.concatenate([origin, ys], axis=1)
-        images = rasterise(xs, ys, image_size, patch, keep, pad)
+        images = rasterise(xs, ys, image_size, patch, keep, pad, with_origin=True)
     else:
         import torch
 
