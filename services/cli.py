@@ -146,16 +146,22 @@ def _job_index(index: int | None, count: int | None) -> tuple[int, int]:
 @click.option("--count", type=int, default=None, help="Number of shares (default: $JOB_COMPLETION_COUNT or 1).")
 @click.option("--store", "store_url", default=None, help="Store URL (default: $FLATLAND_STORE, then the spec's).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, help="Serve job metrics here when no Pushgateway ($FLATLAND_PUSHGATEWAY) is set.")
-def job(stage: str, spec_path: str, index: int | None, count: int | None, store_url: str | None, metrics_port: int | None) -> None:
+@click.option("--part", type=click.Choice(["all", "pretrain", "transfer"]), default=None,
+              help="train only: pre-training runs only (run i -> index i % count), or transfers only.")
+def job(stage: str, spec_path: str, index: int | None, count: int | None, store_url: str | None, metrics_port: int | None,
+        part: str | None) -> None:
     """Run one stage's batch work (a Kubernetes Job's entry point)."""
     from services.experiment.runner import run_stage_with_progress
 
+    if part is not None and stage != "train":
+        _fail(f"--part applies to the train stage only, not {stage}", EXIT_BAD_INPUT)
     spec = _load(spec_path)
     store = _open_store(spec, store_url)
     index, count = _job_index(index, count)
+    options = {"part": part} if part is not None else {}
     try:
         summary = run_stage_with_progress(
-            stage, spec, store, index=index, count=count, console=console, metrics_port=metrics_port
+            stage, spec, store, index=index, count=count, console=console, metrics_port=metrics_port, **options
         )
     except SpecError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
@@ -171,21 +177,15 @@ def job(stage: str, spec_path: str, index: int | None, count: int | None, store_
 @click.option("--timeout", default=86_400.0, show_default=True, help="Give up after this many seconds (exit 1).")
 @click.option("--poll", default=10.0, show_default=True, help="Seconds between checks.")
 def wait(stage: str, spec_path: str, store_url: str | None, timeout: float, poll: float) -> None:
-    """Block until the store shows STAGE's inputs complete (init containers use this)."""
-    from services.experiment.readiness import missing_inputs
+    """Block until the store shows STAGE's inputs complete."""
+    from services.experiment.readiness import wait_for_inputs
 
     spec = _load(spec_path)
     store = _open_store(spec, store_url)
-    deadline = time.monotonic() + timeout
-    while True:
-        missing = missing_inputs(stage, spec, store)
-        if not missing:
-            console.print(f"{stage}: inputs complete")
-            return
-        if time.monotonic() >= deadline:
-            _fail(f"{stage}: still waiting after {timeout:.0f} s for: {', '.join(missing[:10])}")
-        console.print(f"{stage}: waiting for {len(missing)} input(s), e.g. {missing[0]}")
-        time.sleep(poll)
+    try:
+        wait_for_inputs(stage, spec, store, timeout=timeout, poll=poll, report=console.print)
+    except TimeoutError as exc:
+        _fail(str(exc))
 
 
 @main.command()
@@ -218,6 +218,22 @@ def run(spec_path: str, store_url: str | None, only: tuple[str, ...], remote: st
         _fail(str(exc), EXIT_BAD_INPUT)
     except FlatlandError as exc:
         _fail(str(exc))
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC.yaml")
+@click.option("--store", "store_url", default=None, help="Store URL (default: $FLATLAND_STORE, then the spec's).")
+def report(spec_path: str, store_url: str | None) -> None:
+    """Write the experiment's report from what the store holds (the last step of a cluster run)."""
+    from services.report import write_report
+
+    spec = _load(spec_path)
+    store = _open_store(spec, store_url)
+    try:
+        path = write_report(spec, store)
+    except FlatlandError as exc:
+        _fail(str(exc))
+    console.print(f"[bold green]report:[/] {path}")
 
 
 @main.command()
@@ -262,19 +278,58 @@ def k8s() -> None:
 @k8s.command("manifests")
 @click.argument("spec_path", metavar="SPEC.yaml")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
-def k8s_manifests(spec_path: str, output: str | None) -> None:
-    """Print the manifests that run one experiment (kubectl apply -f -)."""
+@click.option("--engine", type=click.Choice(["jobs", "argo"]), default=None,
+              help="Plain Jobs released stage by stage, or one Argo Workflow (default: the spec's cluster.engine).")
+@click.option("--image-digests", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="YAML/JSON file of image name -> sha256:<digest> (e.g. render-gpu: sha256:...); pins every image by digest.")
+def k8s_manifests(spec_path: str, output: str | None, engine: str | None, image_digests: str | None) -> None:
+    """Print the manifests that run one experiment (kubectl apply -f -, or argo submit for --engine argo)."""
     try:
-        from services.cluster.manifests import experiment_manifests, to_yaml
+        from services.cluster.engines import cluster_manifests
+        from services.cluster.manifests import load_image_digests, to_yaml
     except ModuleNotFoundError as exc:
         _fail(f"the cluster manifests generator is not available: {exc}")
     spec = _load(spec_path)
-    text = to_yaml(experiment_manifests(spec, Path(spec_path).read_text()))
+    try:
+        digests = load_image_digests(Path(image_digests).read_text()) if image_digests else None
+        objects = cluster_manifests(spec, Path(spec_path).read_text(), engine=engine, image_digests=digests)
+    except ModuleNotFoundError as exc:
+        _fail(f"the {engine or spec.cluster.engine} engine is not available: {exc}")
+    except ValueError as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    text = to_yaml(objects)
     if output:
         Path(output).write_text(text)
         console.print(f"wrote {output}")
     else:
         click.echo(text, nl=False)
+
+
+@k8s.command("release")
+@click.argument("stage", type=click.Choice(list_stages()))
+@click.option("--spec", "spec_path", required=True, help="Experiment spec (YAML).")
+@click.option("--job", "job_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The stage's Job manifest (YAML) to create once its inputs are complete.")
+@click.option("--store", "store_url", default=None)
+@click.option("--timeout", default=604_800.0, show_default=True, help="Give up after this many seconds (exit 1).")
+@click.option("--poll", default=30.0, show_default=True, help="Seconds between checks of the store.")
+def k8s_release(stage: str, spec_path: str, job_path: str, store_url: str | None, timeout: float, poll: float) -> None:
+    """Wait until STAGE's inputs are complete, then create its Job (the jobs engine's release step)."""
+    from services.cluster.release import create_objects, read_objects
+    from services.experiment.readiness import wait_for_inputs
+
+    spec = _load(spec_path)
+    store = _open_store(spec, store_url)
+    try:
+        objects = read_objects(Path(job_path).read_text())
+    except ValueError as exc:
+        _fail(f"{job_path}: {exc}", EXIT_BAD_INPUT)
+    try:
+        wait_for_inputs(stage, spec, store, timeout=timeout, poll=poll, report=console.print)
+    except TimeoutError as exc:
+        _fail(str(exc))
+    for line in create_objects(objects):
+        console.print(line)
 
 
 if __name__ == "__main__":

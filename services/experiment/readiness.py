@@ -6,6 +6,9 @@ concurrent read-then-write updates), so a finished stage is always seen as finis
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from services.common.spec import ExperimentSpec
 from services.common.store import Store
 from services.meshgen.api import MESH_FAMILIES, manifest_key, missing_classes
@@ -52,3 +55,25 @@ def missing_inputs(stage: str, spec: ExperimentSpec, store: Store) -> list[str]:
             if r.name in needed and not store.exists(f"runs/{spec.run_id(r.name)}/done.json")
         ]
     return []
+
+
+def wait_for_inputs(stage: str, spec: ExperimentSpec, store: Store, *, timeout: float, poll: float,
+                    report: Callable[[str], None] = lambda line: None,
+                    clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Block until ``stage``'s inputs are complete in the store.
+
+    Raises
+    ------
+    TimeoutError
+        Still incomplete after ``timeout`` seconds; the message names what is missing.
+    """
+    deadline = clock() + timeout
+    while True:
+        missing = missing_inputs(stage, spec, store)
+        if not missing:
+            report(f"{stage}: inputs complete")
+            return
+        if clock() >= deadline:
+            raise TimeoutError(f"{stage}: still waiting after {timeout:.0f} s for: {', '.join(missing[:10])}")
+        report(f"{stage}: waiting for {len(missing)} input(s), e.g. {missing[0]}")
+        sleep(poll)

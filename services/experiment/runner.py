@@ -58,9 +58,11 @@ def stage_available(name: str) -> bool:
 
 def run_stage_with_progress(
     stage: str, spec: ExperimentSpec, store: Store, *, index: int = 0, count: int = 1, console: Console,
-    metrics_port: int | None = None,
+    metrics_port: int | None = None, **job_options,
 ) -> dict:
     """Run one stage's share of the work with a progress bar and job metrics.
+
+    ``job_options`` go to the stage's ``run_job`` as they are (train: ``part``).
 
     Metrics go to the Pushgateway when ``FLATLAND_PUSHGATEWAY`` is set; otherwise they
     are served on ``metrics_port`` if one is given.
@@ -75,7 +77,7 @@ def run_stage_with_progress(
             bar(task, done, total)
             metrics.progress(task, done, total)
 
-        summary = job.run_job(spec, store, index=index, count=count, progress=progress)
+        summary = job.run_job(spec, store, index=index, count=count, progress=progress, **job_options)
     metrics.publish()
     return summary
 

@@ -27,9 +27,12 @@ from services.train.transfer import run_transfer, transfer_id
 
 def run_job(
     spec: ExperimentSpec, store: Store, *, index: int = 0, count: int = 1,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None, part: str = "all",
 ) -> dict:
     """Pre-train this worker's runs, then run its transfers.
+
+    ``part`` narrows the work: ``"pretrain"`` (run ``i`` goes to index ``i % count``; an Argo
+    step per run), ``"transfer"`` (every run must be done already), or ``"all"``.
 
     Returns
     -------
@@ -40,19 +43,21 @@ def run_job(
     """
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"index/count: need 0 <= index < count, got index={index}, count={count}")
+    if part not in ("all", "pretrain", "transfer"):
+        raise ValueError(f"part must be all, pretrain or transfer, got {part!r}")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    ctx = init_distributed() if distributed or spec.pretrain else None
+    ctx = init_distributed() if distributed or (spec.pretrain and part != "transfer") else None
     mine = (lambda i: True) if distributed else (lambda i: i % count == index)
     summary: dict = {"stage": "train", "index": index, "count": count, "pretrain": {}, "transfer": {}}
     for i, run_spec in enumerate(spec.pretrain):
-        if not mine(i):
+        if part == "transfer" or not mine(i):
             continue
         run = PretrainRun(spec, run_spec.name, store, ctx=ctx, index=index)
         status = "skipped" if run.is_done() else "done"
         result = run.execute(progress=progress)
         summary["pretrain"][run_spec.name] = {"run_id": run.run_id, "status": status,
                                               "val_top1": result.get("final", {}).get("val_top1")}
-    if ctx is not None and ctx.rank != 0:
+    if (ctx is not None and ctx.rank != 0) or part == "pretrain":
         return summary
     for j, transfer in enumerate(spec.transfer):
         if not (j % count == index or distributed):

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from services.experiment import workplan
+from services.cluster.engines import cluster_manifests
 from services.cluster.manifests import experiment_manifests, object_name, to_yaml
 from services.common.spec.experiment import load_spec, parse_spec
 
@@ -56,7 +57,20 @@ def make(overrides: dict | None = None):
 
 
 def jobs_of(objs):
-    return {o["metadata"]["labels"]["flatland.io/stage"]: o for o in objs if o["kind"] == "Job"}
+    """Each stage's Job: applied directly (the first stage) or held in the ConfigMap for its release step."""
+    jobs = {o["metadata"]["labels"]["flatland.io/stage"]: o for o in objs
+            if o["kind"] == "Job" and o["metadata"]["labels"]["app.kubernetes.io/component"] != "release"}
+    for cm in (o for o in objs if o["kind"] == "ConfigMap"):
+        for key, text in cm["data"].items():
+            if key.endswith("-job.yaml"):
+                (job,) = yaml.safe_load_all(text)
+                jobs[key.removesuffix("-job.yaml")] = job
+    return jobs
+
+
+def releases_of(objs):
+    return {o["metadata"]["labels"]["flatland.io/stage"]: o for o in objs
+            if o["kind"] == "Job" and o["metadata"]["labels"]["app.kubernetes.io/component"] == "release"}
 
 
 def test_shard_counts_match_hand_count():
@@ -144,7 +158,8 @@ def _experiment_specs():
 @pytest.mark.parametrize(("spec", "text"), _experiment_specs())
 def test_generated_manifests_validate_and_are_safe(spec, text):
     objs = experiment_manifests(spec, text)
-    for obj in objs:
+    jobs = jobs_of(objs)
+    for obj in objs + [j for j in jobs.values() if j not in objs]:
         validate_object(obj)
         check_pod_security(obj)
         check_no_secret_values(obj)
@@ -154,32 +169,39 @@ def test_generated_manifests_validate_and_are_safe(spec, text):
         assert labels["flatland.io/experiment"] == spec.name
         assert obj["metadata"]["namespace"] == spec.cluster.namespace
         assert len(obj["metadata"]["name"]) <= 52
-    jobs = jobs_of(objs)
     for stage, job in jobs.items():
         pod = job["spec"]["template"]
         assert pod["metadata"]["labels"]["flatland.io/stage"] == stage
         assert pod["metadata"]["labels"]["flatland.io/role"] == "stage"  # admitted to MinIO by the NetworkPolicy
         assert pod["spec"]["restartPolicy"] == "Never"
-        (wait,) = pod["spec"]["initContainers"]
-        assert wait["args"][:4] == ["wait", stage, "--spec", "/etc/flatland/spec.yaml"]
+        assert "initContainers" not in pod["spec"]  # nothing waits inside a pod that holds the stage's requests
         (main,) = pod["spec"]["containers"]
         command = [*main.get("command", []), *main["args"]]  # image ENTRYPOINT is `flatland`; torchrun for multi-node train
         start = command.index("job")
         assert command[start:start + 4] == ["job", stage, "--spec", "/etc/flatland/spec.yaml"]
-        assert start == 0 or command[:start] == ["torchrun", "--module", "services.cli"]
+        assert start == 0 or (command[0] == "torchrun" and command[start - 2:start] == ["--module", "services.cli"])
         assert env_of(main)["FLATLAND_STORE"].startswith("s3://")
         rules = job["spec"]["podFailurePolicy"]["rules"]
         assert {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}} in rules
         assert any(r["action"] == "Ignore" and r["onPodConditions"][0]["type"] == "DisruptionTarget" for r in rules)
-        assert job["spec"]["activeDeadlineSeconds"] == spec.cluster.active_deadline_seconds
-        assert job["spec"]["backoffLimit"] == spec.cluster.backoff_limit
+        assert job["spec"]["activeDeadlineSeconds"] == spec.cluster.deadline(stage)
+        if stage in ("meshgen", "render"):  # each index retries on its own
+            assert job["spec"]["backoffLimitPerIndex"] == spec.cluster.stage(stage).backoff_limit_per_index
+            assert "backoffLimit" not in job["spec"]
+        else:
+            assert job["spec"]["backoffLimit"] == spec.cluster.backoff_limit
+    # Only the first stage's Job is applied; every later one is created by its release step.
+    first, *later = jobs
+    assert [o["metadata"]["name"] for o in objs if o["kind"] == "Job" and o in jobs.values()] == [jobs[first]["metadata"]["name"]]
+    assert set(releases_of(objs)) == set(later)
+    assert gpu_containers(objs) == set()  # nothing applied up front holds a GPU
     (configmap,) = [o for o in objs if o["kind"] == "ConfigMap"]
     assert configmap["data"]["spec.yaml"] == text
     assert parse_spec(yaml.safe_load(configmap["data"]["spec.yaml"])) == spec
     # to_yaml is what `kubectl apply -f` reads: it must parse back to the same objects.
     assert list(yaml.safe_load_all(to_yaml(objs))) == objs
     expected_gpu = {"render", "train"} & set(jobs) if spec.cluster.gpu else set()
-    assert gpu_containers(objs) == expected_gpu
+    assert gpu_containers(list(jobs.values())) == expected_gpu
 
 
 def test_gpu_switch():
@@ -193,7 +215,7 @@ def test_gpu_switch():
     assert jobs["meshgen"]["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/beyond-flatland/meshgen:0.1.0"
     for job in jobs.values():  # a GPU image in a container without a GPU request must not see the node's GPUs
         pod = job["spec"]["template"]["spec"]
-        for container in pod["initContainers"] + pod["containers"]:
+        for container in pod.get("initContainers", []) + pod["containers"]:
             if "-gpu:" in container["image"] and "nvidia.com/gpu" not in container["resources"]["limits"]:
                 assert env_of(container)["NVIDIA_VISIBLE_DEVICES"] == "void", container["name"]
     cpu_spec, cpu_text = make()
@@ -215,8 +237,11 @@ def test_multinode_train_is_indexed_with_headless_service():
     assert pod["subdomain"] == service["metadata"]["name"]
     env = env_of(pod["containers"][0])
     assert env["PET_NNODES"] == "4"
-    assert env["PET_MASTER_ADDR"] == f"{train['metadata']['name']}-0.{service['metadata']['name']}"
-    assert "job-completion-index" in env["PET_NODE_RANK"]["fieldRef"]["fieldPath"]
+    # Elastic c10d rendezvous hosted by rank 0's agent: a failed rank restarts the group.
+    assert env["PET_RDZV_BACKEND"] == "c10d"
+    assert env["PET_RDZV_ENDPOINT"] == f"{train['metadata']['name']}-0.{service['metadata']['name']}:29500"
+    assert env["PET_RDZV_ID"] == train["metadata"]["name"]
+    assert int(env["PET_MAX_RESTARTS"]) >= 1
     main = pod["containers"][0]
     # torchrun launches the ranks; every rank does the whole train stage (not a share of it).
     assert main["command"] == ["torchrun"]
@@ -305,7 +330,7 @@ def test_committed_examples_are_current_and_valid(name):
     source = REPO / "experiments" / f"{name}.yaml"
     if not source.exists():
         pytest.skip(f"{source.relative_to(REPO)} does not exist")
-    expected = to_yaml(experiment_manifests(load_spec(source), source.read_text()))
+    expected = to_yaml(cluster_manifests(load_spec(source), source.read_text()))  # the spec's engine
     assert example.exists() and example.read_text() == expected, (
         f"{example.relative_to(REPO)} is stale; regenerate it with "
         f"`flatland k8s manifests {source.relative_to(REPO)} -o {example.relative_to(REPO)}`"

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 from urllib.parse import urlsplit
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -59,7 +59,67 @@ class StoreSpec(StrictModel):
         return self
 
 
+# A Kubernetes resource quantity ("500m", "2", "1.5", "4Gi"): checked here so a typo fails at
+# `flatland validate`, not when the API server rejects the Job.
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")]
+
+
+class Toleration(StrictModel):
+    key: str = Field(description="Taint key to tolerate.")
+    operator: Literal["Exists", "Equal"] = Field(default="Exists", description="Exists (any value) or Equal (value must match).")
+    value: str | None = Field(default=None, description="Taint value (operator Equal only).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(default=None, description="Taint effect; unset: all.")
+
+    @model_validator(mode="after")
+    def _value_needs_equal(self):
+        if self.value is not None and self.operator != "Equal":
+            raise ValueError(f"toleration {self.key!r}: a value needs operator Equal")
+        return self
+
+
+class StageCluster(StrictModel):
+    """What one stage's pods request and how its Job retries and times out."""
+
+    cpu: Quantity = Field(description="CPU request per pod (cores, e.g. '500m' or '4'); no CPU limit is set.")
+    memory: Quantity = Field(description="Memory request and limit per pod (e.g. '4Gi').")
+    gpus: int = Field(default=0, ge=0, le=16, description="GPUs per pod when cluster.gpu is true (render, train).")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must match.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the pods tolerate (GPU stages also tolerate nvidia.com/gpu).")
+    deadline_seconds: int | None = Field(
+        default=None, ge=60,
+        description="Kill the stage after this long, counted from when the stage starts (not while it waits for inputs); "
+        "default: cluster.active_deadline_seconds.",
+    )
+    backoff_limit_per_index: int = Field(default=2, ge=0, le=100, description="Retries of each failed index (shard share, run) on its own.")
+    max_failed_indexes: int | None = Field(
+        default=None, ge=0,
+        description="Fail the stage at once when more indexes than this have failed for good; default: run every index, then fail if any did.",
+    )
+
+
+class NodeShape(StrictModel):
+    """The allocatable size of the nodes the pods run on; when given, every pod is checked to fit."""
+
+    cpu: Quantity = Field(description="Allocatable CPU of one node.")
+    memory: Quantity = Field(description="Allocatable memory of one node.")
+    gpus: int = Field(default=0, ge=0, le=64, description="GPUs of one node.")
+
+
+def _stage(cpu: str, memory: str, gpus: int = 0) -> Any:
+    return Field(default_factory=lambda: StageCluster(cpu=cpu, memory=memory, gpus=gpus),
+                 description=f"Pods, retries and deadline of this stage (default: {cpu} CPU, {memory}"
+                 + (f", {gpus} GPU with cluster.gpu" if gpus else "") + ").")
+
+
 class ClusterSpec(StrictModel):
+    engine: Literal["jobs", "argo"] = Field(
+        default="jobs",
+        description="`flatland k8s manifests` output: plain Kubernetes Jobs released stage by stage, or one Argo Workflow.",
+    )
+    queue: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Kueue LocalQueue: every Job (pod, with argo) is labelled kueue.x-k8s.io/queue-name and admitted by Kueue.",
+    )
     namespace: str = Field(default="flatland", description="Kubernetes namespace for the experiment's Jobs.")
     image_registry: str = Field(default="ghcr.io/beyond-flatland", description="Where the service images are pulled from.")
     image_tag: str = Field(default="0.1.0", description="Tag of the service images.")
@@ -67,9 +127,25 @@ class ClusterSpec(StrictModel):
     render_parallelism: int = Field(default=8, ge=1, le=1000, description="Pods of the render Indexed Job (capped by the number of shards).")
     gpu: bool = Field(default=False, description="Run render (EGL) and train on GPU nodes.")
     train_nodes: int = Field(default=1, ge=1, le=64, description="Nodes for multi-node torchrun training.")
-    active_deadline_seconds: int = Field(default=86_400, ge=60, description="Kubernetes kills a Job running longer than this.")
-    backoff_limit: int = Field(default=3, ge=0, le=100, description="Retries of a failed pod before the Job fails.")
+    active_deadline_seconds: int = Field(default=86_400, ge=60, description="Default per-stage deadline (see each stage's deadline_seconds).")
+    wait_timeout_seconds: int = Field(default=604_800, ge=60, description="jobs engine: how long a stage's release step waits for its inputs.")
+    backoff_limit: int = Field(default=3, ge=0, le=100, description="Retries of a failed pod of a non-indexed Job (single-pod stages, multi-node train).")
     ttl_seconds_after_finished: int = Field(default=86_400, ge=0, description="Finished Jobs are deleted after this many seconds.")
+    node: NodeShape | None = Field(default=None, description="Node size; when given, `flatland k8s manifests` refuses pods that cannot fit.")
+    # Defaults fit the dev overlay's one 2-CPU / 8 GiB node next to the base install (k8s/README.md).
+    meshgen: StageCluster = _stage("500m", "1Gi")
+    render: StageCluster = _stage("500m", "2Gi", gpus=1)
+    train: StageCluster = _stage("1", "3Gi", gpus=1)
+    neuro: StageCluster = _stage("500m", "3Gi")
+
+    def stage(self, name: str) -> StageCluster:
+        """The settings of stage ``name`` (meshgen, render, train, neuro)."""
+        if name not in ("meshgen", "render", "train", "neuro"):
+            raise ValueError(f"unknown stage {name!r}")
+        return getattr(self, name)
+
+    def deadline(self, name: str) -> int:
+        return self.stage(name).deadline_seconds or self.active_deadline_seconds
 
 
 class ExperimentSpec(StrictModel):

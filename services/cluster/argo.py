@@ -1,0 +1,226 @@
+"""The ``argo`` engine: one Argo Workflow that runs an experiment as a DAG of steps.
+
+    meshgen[0..n) -> render[0..m) -> train-<run> (one step per run, in parallel) -> transfer -> neuro -> report
+
+Fan-out stages are Argo parallel steps (``withSequence``): step ``i`` of ``n`` runs
+``flatland job <stage> --index i --count n`` and does the share
+:mod:`services.experiment.workplan` gives index ``i``. A step's pod is created only when
+every step it depends on has succeeded, so nothing waits holding a GPU and each step's
+``activeDeadlineSeconds`` counts from its own start. Every step retries on its own
+(``retryStrategy``, from ``cluster.<stage>.backoff_limit_per_index``), except on exit
+code 2 (bad spec: retrying cannot help). With ``cluster.queue`` every pod carries
+``kueue.x-k8s.io/queue-name`` (Kueue's pod integration admits it).
+
+Built from hera's generated Argo models, so each piece is typed; :func:`to_yaml` of the
+result is what ``argo submit`` (or ``kubectl create``) reads. The Workflow runs under
+the ServiceAccount of ``k8s/components/argo`` (Argo's executor reports step results
+through the API).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hera.workflows import models as m
+
+from services.cluster import manifests as k8s
+from services.common.spec.experiment import ExperimentSpec
+from services.experiment import workplan
+
+WORKFLOW_ACCOUNT = "flatland-workflow"
+ENTRYPOINT = "study"
+REPORT_RESOURCES = {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}
+# Step templates of the DAG, and the stage whose pod settings (image, resources, volumes) each uses.
+TEMPLATE_STAGE = {"meshgen": "meshgen", "render": "render", "train-run": "train", "transfer": "train",
+                  "neuro": "neuro", "report": "neuro"}
+
+
+def _index_input() -> m.Inputs:
+    return m.Inputs(parameters=[m.Parameter(name="index")])
+
+
+def _retry(spec: ExperimentSpec, stage: str) -> m.RetryStrategy:
+    return m.RetryStrategy(
+        limit=str(spec.cluster.stage(stage).backoff_limit_per_index),
+        retry_policy="Always",  # failures and errors (evictions, node loss) alike...
+        expression=f"asInt(lastRetry.exitCode) != {k8s.BAD_SPEC_EXIT_CODE}",  # ...but never a bad spec
+    )
+
+
+def _container(spec: ExperimentSpec, stage: str, args: list[str], store_url: str, configmap: str,
+               digests: dict[str, str] | None, *, command: list[str] | None = None,
+               resources: dict[str, Any] | None = None, gpu: bool | None = None) -> m.Container:
+    mounts, _ = k8s.stage_volumes(spec, stage, configmap)
+    body: dict[str, Any] = {
+        "name": "main",
+        "image": k8s.image_for(spec, stage, gpu=gpu, digests=digests),
+        "imagePullPolicy": "IfNotPresent",
+        "args": args,
+        "env": k8s.stage_env(spec, stage, store_url),
+        "volumeMounts": mounts,
+        "resources": resources or k8s.stage_resources(spec, stage),
+        "securityContext": k8s.container_security(),
+    }
+    if command:
+        body["command"] = command
+    return m.Container.model_validate(body)
+
+
+def _step_template(spec: ExperimentSpec, name: str, stage: str, container: m.Container, *,
+                   indexed: bool, gpu_stage: bool = True) -> m.Template:
+    sched = k8s.scheduling(spec, stage) if gpu_stage else {}
+    labels = {**k8s._labels(spec, stage), k8s.LABEL_ROLE: "stage"}
+    return m.Template(
+        name=name,
+        inputs=_index_input() if indexed else None,
+        container=container,
+        metadata=m.Metadata(labels=labels),
+        retry_strategy=_retry(spec, stage),
+        active_deadline_seconds=spec.cluster.deadline(stage),
+        node_selector=sched.get("nodeSelector"),
+        tolerations=[m.Toleration.model_validate(t) for t in sched.get("tolerations", [])] or None,
+    )
+
+
+def _volumes(spec: ExperimentSpec, configmap: str) -> list[m.Volume]:
+    """The union of every stage's volumes (names agree across stages; /dev/shm sized for the largest)."""
+    by_name: dict[str, dict[str, Any]] = {}
+    for stage in k8s.STAGES:
+        for volume in k8s.stage_volumes(spec, stage, configmap)[1]:
+            if volume["name"] == "shm" and "shm" in by_name:
+                continue
+            by_name.setdefault(volume["name"], volume)
+    if "shm" in by_name:
+        largest = max((spec.cluster.stage(s).memory for s in k8s.SHM_STAGES), key=_bytes)
+        by_name["shm"]["emptyDir"]["sizeLimit"] = largest
+    return [m.Volume.model_validate(v) for v in by_name.values()]
+
+
+def _bytes(quantity: str) -> float:
+    from kubernetes.utils import parse_quantity
+
+    return float(parse_quantity(quantity))
+
+
+def _fanout(name: str, template: str, count: int, dependencies: list[str]) -> m.DAGTask:
+    return m.DAGTask(
+        name=name, template=template, dependencies=dependencies or None,
+        with_sequence=m.Sequence(count=str(count)),
+        arguments=m.Arguments(parameters=[m.Parameter(name="index", value="{{item}}")]),
+    )
+
+
+def build_workflow(spec: ExperimentSpec, spec_text: str, *, store_url: str | None = None,
+                   image_digests: dict[str, str] | None = None) -> m.Workflow:
+    """The typed Workflow (and nothing else): see :func:`experiment_workflow`."""
+    if spec.cluster.train_nodes > 1:
+        raise ValueError("cluster.train_nodes > 1 is not supported by the argo engine yet; "
+                         "use cluster.engine: jobs (an Indexed Job with c10d rendezvous) or one node with cluster.train.gpus")
+    store_url = store_url or k8s.default_store_url(spec)
+    if not store_url.startswith("s3://"):
+        raise ValueError(f"store_url must be an s3:// URL for the cluster (pods share no disk), got {store_url!r}")
+    if not spec_text.strip():
+        raise ValueError("spec_text is empty; pass the YAML the spec was loaded from")
+    configmap = k8s.object_name(spec.name, "spec")
+    spec_path = k8s.SPEC_PATH
+    templates: list[m.Template] = []
+    tasks: list[m.DAGTask] = []
+    done_before: list[str] = []  # the tasks of the previous stage
+
+    def job_args(stage: str, *extra: str) -> list[str]:
+        return ["job", stage, "--spec", spec_path, *extra]
+
+    meshgen = workplan.meshgen_completions(spec)
+    if meshgen:
+        args = job_args("meshgen", "--index", "{{inputs.parameters.index}}", "--count", str(meshgen))
+        templates.append(_step_template(spec, "meshgen", "meshgen",
+                                        _container(spec, "meshgen", args, store_url, configmap, image_digests), indexed=True))
+        tasks.append(_fanout("meshgen", "meshgen", meshgen, done_before))
+        done_before = ["meshgen"]
+    render = workplan.render_completions(spec)
+    if render:
+        args = job_args("render", "--index", "{{inputs.parameters.index}}", "--count", str(render))
+        templates.append(_step_template(spec, "render", "render",
+                                        _container(spec, "render", args, store_url, configmap, image_digests), indexed=True))
+        tasks.append(_fanout("render", "render", render, done_before))
+        done_before = ["render"]
+    gpus = spec.cluster.train.gpus if k8s.uses_gpu(spec, "train") else 0
+    if spec.pretrain:
+        runs = len(spec.pretrain)
+        tail = ["--part", "pretrain", "--index", "{{inputs.parameters.index}}", "--count", str(runs)]
+        if gpus > 1:  # one pod per run with every GPU of it: torchrun on one node
+            command = ["torchrun"]
+            args = ["--standalone", "--nproc-per-node", str(gpus), "--module", "services.cli", *job_args("train", *tail)]
+        else:
+            command, args = None, job_args("train", *tail)
+        templates.append(_step_template(
+            spec, "train-run", "train",
+            _container(spec, "train", args, store_url, configmap, image_digests, command=command), indexed=True))
+        run_tasks = []
+        for i, run in enumerate(spec.pretrain):  # run i is index i of count runs (services/train/job.py)
+            name = f"train-{run.name}"
+            tasks.append(m.DAGTask(name=name, template="train-run", dependencies=done_before or None,
+                                   arguments=m.Arguments(parameters=[m.Parameter(name="index", value=str(i))])))
+            run_tasks.append(name)
+        done_before = run_tasks
+    if spec.transfer:
+        args = job_args("train", "--part", "transfer", "--index", "0", "--count", "1")
+        templates.append(_step_template(spec, "transfer", "train",
+                                        _container(spec, "train", args, store_url, configmap, image_digests), indexed=False))
+        tasks.append(m.DAGTask(name="transfer", template="transfer", dependencies=done_before or None))
+        done_before = ["transfer"]
+    if spec.scoring:
+        templates.append(_step_template(spec, "neuro", "neuro",
+                                        _container(spec, "neuro", job_args("neuro"), store_url, configmap, image_digests),
+                                        indexed=False))
+        tasks.append(m.DAGTask(name="neuro", template="neuro", dependencies=done_before or None))
+        done_before = ["neuro"]
+    report = _container(spec, "neuro", ["report", spec_path], store_url, configmap, image_digests,
+                        resources=REPORT_RESOURCES, gpu=False)
+    report_template = _step_template(spec, "report", "neuro", report, indexed=False, gpu_stage=False)
+    report_template.metadata.labels[k8s.LABEL_STAGE] = "report"
+    templates.append(report_template)
+    tasks.append(m.DAGTask(name="report", template="report", dependencies=done_before or None))
+    templates.insert(0, m.Template(name=ENTRYPOINT, dag=m.DAGTemplate(tasks=tasks, fail_fast=True)))
+
+    pod_labels = {"app.kubernetes.io/part-of": k8s.PART_OF, k8s.LABEL_EXPERIMENT: spec.name}
+    if spec.cluster.queue:
+        pod_labels[k8s.QUEUE_LABEL] = spec.cluster.queue
+    workflow = m.Workflow(
+        api_version="argoproj.io/v1alpha1",
+        kind="Workflow",
+        metadata=m.ObjectMeta(name=k8s.object_name(spec.name, "study"), namespace=spec.cluster.namespace,
+                              labels=k8s._labels(spec, None)),
+        spec=m.WorkflowSpec(
+            entrypoint=ENTRYPOINT,
+            service_account_name=WORKFLOW_ACCOUNT,
+            security_context=m.PodSecurityContext.model_validate(k8s.pod_security_context()),
+            pod_metadata=m.Metadata(labels=pod_labels),
+            pod_gc=m.PodGC(strategy="OnPodSuccess"),  # keep failed pods for their logs
+            ttl_strategy=m.TTLStrategy(seconds_after_completion=spec.cluster.ttl_seconds_after_finished),
+            volumes=_volumes(spec, configmap),
+            templates=templates,
+        ),
+    )
+    return workflow
+
+
+def experiment_workflow(spec: ExperimentSpec, spec_text: str, *, store_url: str | None = None,
+                        image_digests: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The spec ConfigMap and the Workflow that runs ``spec``, as plain dicts for :func:`manifests.to_yaml`.
+
+    Raises
+    ------
+    ValueError
+        Bad ``spec_text``/``store_url``, a missing image digest, or a multi-node train
+        (not supported by this engine yet).
+    """
+    workflow = build_workflow(spec, spec_text, store_url=store_url, image_digests=image_digests)
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": k8s.object_name(spec.name, "spec"), "namespace": spec.cluster.namespace,
+                     "labels": k8s._labels(spec, None)},
+        "data": {k8s.SPEC_FILE: spec_text},
+    }
+    return [configmap, workflow.model_dump(by_alias=True, exclude_none=True, mode="json")]
