@@ -340,3 +340,132 @@ def test_committed_examples_are_current_and_valid(name):
         check_pod_security(obj)
         check_no_secret_values(obj)
         check_job_bounded(obj)
+
+
+def _dev_node_left():
+    """The dev overlay's declared node, less what its base install requests."""
+    from .k8s_checks import kustomize, parse_quantity, pod_specs
+
+    objs = kustomize("overlays/dev")
+    (namespace,) = [o for o in objs if o["kind"] == "Namespace"]
+    shape = dict(kv.split("=") for kv in namespace["metadata"]["annotations"]["flatland.io/node-shape"].split(","))
+    cpu, memory = parse_quantity(shape["cpu"]), parse_quantity(shape["memory"])
+    for obj in objs:
+        if obj["kind"] in ("Deployment", "StatefulSet"):
+            for pod in pod_specs(obj):
+                for c in pod["containers"]:
+                    requests = c.get("resources", {}).get("requests", {})
+                    cpu -= obj["spec"].get("replicas", 1) * parse_quantity(requests.get("cpu", 0))
+                    memory -= obj["spec"].get("replicas", 1) * parse_quantity(requests.get("memory", 0))
+    return cpu, memory, int(shape["gpus"])
+
+
+@pytest.mark.parametrize("engine", ["jobs", "argo"])
+def test_quickstart_pods_fit_the_dev_node(engine):
+    from services.cluster.manifests import fit_problems
+
+    cpu, memory, gpus = _dev_node_left()
+    assert cpu > 0 and memory > 0
+    source = REPO / "experiments" / "quickstart.yaml"
+    objs = cluster_manifests(load_spec(source), source.read_text(), engine=engine)
+    if engine == "jobs":
+        pods = [j["spec"]["template"]["spec"] for j in [*jobs_of(objs).values(), *releases_of(objs).values()]]
+    else:
+        (wf,) = [o for o in objs if o["kind"] == "Workflow"]
+        pods = [{"containers": [t["container"]]} for t in wf["spec"]["templates"] if "container" in t]
+    assert len(pods) >= 4
+    for pod in pods:  # each pod alone next to the base install (stages run one after another)
+        assert fit_problems(pod, f"{cpu}", f"{int(memory)}", gpus) == [], pod["containers"][0]["name"]
+    # And the check does reject a pod that is too big for it.
+    big = {"containers": [{"resources": {"requests": {"cpu": "4", "memory": "1Gi"}}}]}
+    assert fit_problems(big, f"{cpu}", f"{int(memory)}", gpus) == [f"cpu request 4 > node's {cpu}"]
+
+
+def test_node_shape_from_spec_is_enforced():
+    node = {"cpu": "4", "memory": "16Gi", "gpus": 1}
+    spec, text = make({"cluster": {"gpu": True, "node": node, "train": {"cpu": "2", "memory": "8Gi", "gpus": 1}}})
+    assert experiment_manifests(spec, text)  # fits
+    spec, text = make({"cluster": {"gpu": True, "node": node, "train": {"cpu": "2", "memory": "32Gi", "gpus": 2}}})
+    with pytest.raises(ValueError, match=r"cluster.train: .*memory request .* > node's .*GPU|nvidia.com/gpu request 2 > node's 1"):
+        experiment_manifests(spec, text)
+
+
+def test_resources_and_scheduling_from_spec():
+    spec, text = make({"cluster": {"gpu": True, "render": {"cpu": "3", "memory": "6Gi", "gpus": 2, "node_selector": {"pool": "render"},
+                                                            "backoff_limit_per_index": 5, "max_failed_indexes": 2,
+                                                            "deadline_seconds": 3600}}})
+    render = jobs_of(experiment_manifests(spec, text))["render"]
+    pod = render["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"] == {"requests": {"cpu": "3", "memory": "6Gi", "nvidia.com/gpu": "2"},
+                                                 "limits": {"memory": "6Gi", "nvidia.com/gpu": "2"}}
+    assert pod["nodeSelector"] == {"pool": "render"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert render["spec"]["backoffLimitPerIndex"] == 5 and render["spec"]["maxFailedIndexes"] == 2
+    assert render["spec"]["activeDeadlineSeconds"] == 3600
+    validate_object(render)
+    with pytest.raises(Exception, match="cpu"):
+        make({"cluster": {"render": {"cpu": "lots", "memory": "1Gi"}}})
+
+
+def test_kueue_queue_and_release_steps():
+    spec, text = make({"cluster": {"queue": "lab-gpus", "gpu": True}, "scoring": []})
+    objs = experiment_manifests(spec, text)
+    jobs, releases = jobs_of(objs), releases_of(objs)
+    for job in [*jobs.values(), *releases.values()]:  # every Job queued, created suspended for Kueue to admit
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "lab-gpus"
+        assert job["spec"]["suspend"] is True
+    assert set(releases) == {"render", "train"}  # meshgen is applied directly
+    release = releases["train"]["spec"]["template"]["spec"]
+    (container,) = release["containers"]
+    assert container["args"][:3] == ["k8s", "release", "train"]
+    assert container["args"][container["args"].index("--job") + 1] == "/etc/flatland/train-job.yaml"
+    assert "-gpu" not in container["image"] and "nvidia.com/gpu" not in str(container["resources"])
+    assert release["automountServiceAccountToken"] is True
+    (role,) = [o for o in objs if o["kind"] == "Role"]
+    assert role["rules"] == [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get"]}]
+    (binding,) = [o for o in objs if o["kind"] == "RoleBinding"]
+    assert binding["subjects"][0]["name"] == release["serviceAccountName"] == role["metadata"]["name"]
+    for obj in objs:
+        validate_object(obj)
+        check_pod_security(obj)
+    plain = experiment_manifests(*make())
+    assert all("suspend" not in j["spec"] and "kueue.x-k8s.io/queue-name" not in j["metadata"]["labels"]
+               for j in jobs_of(plain).values())
+
+
+def test_release_waits_then_creates_the_job(tmp_path, monkeypatch):
+    from kubernetes import client
+
+    from services.cluster import release
+    from services.experiment import readiness
+
+    spec, text = make()
+    objs = experiment_manifests(spec, text)
+    (configmap,) = [o for o in objs if o["kind"] == "ConfigMap"]
+    jobs = release.read_objects(configmap["data"]["render-job.yaml"])
+    assert [j["metadata"]["name"] for j in jobs] == ["tiny-render"]
+
+    class FakeBatch:
+        def __init__(self):
+            self.created = []
+
+        def create_namespaced_job(self, namespace, body):
+            if any(b["metadata"]["name"] == body["metadata"]["name"] for _, b in self.created):
+                raise client.ApiException(status=409, reason="AlreadyExists")
+            self.created.append((namespace, body))
+
+    missing = [["meshes/x (3 of 5 classes)"], ["meshes/x (1 of 5 classes)"], []]
+    monkeypatch.setattr(readiness, "missing_inputs", lambda stage, spec, store: missing.pop(0))
+    lines = []
+    readiness.wait_for_inputs("render", spec, None, timeout=100, poll=0, report=lines.append, sleep=lambda s: None)
+    assert lines[-1] == "render: inputs complete" and len(lines) == 3
+    api = FakeBatch()
+    assert list(release.create_objects(jobs, api)) == ["created job/tiny-render in flatland"]
+    assert list(release.create_objects(jobs, api)) == ["job/tiny-render already exists in flatland"]  # retried step
+    assert api.created == [("flatland", jobs[0])]
+    with pytest.raises(ValueError, match="only batch/v1 Jobs"):
+        release.read_objects("apiVersion: v1\nkind: Pod\nmetadata: {name: x, namespace: y}\n")
+    monkeypatch.setattr(readiness, "missing_inputs", lambda stage, spec, store: ["meshes/x (5 of 5 classes)"])
+    clock = iter([0.0, 1.0, 2.0, 50.0])
+    with pytest.raises(TimeoutError, match="meshes/x"):
+        readiness.wait_for_inputs("render", spec, None, timeout=10, poll=0, clock=lambda: next(clock), sleep=lambda s: None)

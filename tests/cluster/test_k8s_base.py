@@ -6,8 +6,10 @@ import json
 import re
 
 import pytest
+import yaml
 
 from .k8s_checks import (
+    REPO,
     check_job_bounded,
     check_no_secret_values,
     check_pod_security,
@@ -227,3 +229,29 @@ def test_dashboard_configmap():
     for word in ("throughput", "errors", "latency", "loss", "accuracy", "remaining"):
         assert word in titles
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def test_kueue_and_argo_components_validate():
+    """The optional components: Kueue queues (subset schemas of Kueue's CRDs) and the Workflow's RBAC."""
+    from .k8s_checks import KUEUE_SCHEMAS
+
+    for name in ("kueue", "argo"):
+        docs = [d for d in yaml.safe_load_all((REPO / "k8s" / "components" / name / (
+            "queues.yaml" if name == "kueue" else "workflow-rbac.yaml")).read_text()) if d]
+        for obj in docs:
+            validate_object(obj)
+        if name == "kueue":
+            kinds = {o["kind"]: o for o in docs}
+            assert set(kinds) == set(KUEUE_SCHEMAS)
+            assert kinds["LocalQueue"]["spec"]["clusterQueue"] == kinds["ClusterQueue"]["metadata"]["name"]
+            flavors = {f["name"] for g in kinds["ClusterQueue"]["spec"]["resourceGroups"] for f in g["flavors"]}
+            assert flavors == {kinds["ResourceFlavor"]["metadata"]["name"]}
+            # The full study queues through this LocalQueue.
+            from services.common.spec.experiment import load_spec
+            assert load_spec(REPO / "experiments" / "beyond-flatland.yaml").cluster.queue == kinds["LocalQueue"]["metadata"]["name"]
+        else:
+            from services.cluster.argo import WORKFLOW_ACCOUNT
+            assert {o["metadata"]["name"] for o in docs} == {WORKFLOW_ACCOUNT}
+    bad = {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "LocalQueue", "metadata": {"name": "q"}, "spec": {"clusterQueu": "x"}}
+    with pytest.raises(Exception, match="clusterQueu"):
+        validate_object(bad)
