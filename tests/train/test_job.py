@@ -37,3 +37,18 @@ def test_job_splits_runs_by_index_then_transfers_and_resumes(local_store):
     again = run_job(spec, local_store)
     assert {v["status"] for v in again["pretrain"].values()} == {"skipped"}
     assert again["transfer"]["x"]["status"] == "skipped"
+
+
+def test_parts_split_pretraining_from_transfer_as_the_argo_steps_run_them(local_store):
+    spec = job_spec()
+    write_dataset(local_store, spec.dataset_id("shapes"), classes=3, views={"train": 4, "val": 1}, size=16)
+    with pytest.raises(ValueError, match="part must be"):
+        run_job(spec, local_store, part="everything")
+    # a transfer step before its pre-training runs names the missing run
+    with pytest.raises(ObjectNotFoundError, match=f"runs/{spec.run_id('a')}"):
+        run_job(spec, local_store, part="transfer")
+    steps = [run_job(spec, local_store, index=i, count=2, part="pretrain") for i in range(2)]
+    assert [list(s["pretrain"]) for s in steps] == [["a"], ["b"]] and all(s["transfer"] == {} for s in steps)
+    assert all(local_store.exists(f"runs/{spec.run_id(n)}/done.json") for n in ("a", "b"))
+    transfer = run_job(spec, local_store, part="transfer")
+    assert transfer["pretrain"] == {} and transfer["transfer"]["x"]["status"] == "done"
