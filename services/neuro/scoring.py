@@ -19,7 +19,7 @@ import numpy as np
 
 from services.common.errors import InvalidKeyError, ObjectNotFoundError
 from services.common.spec.experiment import ExperimentSpec, content_hash
-from services.common.spec.neuro import NeuralDataSpec, ScoringSpec
+from services.common.spec.neuro import NeuralDataSpec, ScoringSpec, check_layers
 from services.common.store import Store
 from services.neuro.dataformat import NeuralData, read_neural_data
 from services.neuro.features import Checkpoint, cached_features, load_checkpoint
@@ -234,11 +234,12 @@ def compare_models(
 
     Writes ``scores/<run_id_a>/<benchmark>-vs-<run_id_b>.json`` and a PNG; returns the record.
     """
+    # checked first: a long or repeated list must cost nothing (each layer holds features and an RDM)
+    layers_a = check_layers(list(layers_a or scoring.layers), "layers_a")
+    layers_b = check_layers(list(layers_b or scoring.layers), "layers_b")
     run_id_a = require_finished_run(store, spec, run_a)
     run_id_b = require_finished_run(store, spec, run_b)
     neural = neural_spec(spec, benchmark)
-    layers_a = list(layers_a or scoring.layers)
-    layers_b = list(layers_b or scoring.layers)
     key = comparison_key(run_id_a, run_id_b, benchmark)
     settings_hash = content_hash({"s": scoring_hash(scoring, neural), "a": layers_a, "b": layers_b})
     if not force and store.exists(key):
