@@ -8,12 +8,15 @@ entry (:func:`verify_manifest`, :func:`verify_entry`).
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.common.errors import IntegrityError, ObjectNotFoundError
 from services.common.store import Store, sha256_bytes
+
+log = logging.getLogger(__name__)
 
 
 class ManifestEntry(BaseModel):
@@ -64,10 +67,34 @@ def write_manifest(store: Store, key: str, manifest: Manifest) -> None:
 
 
 def read_manifest(store: Store, key: str) -> Manifest | None:
-    """The manifest at ``key``, or ``None`` if there is none yet."""
+    """The manifest at ``key``, or ``None`` if there is none yet.
+
+    A manifest that does not parse (truncated, overwritten) is a damaged store object, not a bad
+    request: :class:`IntegrityError` naming ``key`` (DATA_LOSS over gRPC), never a ValidationError.
+    """
     if not store.exists(key):
         return None
-    return Manifest.model_validate_json(store.get_bytes(key))
+    data = store.get_bytes(key)
+    try:
+        return Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(document)"
+        raise IntegrityError(f"{key}: damaged manifest ({len(data)} bytes; {where}: {first['msg'][:200]}); "
+                             "re-run the stage that writes it") from None
+
+
+def read_rebuildable_manifest(store: Store, key: str) -> Manifest | None:
+    """Like :func:`read_manifest`, but a damaged manifest is logged and treated as absent.
+
+    For writers that keep a record per finished item (render's part records, meshgen's
+    ``class.json``) and so can rebuild the manifest from them; readers use :func:`read_manifest`.
+    """
+    try:
+        return read_manifest(store, key)
+    except IntegrityError as exc:
+        log.warning("%s; rebuilding it from the per-item records", exc)
+        return None
 
 
 def verify_entry(store: Store, entry: ManifestEntry) -> None:
@@ -82,10 +109,14 @@ def verify_entry(store: Store, entry: ManifestEntry) -> None:
         raise IntegrityError(f"{entry.key}: sha256 {digest[:12]}…, manifest says {entry.sha256[:12]}… (corrupted?)")
 
 
-def verify_bytes(entry: ManifestEntry, data: bytes) -> bytes:
-    """Check bytes already read against ``entry``; return them unchanged."""
-    if len(data) != entry.size or sha256_bytes(data) != entry.sha256:
-        raise IntegrityError(f"{entry.key}: content does not match its manifest entry (corrupted?)")
+def verify_bytes(entry: ManifestEntry, data: bytes, listed_in: str = "its manifest entry") -> bytes:
+    """Check bytes already read against ``entry`` (``listed_in`` names where it comes from); return them unchanged."""
+    if len(data) != entry.size:
+        raise IntegrityError(f"{entry.key}: {len(data)} bytes, {listed_in} says {entry.size} (truncated or corrupted)")
+    digest = sha256_bytes(data)
+    if digest != entry.sha256:
+        raise IntegrityError(f"{entry.key}: sha256 {digest[:12]}…, {listed_in} says {entry.sha256[:12]}… "
+                             "(content does not match: corrupted?)")
     return data
 
 

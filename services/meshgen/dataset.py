@@ -15,16 +15,20 @@ manifest at the same moment), be merged on the next run without regenerating it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from services.common.errors import IntegrityError, ObjectNotFoundError
-from services.common.manifest import Manifest, ManifestEntry, put_with_entry, read_manifest, verify_entry, write_manifest
+from services.common.manifest import (Manifest, ManifestEntry, put_with_entry, read_rebuildable_manifest, verify_entry,
+                                      write_manifest)
 from services.common.spec.experiment import DatasetSpec, ExperimentSpec
 from services.common.store import Store
 from services.meshgen.registry import ProgressCallback, ShapeFamily, class_dir, get_family
 
 MESHGEN_FAMILIES = ("procsynth", "morphsynth", "fractal2d")
+
+log = logging.getLogger(__name__)
 
 
 def dataset_prefix(dataset_id: str) -> str:
@@ -111,6 +115,17 @@ def _recorded_class(store: Store, dataset_id: str, class_index: int, expected: i
     return entries
 
 
+def _intact(store: Store, entries: list[ManifestEntry]) -> bool:
+    """Whether every listed item is stored with its listed size and SHA-256 (streamed); logs what is not."""
+    for entry in entries:
+        try:
+            verify_entry(store, entry)
+        except IntegrityError as exc:
+            log.warning("%s; making its class again", exc)
+            return False
+    return True
+
+
 @dataclass
 class DatasetProgress:
     """One step of :func:`iter_generate_dataset` (a class finished or skipped, or the end)."""
@@ -148,22 +163,23 @@ def iter_generate_dataset(
     for c in todo:
         if not 0 <= c < dataset.classes:
             raise ValueError(f"classes: {c} is outside 0..{dataset.classes - 1} of dataset {dataset_name!r}")
-    manifest = read_manifest(store, key) or new_manifest(spec, dataset)
+    # a damaged manifest is rebuilt from the classes' class.json records (each verified below)
+    manifest = read_rebuildable_manifest(store, key) or new_manifest(spec, dataset)
     done = skipped = 0
     for class_index in todo:
         listed = [e for e in manifest.entries if getattr(e, "class_index", None) == class_index]
-        if len(listed) == expected:
+        if len(listed) == expected and _intact(store, listed):
             done += 1
             skipped += 1
             yield DatasetProgress(dataset_name, dataset_id, done, len(todo), skipped, class_index, listed)
             continue
         entries = _recorded_class(store, dataset_id, class_index, expected)
         generated = entries is None
-        if generated:
+        if generated:  # never made, or made and damaged since: make it again (deterministic: same bytes)
             entries = write_class(store, spec, dataset_name, class_index)
         else:
             skipped += 1
-        manifest = read_manifest(store, key) or manifest
+        manifest = read_rebuildable_manifest(store, key) or manifest
         for entry in entries:
             manifest.upsert(entry)
         write_manifest(store, key, manifest)
@@ -196,7 +212,7 @@ def missing_classes(spec: ExperimentSpec, dataset_name: str, store: Store) -> li
     dataset_id = spec.dataset_id(dataset_name)
     key = manifest_key(dataset_id)
     expected = len(family.stored_instances(dataset.family, instances_of(dataset)))
-    manifest = read_manifest(store, key) or new_manifest(spec, dataset)
+    manifest = read_rebuildable_manifest(store, key) or new_manifest(spec, dataset)
     listed: dict[int, int] = {}
     for entry in manifest.entries:
         c = getattr(entry, "class_index", None)

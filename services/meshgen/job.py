@@ -2,7 +2,8 @@
 
 Class ``c`` belongs to worker ``c % count`` (Kubernetes Indexed Jobs pass
 ``index`` = ``JOB_COMPLETION_INDEX`` and ``count`` = ``JOB_COMPLETION_COUNT``).
-Classes already complete in the store are skipped, so a rerun is cheap.
+Classes already complete in the store are skipped once every item verifies (size and SHA-256,
+streamed); a damaged class is made again, byte-identical.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ of a finished run and writes ``scores/<run_id>/<benchmark>.json`` plus PNGs.
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -17,18 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.errors import InvalidKeyError, ObjectNotFoundError
+from services.common.errors import IntegrityError, InvalidKeyError, ObjectNotFoundError
+from services.common.manifest import ManifestEntry, verify_bytes
 from services.common.spec.experiment import ExperimentSpec, content_hash
-from services.common.spec.neuro import NeuralDataSpec, ScoringSpec
+from services.common.spec.neuro import NeuralDataSpec, ScoringSpec, check_layers
 from services.common.store import Store
 from services.neuro.dataformat import NeuralData, read_neural_data
-from services.neuro.features import Checkpoint, cached_features, load_checkpoint
+from services.neuro.features import Checkpoint, cached_features, checkpoint_from_bytes
 from services.neuro.planted import ensure_planted
 from services.neuro.plots import model_model_figure, predictivity_figure, rdm_figure
 from services.neuro.predictivity import NORMALISATION, make_splits, reduce_pca, score_predictivity, split_half_ceiling
 from services.neuro.rsa import compare_rdms, rdm, rsa_noise_ceiling
 
 ProgressFn = Callable[[str, int, int], None]
+log = logging.getLogger(__name__)
 
 
 def checkpoint_key(run_id: str) -> str:
@@ -91,6 +95,28 @@ def require_finished_run(store: Store, spec: ExperimentSpec, run_name: str) -> s
             "run the train stage for it first"
         )
     return run_id
+
+
+def load_run_checkpoint(store: Store, run_id: str) -> Checkpoint:
+    """A finished run's ``final.pt``, verified against the ``checkpoint_size``/``checkpoint_sha256`` its
+    ``done.json`` lists (the train stage's documented format) before use.
+
+    :class:`IntegrityError` naming the key when the checkpoint (or ``done.json``) is damaged; a run
+    finished before those fields existed is loaded with a warning.
+    """
+    key, done_key = checkpoint_key(run_id), f"runs/{run_id}/done.json"
+    raw = store.get_bytes(done_key)
+    try:
+        done = json.loads(raw)
+    except ValueError as exc:
+        raise IntegrityError(f"{done_key}: damaged ({len(raw)} bytes, not JSON: {exc})") from None
+    data = store.get_bytes(key)
+    if isinstance(done, dict) and "checkpoint_sha256" in done:
+        verify_bytes(ManifestEntry(key=key, size=done["checkpoint_size"], sha256=done["checkpoint_sha256"]), data,
+                     listed_in=f"{done_key} (the checkpoint is damaged: re-run train for this run to re-make it)")
+    else:
+        log.warning("%s: %s lists no checkpoint_sha256 (an older run); scoring it unverified", key, done_key)
+    return checkpoint_from_bytes(data, key)
 
 
 def _stage(progress: ProgressFn | None, task: str, done: int, total: int) -> None:
@@ -188,7 +214,7 @@ def score_run(
             existing["skipped"] = True
             return existing
     started = time.perf_counter()
-    checkpoint = load_checkpoint(store, checkpoint_key(run_id))
+    checkpoint = load_run_checkpoint(store, run_id)
     data = load_benchmark(store, neural)
     result, rdms = score_checkpoint(store, checkpoint, data, scoring, progress=progress)
     base = f"scores/{run_id}/{benchmark}"
@@ -234,11 +260,12 @@ def compare_models(
 
     Writes ``scores/<run_id_a>/<benchmark>-vs-<run_id_b>.json`` and a PNG; returns the record.
     """
+    # checked first: a long or repeated list must cost nothing (each layer holds features and an RDM)
+    layers_a = check_layers(list(layers_a or scoring.layers), "layers_a")
+    layers_b = check_layers(list(layers_b or scoring.layers), "layers_b")
     run_id_a = require_finished_run(store, spec, run_a)
     run_id_b = require_finished_run(store, spec, run_b)
     neural = neural_spec(spec, benchmark)
-    layers_a = list(layers_a or scoring.layers)
-    layers_b = list(layers_b or scoring.layers)
     key = comparison_key(run_id_a, run_id_b, benchmark)
     settings_hash = content_hash({"s": scoring_hash(scoring, neural), "a": layers_a, "b": layers_b})
     if not force and store.exists(key):
@@ -249,7 +276,7 @@ def compare_models(
     data = load_benchmark(store, neural)
     rdm_sets = []
     for i, (run_id, layers) in enumerate(((run_id_a, layers_a), (run_id_b, layers_b))):
-        checkpoint = load_checkpoint(store, checkpoint_key(run_id))
+        checkpoint = load_run_checkpoint(store, run_id)
         feats = cached_features(store, checkpoint, data.images, data.stimulus_set_hash(), layers,
                                 pooling=scoring.pooling, grid=scoring.grid, batch_size=scoring.batch_size,
                                 device=scoring.device)

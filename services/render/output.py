@@ -19,17 +19,24 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import logging
 import os
 import tarfile
 import tempfile
 from collections.abc import Callable
 
-from services.common.manifest import Manifest, ManifestEntry, read_manifest, write_manifest
+from pydantic import ValidationError
+
+from services.common.errors import ObjectNotFoundError
+from services.common.manifest import Manifest, ManifestEntry, read_rebuildable_manifest, write_manifest
 from services.common.spec.experiment import ExperimentSpec
 from services.common.store import Store, sha256_stream
 from services.render.keys import dataset_manifest_key, part_key, shard_index_key
 from services.render.kinds import SAMPLE_WRITERS, DatasetContext, dataset_context
 from services.render.plan import ShardTask, shard_plan, split_counts
+
+log = logging.getLogger(__name__)
 
 
 class DeterministicTarWriter:
@@ -81,13 +88,25 @@ def dataset_metadata(ctx: DatasetContext) -> dict:
             "shards": len(shard_plan(ctx.spec, dataset.name))}
 
 
+def _read_part(store: Store, key: str) -> ManifestEntry | None:
+    """A shard's part record, or ``None`` when it is missing or damaged (the shard is then rendered again)."""
+    try:
+        return ManifestEntry.model_validate_json(store.get_bytes(key))
+    except ObjectNotFoundError:
+        return None
+    except ValidationError as exc:
+        log.warning("%s: damaged part record (%s); its shard will be rendered again", key, exc.errors()[0]["msg"])
+        return None
+
+
 def _merged_manifest(ctx: DatasetContext) -> Manifest:
-    manifest = read_manifest(ctx.store, dataset_manifest_key(ctx.dataset_id))
+    # a damaged manifest is rebuilt: every finished shard also has its part record
+    manifest = read_rebuildable_manifest(ctx.store, dataset_manifest_key(ctx.dataset_id))
     if manifest is None:
         manifest = Manifest(kind="dataset", spec_hash=ctx.dataset_id.rsplit("-", 1)[-1], metadata=dataset_metadata(ctx))
     for key in ctx.store.list(f"datasets/{ctx.dataset_id}/parts/"):
-        entry = ManifestEntry.model_validate(ctx.store.get_json(key))
-        if manifest.entry(entry.key) != entry:
+        entry = _read_part(ctx.store, key)
+        if entry is not None and manifest.entry(entry.key) != entry:
             manifest.upsert(entry)
     return manifest
 
@@ -101,12 +120,36 @@ def consolidate_manifest(spec: ExperimentSpec, store: Store, dataset_name: str) 
 
 
 def shard_done(store: Store, dataset_id: str, task: ShardTask, manifest: Manifest | None) -> bool:
-    """True when the shard is listed (manifest or part record) and its tar has the listed size."""
+    """True when the shard is listed (manifest or part record) and verifies: the tar's size and SHA-256
+    match the listing, and its sample index names this tar and digest.
+
+    Costs one streamed read of the tar (SHA-256 at disk or network speed, constant memory) and one small
+    JSON read per listed shard. A listed shard that fails is logged and rendered again (same bytes: shards
+    are deterministic), which also re-writes its index, part record and manifest entry.
+    """
     key = task.key(dataset_id)
     entry = manifest.entry(key) if manifest is not None else None
-    if entry is None and store.exists(part_key(dataset_id, task.split, task.shard)):
-        entry = ManifestEntry.model_validate(store.get_json(part_key(dataset_id, task.split, task.shard)))
-    return entry is not None and store.exists(key) and store.size(key) == entry.size
+    if entry is None:
+        entry = _read_part(store, part_key(dataset_id, task.split, task.shard))
+    if entry is None:
+        return False
+    try:
+        size, digest = store.checksum(key)
+    except ObjectNotFoundError:
+        log.warning("%s: listed but missing from the store; rendering it again", key)
+        return False
+    if (size, digest) != (entry.size, entry.sha256):
+        log.warning("%s: %d bytes, sha256 %s…; listed as %d bytes, %s…: damaged, rendering it again",
+                    key, size, digest[:12], entry.size, entry.sha256[:12])
+        return False
+    try:
+        index = json.loads(store.get_bytes(shard_index_key(key)))
+        intact = isinstance(index, dict) and index.get("shard") == key and index.get("sha256") == digest
+    except (ObjectNotFoundError, ValueError):
+        intact = False
+    if not intact:
+        log.warning("%s: sample index missing or damaged; rendering the shard again", shard_index_key(key))
+    return intact
 
 
 def write_shard(ctx: DatasetContext, task: ShardTask, progress: Callable[[int], None] | None = None) -> ManifestEntry:
@@ -152,7 +195,7 @@ def render_shards(spec: ExperimentSpec, store: Store, tasks: list[ShardTask],
     for task in tasks:
         if task.dataset not in contexts:
             contexts[task.dataset] = dataset_context(spec, store, task.dataset)
-            manifests[task.dataset] = read_manifest(store, dataset_manifest_key(contexts[task.dataset].dataset_id))
+            manifests[task.dataset] = read_rebuildable_manifest(store, dataset_manifest_key(contexts[task.dataset].dataset_id))
         ctx = contexts[task.dataset]
         label = f"render:{task.dataset}"
         per_dataset_done[task.dataset] += 1
@@ -168,7 +211,7 @@ def render_shards(spec: ExperimentSpec, store: Store, tasks: list[ShardTask],
         if progress is not None:
             progress(label, per_dataset_done[task.dataset], per_dataset_total[task.dataset])
     for name, ctx in contexts.items():  # heal entries lost to concurrent manifest writes
-        manifest = read_manifest(store, dataset_manifest_key(ctx.dataset_id))
+        manifest = read_rebuildable_manifest(store, dataset_manifest_key(ctx.dataset_id))
         listed = {e.key for e in manifest.entries} if manifest is not None else set()
         if any(t.dataset == name and t.key(ctx.dataset_id) not in listed for t in tasks):
             consolidate_manifest(spec, store, name)

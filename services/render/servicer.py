@@ -37,7 +37,7 @@ def parse_settings(settings_json: str) -> RenderSettings:
 
 def render_images(store: Store, request) -> tuple[list[dict], str]:
     """The work behind ``RenderImages``: a list of {rgb_png, depth_npy, mask_png, record_json} and the GL string."""
-    from services.render.renderers.gl import check_mesh, mesh_frame
+    from services.render.renderers.gl import check_mesh, mesh_frame, validate_record
     from services.render.sampling import sample_view
     from services.render.views import encode_npy, encode_png, get_renderer, load_glb, load_mesh
 
@@ -47,6 +47,8 @@ def render_images(store: Store, request) -> tuple[list[dict], str]:
             records.append(json.loads(text))
         except json.JSONDecodeError as exc:
             raise ValueError(f"records_json[{i}]: not valid JSON: {exc}") from None
+    for i, record in enumerate(records):  # all of them before any is drawn
+        validate_record(record, f"records_json[{i}]")
     settings = parse_settings(request.settings_json)
     count = len(records) or request.count
     if count < 1:

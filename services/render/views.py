@@ -3,31 +3,74 @@
 from __future__ import annotations
 
 import io
+import os
+import threading
+from collections import OrderedDict
+
 import numpy as np
 import trimesh
 from PIL import Image
 
 from services.common.store import Store
 
-# One renderer per (image size, backend) per process: contexts are expensive, meshes are swapped in.
-_RENDERERS: dict[tuple[int, str], object] = {}
+# The per-process renderer pool: contexts are expensive (an OSMesa context of a few hundred pixels holds ~10 MB),
+# meshes are swapped in. Least recently used first out, so a client asking for many image sizes cannot grow the
+# process without bound. FLATLAND_GL_CONTEXTS sets the size (default 4: a dataset's size, a contact sheet's,
+# and a couple of RenderImages sizes stay warm).
+DEFAULT_MAX_RENDERERS = 4
+_RENDERERS: OrderedDict[tuple[int, str], object] = OrderedDict()
+_POOL_LOCK = threading.Lock()
+
+
+def max_renderers() -> int:
+    """How many GL contexts a process keeps (``FLATLAND_GL_CONTEXTS``, default 4, at least 1)."""
+    text = os.environ.get("FLATLAND_GL_CONTEXTS", "").strip()
+    if not text:
+        return DEFAULT_MAX_RENDERERS
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"FLATLAND_GL_CONTEXTS: must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"FLATLAND_GL_CONTEXTS: must be >= 1, got {value}")
+    return value
 
 
 def get_renderer(image_size: int, backend: str = "auto"):
-    """The process's :class:`~services.render.renderers.gl.SceneRenderer` for this size (created once)."""
+    """The process's :class:`~services.render.renderers.gl.SceneRenderer` for this size.
+
+    Pooled per (size, platform); beyond :func:`max_renderers` the least recently used one is closed.
+    A renderer from here stays valid until the next call for *another* size may evict it: use it,
+    then ask again (callers share the GL contexts under one lock, as the servicer does).
+    """
     from services.render.renderers.gl import SceneRenderer, select_platform
 
     key = (int(image_size), select_platform(backend))
-    if key not in _RENDERERS:
-        _RENDERERS[key] = SceneRenderer(image_size, backend)
-    return _RENDERERS[key]
+    limit = max_renderers()
+    with _POOL_LOCK:
+        renderer = _RENDERERS.get(key)
+        if renderer is not None:
+            _RENDERERS.move_to_end(key)
+            return renderer
+        while len(_RENDERERS) >= limit:  # free before allocating: the peak stays at ``limit`` contexts
+            _, evicted = _RENDERERS.popitem(last=False)
+            evicted.close()
+        renderer = _RENDERERS[key] = SceneRenderer(image_size, backend)
+        return renderer
+
+
+def pooled_renderers() -> list[tuple[int, str]]:
+    """The (image size, platform) keys of the live pooled contexts, least recently used first."""
+    with _POOL_LOCK:
+        return list(_RENDERERS)
 
 
 def close_renderers() -> None:
     """Free every pooled OpenGL context (tests, long-lived servers shutting down)."""
-    while _RENDERERS:
-        _, renderer = _RENDERERS.popitem()
-        renderer.close()
+    with _POOL_LOCK:
+        while _RENDERERS:
+            _, renderer = _RENDERERS.popitem()
+            renderer.close()
 
 
 def load_glb(data: bytes) -> trimesh.Trimesh:

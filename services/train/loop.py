@@ -11,7 +11,9 @@ What a run writes under ``runs/<run_id>/`` (``run_id = spec.run_id(name)``):
 - ``metrics.jsonl`` — one JSON record per epoch (train/val loss, top-1, top-5, lr,
   samples, corrupt samples skipped, images/s);
 - ``filters.png`` (first-layer filters) and ``curves.png``;
-- ``done.json`` last: a run counts as finished only once it exists.
+- ``done.json`` last: a run counts as finished only once it exists. It lists ``checkpoint_size`` and
+  ``checkpoint_sha256`` of ``final.pt``; readers verify the checkpoint against them, and a re-run
+  that finds ``final.pt`` damaged makes it again (from the last epoch checkpoint).
 
 Resume. A run that finds epoch checkpoints continues after the newest. Every epoch
 re-seeds torch from ``derive_seed(seed, "torch", epoch)`` and the data order from the
@@ -46,7 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from services.common.errors import FlatlandError
+from services.common.errors import FlatlandError, IntegrityError, ObjectNotFoundError
 from services.common.seeds import derive_seed
 from services.common.spec.experiment import ExperimentSpec
 from services.common.spec.train import OptimSpec, PretrainSpec
@@ -54,7 +56,7 @@ from services.common.store import Store
 from services.train import metrics as prom
 from services.train.data import EmptySplitError, Folds, ShardStream, dataset_shards, make_loader, to_model_input
 from services.train.mixes import LabelMap, mix_for_run
-from services.train.models import checkpoint_dict, load_checkpoint, save_checkpoint, unwrap
+from services.train.models import checkpoint_dict, load_checkpoint, read_done, save_checkpoint, unwrap
 from services.train.objectives import Objective, objective_for
 from services.train.objectives.classification import topk_correct  # noqa: F401  (kept importable from here)
 from services.train.plots import curves_png, filters_png
@@ -194,6 +196,23 @@ class PretrainRun:
     def is_done(self) -> bool:
         return self.store.exists(self.done_key)
 
+    def _verified_done(self) -> dict | None:
+        """``done.json`` when ``final.pt`` still matches the size and SHA-256 it lists (streamed), else ``None``."""
+        final = self.key("checkpoints/final.pt")
+        try:
+            done = read_done(self.store, self.done_key)
+            if "checkpoint_sha256" not in done:
+                return done  # finished before checksums were recorded: nothing to check against
+            size, digest = self.store.checksum(final)
+            if (size, digest) == (done["checkpoint_size"], done["checkpoint_sha256"]):
+                return done
+            problem = (f"{final}: {size} bytes, sha256 {digest[:12]}…; {self.done_key} lists "
+                       f"{done['checkpoint_size']} bytes, {done['checkpoint_sha256'][:12]}…")
+        except (IntegrityError, ObjectNotFoundError) as exc:
+            problem = str(exc)
+        _log.warning("run %s: %s: damaged; making the final checkpoint again", self.run_id, problem)
+        return None
+
     def latest_epoch_checkpoint(self) -> tuple[int, str] | None:
         found = []
         for key in self.store.list(self.key("checkpoints/")):
@@ -220,7 +239,11 @@ class PretrainRun:
         The trained model stays available as ``self.model``.
         """
         if self.is_done():
-            return self.store.get_json(self.done_key)
+            finished = self._verified_done()
+            if finished is not None:
+                return finished
+            # the final checkpoint is damaged: run again, which resumes after the newest epoch checkpoint (the
+            # last epoch, kept) and writes final.pt and done.json anew; without epoch checkpoints it retrains
         search = None
         if self.trial is None and self.run.search is not None:
             search = self.search(progress=progress)
@@ -476,7 +499,9 @@ class PretrainRun:
     def _finish(self, model, records: list[dict], label_map: LabelMap, summary: dict) -> None:
         ckpt = self._checkpoint(model, self.run.epochs - 1, num_classes=label_map.num_classes,
                                 label_map=label_map.to_json())
-        save_checkpoint(self.store, self.key("checkpoints/final.pt"), ckpt)
+        size, digest = save_checkpoint(self.store, self.key("checkpoints/final.pt"), ckpt)
+        # consumers (transfer, neuro) verify final.pt against these before using it
+        summary["checkpoint_size"], summary["checkpoint_sha256"] = size, digest
         self.store.put_bytes(self.key("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in records).encode())
         self.store.put_bytes(self.key("filters.png"), filters_png(model, f"{self.run_id}: first-layer filters"))
         self.store.put_bytes(self.key("curves.png"), curves_png(records, self.run_id))

@@ -59,7 +59,7 @@ from services.common.spec.train import OptimSpec, TargetSpec, TransferSpec
 from services.common.store import Store
 from services.train.data import IMAGENET_MEAN, IMAGENET_STD, to_model_input
 from services.train.loop import DivergedError, lr_factor, run_prefix
-from services.train.models import build_model, head_parameter_names, load_checkpoint, logits_of
+from services.train.models import build_model, head_parameter_names, load_verified_checkpoint, logits_of
 
 Progress = Callable[[str, int, int], None]
 SCRATCH = "scratch"
@@ -192,7 +192,7 @@ def sources_for(spec: ExperimentSpec, transfer: TransferSpec, store: Store) -> l
             raise ObjectNotFoundError(
                 f"transfer '{transfer.name}' needs pre-training run '{name}' ({run_id}), which has not finished: "
                 f"no {run_prefix(run_id)}/done.json")
-        ckpt = load_checkpoint(store, f"{run_prefix(run_id)}/checkpoints/final.pt")
+        ckpt = load_verified_checkpoint(store, run_prefix(run_id))  # IntegrityError naming final.pt if damaged
         sources.append(Source(name, run_id, ckpt["model"], transfer.input_size or ckpt["input_size"],
                               tuple(ckpt["mean"]), tuple(ckpt["std"]), ckpt["state_dict"]))
     models = list(dict.fromkeys((s.model, s.input_size) for s in sources)) or [(transfer.model, transfer.input_size or 224)]

@@ -162,3 +162,40 @@ def test_bytes_identical_in_a_fresh_process(written):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     stored = store.get_bytes(f"meshes/{spec.dataset_id('morph')}/00000/1.glb")
     assert out.stdout.strip() == hashlib.sha256(stored).hexdigest()
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "delete"])
+def test_a_damaged_listed_mesh_is_made_again_byte_identical(tmp_path, how):
+    spec = _spec(classes=2)
+    store = LocalStore(tmp_path / "store")
+    generate_dataset(spec, "proc", store)
+    key = manifest_key(spec.dataset_id("proc"))
+    originals = {e.key: store.get_bytes(e.key) for e in read_manifest(store, key).entries}
+    victim = sorted(k for k in originals if "/00001/" in k)[0]
+    data = originals[victim]
+    if how == "flip":
+        store.put_bytes(victim, data[:40] + bytes([data[40] ^ 0x10]) + data[41:])
+    elif how == "truncate":
+        store.put_bytes(victim, data[: len(data) // 2])
+    else:
+        store.delete(victim)
+    summary = generate_dataset(spec, "proc", store)
+    assert summary["generated"] == 1 and summary["skipped"] == 1  # class 1 made again, class 0 verified
+    assert {k: store.get_bytes(k) for k in originals} == originals
+    assert verify_manifest(store, read_manifest(store, key)) == []
+
+
+def test_a_damaged_mesh_manifest_is_named_to_readers_and_rebuilt_by_meshgen(tmp_path):
+    from services.common.errors import IntegrityError
+
+    spec = _spec(classes=2)
+    store = LocalStore(tmp_path / "store")
+    generate_dataset(spec, "proc", store)
+    key = manifest_key(spec.dataset_id("proc"))
+    entries = read_manifest(store, key).entries
+    store.put_bytes(key, store.get_bytes(key)[:-40])  # truncated
+    with pytest.raises(IntegrityError, match=f"{key}: damaged manifest"):
+        read_manifest(store, key)
+    summary = generate_dataset(spec, "proc", store)
+    assert summary["generated"] == 0  # rebuilt from the verified class.json records, nothing regenerated
+    assert read_manifest(store, key).entries == entries

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 import torchvision
@@ -30,8 +32,11 @@ def finish_run(store, spec: ExperimentSpec, run: str, seed: int) -> None:
     run_id = spec.run_id(run)
     torch.manual_seed(seed)
     model = torchvision.models.resnet18(num_classes=10)
-    store.put_bytes(checkpoint_key(run_id), checkpoint_bytes(model, "resnet18", 10, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
-    store.put_json(f"runs/{run_id}/done.json", {"run_id": run_id})
+    data = checkpoint_bytes(model, "resnet18", 10, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    store.put_bytes(checkpoint_key(run_id), data)
+    # as the train stage writes it: done.json lists the final checkpoint's size and SHA-256
+    store.put_json(f"runs/{run_id}/done.json", {"run_id": run_id, "checkpoint_size": len(data),
+                                                "checkpoint_sha256": hashlib.sha256(data).hexdigest()})
 
 
 @pytest.fixture

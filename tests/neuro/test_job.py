@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from services.common.errors import ObjectNotFoundError
+from services.common.errors import IntegrityError, ObjectNotFoundError
 from services.common.store import LocalStore
 from services.neuro.job import run_job
 from services.neuro.planted import planted_key
+from services.neuro.scoring import checkpoint_key, compare_models, score_run
 from tests.neuro.conftest import finish_run
 
 
@@ -84,3 +86,21 @@ def test_user_file_benchmark(tmp_path, finished_store, tiny_spec):
                           "scoring": [{**TINY["scoring"][0], "runs": ["run-a"], "benchmarks": ["rec"]}]})
     with pytest.raises(ObjectNotFoundError, match="neural_data 'rec': no file '/nowhere/rec.h5'"):
         run_job(missing, finished_store)
+
+
+def test_a_damaged_checkpoint_is_refused_naming_its_key(finished_store, tiny_spec):
+    """A flipped byte in final.pt (listed in done.json) is never scored: IntegrityError naming the key."""
+    key = checkpoint_key(tiny_spec.run_id("run-a"))
+    data = bytearray(finished_store.get_bytes(key))
+    data[len(data) // 2] ^= 0x01
+    finished_store.put_bytes(key, bytes(data))
+    scoring = tiny_spec.scoring[0]
+    with pytest.raises(IntegrityError, match=re.escape(key) + ".*sha256.*done.json"):
+        score_run(tiny_spec, finished_store, scoring, "run-a", "planted")
+    with pytest.raises(IntegrityError, match=re.escape(key)):
+        compare_models(tiny_spec, finished_store, scoring, "run-b", "run-a", "planted", layers_a=["layer1"],
+                       layers_b=["layer1"])
+    finished_store.put_bytes(key, bytes(data[:1000]))  # truncated
+    with pytest.raises(IntegrityError, match=re.escape(key) + ": 1000 bytes"):
+        score_run(tiny_spec, finished_store, scoring, "run-a", "planted")
+    assert not finished_store.exists(f"scores/{tiny_spec.run_id('run-a')}/planted.json")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -68,6 +70,26 @@ def test_bad_requests_get_status_codes_and_server_survives(neuro_client):
     reply = stub.CompareModels(neuro_pb2.CompareModelsRequest(
         scoring=_item(), run_a="run-a", run_b="run-b", benchmark="planted", layers_a=["layer4"], layers_b=["layer4"]))
     assert len(reply.similarity) == 1  # still serving
+
+
+@pytest.mark.parametrize("layers_a, layers_b, words", [
+    (["layer1"] * 1000, ["layer1"], "layers_a: 1000 layers listed, at most 64"),
+    (["layer1"], ["layer1", "layer4", "layer1"], "layers_b[2]: layer 'layer1' is listed twice"),
+    ([f"layer{i}" for i in range(65)], ["layer1"], "layers_a: 65 layers listed"),
+])
+def test_compare_models_refuses_long_or_repeated_layer_lists_quickly(neuro_client, layers_a, layers_b, words):
+    stub, _ = neuro_client
+    start = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CompareModels(neuro_pb2.CompareModelsRequest(scoring=_item(), run_a="run-a", run_b="run-b",
+                                                          benchmark="planted", layers_a=layers_a, layers_b=layers_b),
+                           timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in err.value.details()
+    assert time.monotonic() - start < 5  # refused before any checkpoint or feature is loaded
+    bad = {**TINY, "scoring": [{**TINY["scoring"][0], "layers": ["layer1", "layer1"]}]}
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Score(neuro_pb2.ScoreRequest(scoring=_item(bad), runs=["run-a"]), timeout=30))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "layer 'layer1' is listed twice" in err.value.details()
 
 
 def test_unfinished_run_is_not_found(store):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,9 @@ import trimesh
 
 from services.common.spec.base import Fixed
 from services.common.spec.render import CameraSpec, RenderSettings
-from services.render.renderers.gl import DegenerateMeshError, RenderBackendError, mesh_frame, select_platform
+from services.render.renderers import gl
+from services.render.renderers.gl import (DegenerateMeshError, RecordError, RenderBackendError, SceneRenderer,
+                                          mesh_frame, select_platform)
 from services.render.sampling import sample_view
 from services.render.views import get_renderer, render_record
 
@@ -83,6 +87,75 @@ def test_record_re_renders_to_identical_images():
     again = render_record(record, mesh)
     assert np.array_equal(first.rgb, again.rgb)
     assert np.array_equal(first.depth, again.depth)
+
+
+def _set(path: str, value):
+    """A function that sets ``record[path]`` (dots and integer indices) to ``value``."""
+    def apply(record):
+        *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+        for part in parents:
+            record = record[part]
+        record[last] = value
+    return apply
+
+
+BAD_RECORDS = [
+    (_set("material.metallic", 2), "record.material.metallic"),
+    (_set("lights.0.pose", [[1, 0, 0], [0, 1, 0], [0, 0, 1]]), "record.lights[0].pose"),
+    (_set("lights.0.pose.1.3", float("nan")), "record.lights[0].pose[1][3]"),
+    (_set("lights.0.kind", "laser"), "record.lights[0].kind"),
+    (_set("camera.zfar", 0.001), "record.camera"),
+    (_set("object.pose", "identity"), "record.object.pose"),
+    (_set("ambient", -1), "record.ambient"),
+]
+
+
+@pytest.mark.parametrize("break_it, field", BAD_RECORDS, ids=[f for _, f in BAD_RECORDS])
+def test_a_bad_record_fails_naming_its_field_and_does_not_poison_the_renderer(break_it, field):
+    size = SIZE + 8  # a renderer of its own, so earlier tests cannot hide a poisoned scene
+    mesh = trimesh.creation.cone(radius=0.7, height=1.5)
+    centre, radius = mesh_frame(mesh)
+    good = sample_view(RenderSettings(image_size=size), root_seed=1, dataset_id="poison", class_index=0, instance=0,
+                       view=2, mesh_centre=centre, mesh_radius=radius)
+    renderer = get_renderer(size)
+    renderer.set_mesh(mesh, good["material"])
+    first = renderer.render(good)
+    bad = copy.deepcopy(good)
+    break_it(bad)
+    with pytest.raises(RecordError, match=re.escape(field)):
+        renderer.set_mesh(trimesh.creation.box(), bad["material"])
+        renderer.render(bad)
+    renderer.set_mesh(mesh, good["material"])
+    again = renderer.render(good)
+    with SceneRenderer(size) as fresh:
+        fresh.set_mesh(mesh, good["material"])
+        reference = fresh.render(good)
+    for view in (first, again):
+        assert np.array_equal(view.rgb, reference.rgb) and np.array_equal(view.depth, reference.depth)
+
+
+def test_scene_updates_are_atomic_even_when_pyrender_refuses(monkeypatch):
+    """Build, then swap: a failure inside pyrender (validation bypassed) leaves the scene usable."""
+    size = SIZE + 8
+    mesh = trimesh.creation.cone(radius=0.7, height=1.5)
+    centre, radius = mesh_frame(mesh)
+    good = sample_view(RenderSettings(image_size=size), root_seed=1, dataset_id="poison", class_index=0, instance=0,
+                       view=2, mesh_centre=centre, mesh_radius=radius)
+    renderer = get_renderer(size)
+    renderer.set_mesh(mesh, good["material"])
+    first = renderer.render(good)
+    monkeypatch.setattr(gl, "validate_record", lambda record: None)
+    monkeypatch.setattr(gl, "validate_material", lambda material: material)
+    bad_material = {**good["material"], "metallic": 2.0}
+    with pytest.raises(ValueError, match="Metallic"):
+        renderer.set_mesh(trimesh.creation.box(), bad_material)
+    bad_light = copy.deepcopy(good)
+    bad_light["lights"].append({**bad_light["lights"][0], "pose": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]})
+    with pytest.raises(ValueError):
+        renderer.render(bad_light)
+    assert np.array_equal(renderer.render(good).rgb, first.rgb)  # the cone, not the box; one light set
+    renderer.set_mesh(mesh, good["material"])
+    assert np.array_equal(renderer.render(good).rgb, first.rgb)
 
 
 def test_vertex_colours_are_used():

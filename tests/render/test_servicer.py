@@ -54,6 +54,26 @@ def test_bad_requests_map_to_status_codes(stub, fields, code, words):
     assert len(ok.images) == 1
 
 
+@pytest.mark.parametrize("field, value", [("metallic", 2), ("roughness", "rough")])
+def test_a_bad_record_is_invalid_argument_and_later_renders_are_unharmed(stub, field, value):
+    """good -> bad -> good at one image size: the bad one names its field, the good ones match a fresh render."""
+    client, _ = stub
+    glb = glb_bytes(trimesh.creation.box())
+    first = client.RenderImages(render_pb2.RenderImagesRequest(
+        glb=glb, settings_json=json.dumps({"image_size": 48}), count=1, seed=9)).images[0]
+    bad = json.loads(first.record_json)
+    bad["material"][field] = value
+    bad_light = json.loads(first.record_json)
+    bad_light["lights"][0]["pose"] = [[1, 0, 0, 0]]
+    for record, path in ((bad, f"records_json[1].material.{field}"), (bad_light, "records_json[1].lights[0].pose")):
+        with pytest.raises(grpc.RpcError) as info:
+            client.RenderImages(render_pb2.RenderImagesRequest(glb=glb, records_json=[first.record_json,
+                                                                                      json.dumps(record)]))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and path in info.value.details()
+    again = client.RenderImages(render_pb2.RenderImagesRequest(glb=glb, records_json=[first.record_json]))
+    assert again.images[0].rgb_png == first.rgb_png
+
+
 def test_degenerate_mesh_is_invalid_argument(stub):
     client, _ = stub
     mesh = trimesh.creation.box()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 
 import numpy as np
@@ -247,3 +248,54 @@ def test_sigkilled_job_resumes_to_the_same_shards(shapes, tmp_path):
     run_job(spec, clean)
     resumed, reference = read_manifest(store, manifest_key), read_manifest(clean, manifest_key)
     assert [(e.key, e.sha256, e.samples) for e in resumed.entries] == [(e.key, e.sha256, e.samples) for e in reference.entries]
+
+
+def _flip(store, key, at: int = 700) -> None:
+    data = bytearray(store.get_bytes(key))
+    data[at % len(data)] ^= 0x01
+    store.put_bytes(key, bytes(data))
+
+
+def _damage_each_way():
+    return [
+        ("flipped byte in a shard", lambda store, shard: _flip(store, shard)),
+        ("truncated shard", lambda store, shard: store.put_bytes(shard, store.get_bytes(shard)[:-512])),
+        ("missing shard index", lambda store, shard: store.delete(shard_index_key(shard))),
+        ("damaged shard index", lambda store, shard: store.put_bytes(shard_index_key(shard), b'{"format": 1, "sh')),
+    ]
+
+
+@pytest.mark.parametrize("damage", [d for _, d in _damage_each_way()], ids=[n for n, _ in _damage_each_way()])
+def test_a_damaged_shard_is_rendered_again_byte_identical(shapes, damage):
+    spec, store = shapes
+    dataset_id = spec.dataset_id("shapes")
+    run_job(spec, store)
+    objects = {k: store.get_bytes(k) for k in store.list(f"datasets/{dataset_id}/") if not k.endswith("contact.png")}
+    shard = sorted(k for k in objects if k.endswith(".tar"))[0]
+    damage(store, shard)
+    summary = shards_module.render_shards(spec, store, shard_plan(spec, "shapes"))
+    assert summary["written"] == [shard]  # only the damaged one, the rest verified and skipped
+    after = {k: store.get_bytes(k) for k in objects}
+    manifest = read_manifest(store, f"datasets/{dataset_id}/manifest.json")
+    assert {k: v for k, v in after.items() if k.endswith((".tar", ".index.json"))} == \
+        {k: v for k, v in objects.items() if k.endswith((".tar", ".index.json"))}
+    assert verify_manifest(store, manifest) == []
+    assert len(shards_module.render_shards(spec, store, shard_plan(spec, "shapes"))["written"]) == 0
+
+
+def test_a_damaged_manifest_or_part_record_is_rebuilt_and_named_to_readers(shapes):
+    from services.common.errors import IntegrityError
+
+    spec, store = shapes
+    dataset_id = spec.dataset_id("shapes")
+    key = f"datasets/{dataset_id}/manifest.json"
+    run_job(spec, store)
+    entries = read_manifest(store, key).entries
+    store.put_bytes(key, store.get_bytes(key)[:150])  # truncated
+    with pytest.raises(IntegrityError, match=re.escape(key)):
+        read_manifest(store, key)
+    part = sorted(store.list(f"datasets/{dataset_id}/parts/"))[0]
+    store.put_bytes(part, b"{}")  # valid JSON, not an entry
+    summary = shards_module.render_shards(spec, store, shard_plan(spec, "shapes"))
+    assert len(summary["written"]) == 1  # the shard whose part record was damaged (the manifest did not list it)
+    assert read_manifest(store, key).entries == entries

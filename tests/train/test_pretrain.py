@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,11 +13,11 @@ import torch
 import torchvision
 from PIL import Image
 
-from services.common.errors import FlatlandError, ObjectNotFoundError, SpecError
+from services.common.errors import FlatlandError, IntegrityError, ObjectNotFoundError, SpecError
 from services.common.spec.experiment import parse_spec
 from services.train.loop import lr_factor, pretrain
 from services.train.mixes import mix_for_run, split_budget
-from services.train.models import build_model, load_checkpoint
+from services.train.models import build_model, load_checkpoint, load_verified_checkpoint
 from tests.train.synthetic_shards import write_dataset
 
 
@@ -198,3 +200,23 @@ def test_a_run_normalises_with_its_own_statistics_and_records_them(local_store):
     pretrain(spec, "r", local_store)
     ckpt = load_checkpoint(local_store, f"runs/{spec.run_id('r')}/checkpoints/final.pt")
     assert ckpt["mean"] == [0.2, 0.2, 0.2] and ckpt["std"] == [0.5, 0.5, 0.5]
+
+
+def test_done_json_lists_the_final_checkpoint_and_a_rerun_remakes_a_damaged_one(local_store):
+    spec = make_spec(epochs=2, batch_size=16, input_size=16, workers=0)
+    render(local_store, spec, train=8, val=2)
+    summary = pretrain(spec, "r", local_store)
+    run = f"runs/{spec.run_id('r')}"
+    key = f"{run}/checkpoints/final.pt"
+    original = local_store.get_bytes(key)
+    done = local_store.get_json(f"{run}/done.json")
+    assert (done["checkpoint_size"], done["checkpoint_sha256"]) == (len(original), hashlib.sha256(original).hexdigest())
+    assert done == summary
+    for damage in (lambda b: b[:len(b) // 2], lambda b: b[:100] + bytes([b[100] ^ 1]) + b[101:]):
+        local_store.put_bytes(key, damage(original))
+        with pytest.raises(IntegrityError, match=re.escape(key)):
+            load_verified_checkpoint(local_store, run)
+        again = pretrain(spec, "r", local_store)  # finds final.pt damaged: makes it again from the last epoch
+        assert local_store.get_bytes(key) == original
+        assert again["checkpoint_sha256"] == done["checkpoint_sha256"]
+        assert load_verified_checkpoint(local_store, run)["num_classes"] == 6

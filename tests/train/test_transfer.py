@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from services.common.errors import ObjectNotFoundError
+from services.common.errors import IntegrityError, ObjectNotFoundError
 from services.common.spec.experiment import parse_spec
 from services.common.spec.train import TargetSpec
 from services.train.loop import DivergedError, pretrain
-from services.train.transfer import Source, load_target, prepare_model, run_transfer, transfer_id
+from services.train.transfer import Source, load_target, prepare_model, run_transfer, sources_for, transfer_id
 from tests.train.synthetic_shards import write_dataset
 
 
@@ -141,3 +143,18 @@ def test_cached_feature_probe_matches_the_full_model_probe():
     assert torch.equal(model.conv1.weight, state["conv1.weight"])  # the backbone did not move
     squeeze = Source("q", None, "squeezenet1_1", 64, IMAGENET_MEAN, IMAGENET_STD, None)
     assert probe_features(squeeze, load_target(TargetSpec(name="d", kind="digits", train_per_class=1), 64, 0), 8, "cpu") is None
+
+
+def test_a_damaged_pretrained_checkpoint_is_refused_naming_its_key(local_store):
+    spec = spec_with({"pretrained": ["r"], "epochs": 1, "modes": ["finetune"]})
+    write_dataset(local_store, spec.dataset_id("shapes"), classes=4, views={"train": 8, "val": 2}, size=24)
+    pretrain(spec, "r", local_store)
+    key = f"runs/{spec.run_id('r')}/checkpoints/final.pt"
+    assert [s.name for s in sources_for(spec, spec.transfer[0], local_store)] == ["r", "scratch"]
+    data = bytearray(local_store.get_bytes(key))
+    data[len(data) // 3] ^= 0x40
+    local_store.put_bytes(key, bytes(data))
+    with pytest.raises(IntegrityError, match=re.escape(key) + ".*re-run train"):
+        sources_for(spec, spec.transfer[0], local_store)
+    with pytest.raises(IntegrityError, match=re.escape(key)):
+        run_transfer(spec, "x", local_store)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from services.common.spec.base import Name, StrictModel
 
@@ -43,13 +43,32 @@ class NeuralDataSpec(StrictModel):
         return self
 
 
+MAX_LAYERS = 64  # layers scored or compared per run: each holds a stimuli x stimuli RDM and its features
+
+
+def check_layers(layers: list[str], field: str = "layers") -> list[str]:
+    """``layers`` unchanged, or :class:`ValueError` naming ``field``: at most MAX_LAYERS, none listed twice, none empty."""
+    if len(layers) > MAX_LAYERS:
+        raise ValueError(f"{field}: {len(layers)} layers listed, at most {MAX_LAYERS}")
+    seen: set[str] = set()
+    for i, layer in enumerate(layers):
+        if not layer.strip():
+            raise ValueError(f"{field}[{i}]: empty layer name")
+        if layer in seen:
+            raise ValueError(f"{field}[{i}]: layer {layer[:80]!r} is listed twice")
+        seen.add(layer)
+    return layers
+
+
 class ScoringSpec(StrictModel):
     name: Name
     runs: list[Name] = Field(min_length=1, description="Pre-training runs to score (names from `pretrain`).")
     benchmarks: list[Name] = Field(min_length=1, description="Neural data sets to score against (names from `neural_data`).")
     layers: list[str] = Field(
         default_factory=lambda: ["layer1", "layer2", "layer3", "layer4", "avgpool"], min_length=1,
-        description="Layers to score: torchvision feature-extraction node or module names (e.g. 'layer3', 'layer3.1.relu').",
+        max_length=MAX_LAYERS,
+        description="Layers to score: torchvision feature-extraction node or module names (e.g. 'layer3', 'layer3.1.relu'); "
+        f"at most {MAX_LAYERS}, each once.",
     )
     pooling: Pooling = Field(
         default="avg",
@@ -79,3 +98,8 @@ class ScoringSpec(StrictModel):
     rsa_compare: Literal["spearman", "kendall_tau_a"] = Field(default="spearman", description="How RDMs are compared: Spearman rho or Kendall's tau-a.")
     compare_models: bool = Field(default=True, description="Also compute model–model RSA between the scored runs.")
     seed: int = Field(default=0, ge=0, description="Seed of the splits, ceiling halvings, PCA and bootstrap.")
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct_layers(cls, layers: list[str]) -> list[str]:
+        return check_layers(layers)

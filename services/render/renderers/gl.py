@@ -39,6 +39,7 @@ import trimesh
 
 from services.common.errors import FlatlandError
 from services.common.glplatform import PLATFORMS, RenderBackendError, select_platform  # noqa: F401 (re-exported)
+from services.render.renderers.record import RecordError, validate_material, validate_record  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -277,9 +278,13 @@ class SceneRenderer:
         if token is not None and token == self._mesh_token:
             return
         check_mesh(mesh)
-        if self._mesh_node is not None:
-            self._scene.remove_node(self._mesh_node)
-        self._mesh_node = self._scene.add(_pyrender_mesh(mesh, material), pose=np.eye(4))
+        material = validate_material(material)
+        # build first, then swap: a failure leaves the previous mesh loaded and the scene consistent
+        built = _pyrender_mesh(mesh, material)
+        old = self._mesh_node
+        self._mesh_node = self._scene.add(built, pose=np.eye(4))
+        if old is not None:
+            self._scene.remove_node(old)
         self._mesh_token = token
         self._canonical = None
 
@@ -292,6 +297,7 @@ class SceneRenderer:
         """
         if self._mesh_node is None:
             raise RuntimeError("no mesh loaded: call set_mesh first")
+        validate_record(record)  # before the scene changes: a bad record must not poison the next one
         size = int(record["image_size"])
         if size != self.image_size:
             raise ValueError(f"record image_size {size} differs from this renderer's {self.image_size}")
@@ -316,18 +322,26 @@ class SceneRenderer:
         size = int(record["image_size"])
         camera = record["camera"]
         k = camera["intrinsics"]
+        # Everything that can fail is built before the scene changes (the record was validated, but a
+        # pyrender refusal must not leave the shared scene half-updated either).
+        camera_pose = np.asarray(camera["pose"], dtype=float)
+        object_pose = np.asarray(record["object"]["pose"], dtype=float)
+        lights = [pyrender.Node(light=_make_light(light, pyrender), matrix=np.asarray(light["pose"], dtype=float))
+                  for light in record["lights"]]
+        kinds = [light["kind"] for light in record["lights"]]
         self._camera.fx, self._camera.fy, self._camera.cx, self._camera.cy = k["fx"], k["fy"], k["cx"], k["cy"]
         self._camera.znear, self._camera.zfar = camera["znear"], camera["zfar"]
-        self._scene.set_pose(self._camera_node, np.asarray(camera["pose"], dtype=float))
-        self._scene.set_pose(self._mesh_node, np.asarray(record["object"]["pose"], dtype=float))
+        self._scene.set_pose(self._camera_node, camera_pose)
+        self._scene.set_pose(self._mesh_node, object_pose)
         self._scene.ambient_light = np.full(3, float(record["ambient"]))
         self.shader_cache.shading = record["material"].get("shading", "pbr")
-        kinds = [light["kind"] for light in record["lights"]]
         self.shader_cache.light_counts = (kinds.count("directional"), kinds.count("point"), kinds.count("spot"))
         for node in self._light_nodes:
             self._scene.remove_node(node)
-        self._light_nodes = [self._scene.add(_make_light(light, pyrender), pose=np.asarray(light["pose"], dtype=float))
-                             for light in record["lights"]]
+        self._light_nodes = []
+        for node in lights:
+            self._scene.add_node(node)
+            self._light_nodes.append(node)
         color, depth = self._offscreen.render(self._scene)
         mask = depth > 0
         depth = np.where(mask, depth, np.float32(np.inf)).astype(np.float32)
