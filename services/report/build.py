@@ -113,7 +113,7 @@ def _transfer_table(spec: ExperimentSpec, store: Store) -> list[dict]:
         sources = list(dict.fromkeys(r["source"] for r in results if r["source"] != "scratch")) + ["scratch"]
         rows = {}
         for r in results:
-            rows.setdefault((r["target"], r["mode"]), {})[r["source"]] = r.get("test_top1")
+            rows.setdefault((r["target"], r["mode"]), {})[r["source"]] = r.get("test_score", r.get("test_top1"))
         tables.append(
             {
                 "key": key,

@@ -150,8 +150,9 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
             run_id=handle.run_id, kind=handle.kind, state=handle.state,
             metrics=[epoch_message(r) for r in handle.metrics],
             transfer_results=[train_pb2.TransferResult(source=r["source"], target=r["target"], mode=r["mode"],
-                                                       test_top1=r["test_top1"], lr=r["lr"],
-                                                       weight_decay=r["weight_decay"]) for r in handle.transfer_results],
+                                                       test_top1=r.get("test_top1") or 0.0, lr=r["lr"],
+                                                       weight_decay=r["weight_decay"], metric=r.get("metric", "top1"),
+                                                       test_score=r.get("test_score", r.get("test_top1", 0.0))) for r in handle.transfer_results],
         )
         if handle.error is not None:
             status.error.CopyFrom(self._error(handle))
