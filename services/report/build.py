@@ -76,7 +76,7 @@ def collect_report(spec: ExperimentSpec, store: Store, timings: dict[str, float]
                 "name": r.name,
                 "id": rid,
                 "model": r.model,
-                "datasets": r.datasets,
+                "datasets": r.datasets if r.kind == "synthetic" else [f"ImageNet ({r.weights})"],
                 "done": store.exists(f"runs/{rid}/done.json"),
                 "final": metrics[-1] if metrics else None,
                 "curves": _png(store, f"runs/{rid}/curves.png"),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from flatland.v1 import common_pb2, train_pb2, train_pb2_grpc
-from services.common.errors import SpecError
+from services.common.errors import ObjectNotFoundError, SpecError
 from services.common.spec.experiment import ExperimentSpec
 from services.common.spec_servicer import spec_from_text
 from services.common.status import message_for, status_for_exception
@@ -22,6 +22,7 @@ from services.common.store import Store
 from services.train.loop import DistContext, PretrainRun
 from services.train.mixes import mix_for_run
 from services.train.models import check_model_name
+from services.train.pretrained import weights_enum, weights_file
 from services.train.transfer import run_transfer, sources_for, transfer_id
 
 SERVICE_NAME = "flatland.v1.Train"
@@ -72,7 +73,12 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
         if any(p.name == name for p in spec.pretrain):
             run = next(p for p in spec.pretrain if p.name == name)
             check_model_name(run.model)
-            mix_for_run(spec, run, self.store)  # datasets rendered? budget within the classes?
+            if run.kind == "torchvision_pretrained":
+                file = weights_file(run, weights_enum(run))  # weights match the model? file there?
+                if not file.is_file():
+                    raise ObjectNotFoundError(f"pretrain '{run.name}': the {run.weights} weights file {file} does not exist")
+            else:
+                mix_for_run(spec, run, self.store)  # datasets rendered? budget within the classes?
             run_id = spec.run_id(name)
             return spec, "pretrain", run_id, f"runs/{run_id}/done.json"
         if any(t.name == name for t in spec.transfer):
