@@ -83,3 +83,16 @@ def test_cancel_stops_a_run_and_leaves_it_resumable(client, local_store):
     assert stub.GetRun(ref, timeout=10).state == train_pb2.RUN_STATE_CANCELLED
     assert local_store.exists(f"runs/{ref.run_id}/checkpoints/epoch-0.pt")
     assert not local_store.exists(f"runs/{ref.run_id}/done.json")
+
+
+def test_transfer_results_carry_their_metric(client, local_store):
+    stub, _ = client
+    results = [{"source": "scratch", "target": "voc", "mode": "finetune", "metric": "map", "test_score": 0.62,
+                "test_map": 0.62, "lr": 0.01, "weight_decay": 1e-4},
+               {"source": "scratch", "target": "digits", "mode": "finetune", "metric": "top1", "test_score": 0.9,
+                "test_top1": 0.9, "lr": 0.01, "weight_decay": 1e-4}]
+    local_store.put_json("runs/x-1/transfer.json", {"transfer_id": "x-1", "results": results})
+    local_store.put_json("runs/x-1/done.json", {"transfer_id": "x-1"})
+    status = stub.GetRun(train_pb2.RunRef(run_id="x-1"), timeout=10)
+    got = [(r.target, r.metric, round(r.test_score, 6), round(r.test_top1, 6)) for r in status.transfer_results]
+    assert got == [("voc", "map", 0.62, 0.0), ("digits", "top1", 0.9, 0.9)]
