@@ -70,9 +70,6 @@ class ResizeToTensor:
         return torch.from_numpy(np.array(image))
 
 
-# Kept under the old private name for callers of earlier versions.
-_ResizeToTensor = ResizeToTensor
-
 
 class Files(Dataset):
     """Images listed as (file, label) pairs, loaded with PIL."""

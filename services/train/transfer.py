@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import itertools
 import math
 import time
@@ -66,7 +65,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from services.common.errors import FlatlandError, ObjectNotFoundError
 from services.common.seeds import derive_seed
 from services.common.spec.experiment import ExperimentSpec, content_hash
-from services.common.spec.train import OptimSpec, TargetSpec, TransferSpec
+from services.common.spec.train import OptimSpec, TransferSpec
 from services.common.store import Store
 from services.train.data import IMAGENET_MEAN, IMAGENET_STD, to_model_input
 from services.train.loop import DivergedError, lr_factor, run_prefix
