@@ -70,7 +70,8 @@ def validate(spec_path: str) -> None:
     for d in spec.datasets:
         click.echo(f"  dataset  {d.name:<24} {d.kind:<12} {d.classes} classes -> {spec.dataset_id(d.name)}")
     for r in spec.pretrain:
-        click.echo(f"  pretrain {r.name:<24} {r.model:<12} on {'+'.join(r.datasets)} -> {spec.run_id(r.name)}")
+        source = f"on {'+'.join(r.datasets)}" if r.kind == "synthetic" else f"weights {r.weights}"
+        click.echo(f"  pretrain {r.name:<24} {r.model:<12} {source} -> {spec.run_id(r.name)}")
     for t in spec.transfer:
         click.echo(f"  transfer {t.name:<24} {','.join(t.modes)} on {','.join(t.targets)}")
     for s in spec.scoring:

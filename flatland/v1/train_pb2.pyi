@@ -56,20 +56,24 @@ class EpochMetrics(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., train_loss: _Optional[float] = ..., train_top1: _Optional[float] = ..., train_top5: _Optional[float] = ..., val_loss: _Optional[float] = ..., val_top1: _Optional[float] = ..., val_top5: _Optional[float] = ..., lr: _Optional[float] = ..., train_samples: _Optional[int] = ..., corrupt_samples: _Optional[int] = ..., images_per_s: _Optional[float] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class TransferResult(_message.Message):
-    __slots__ = ("source", "target", "mode", "test_top1", "lr", "weight_decay")
+    __slots__ = ("source", "target", "mode", "test_top1", "lr", "weight_decay", "metric", "test_score")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     TEST_TOP1_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    TEST_SCORE_FIELD_NUMBER: _ClassVar[int]
     source: str
     target: str
     mode: str
     test_top1: float
     lr: float
     weight_decay: float
-    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., mode: _Optional[str] = ..., test_top1: _Optional[float] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ...) -> None: ...
+    metric: str
+    test_score: float
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., mode: _Optional[str] = ..., test_top1: _Optional[float] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., metric: _Optional[str] = ..., test_score: _Optional[float] = ...) -> None: ...
 
 class RunEvent(_message.Message):
     __slots__ = ("progress", "state", "metrics", "error")

@@ -80,6 +80,6 @@ def plan_experiment(spec: ExperimentSpec, measured: dict | None = None, train_im
         "runs": runs,
         "total_images": sum(c.images for c in datasets),
         "render_core_hours": sum(c.render_core_hours or 0 for c in datasets) if all(c.render_core_hours for c in datasets) else None,
-        "train_gpu_hours": sum(r.gpu_hours for r in runs) if runs and all(r.gpu_hours for r in runs) else None,
+        "train_gpu_hours": sum(r.gpu_hours for r in runs) if runs and all(r.gpu_hours is not None for r in runs) else None,
         "measured_on": measured.get("machine", "nothing measured"),
     }

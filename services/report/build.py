@@ -76,7 +76,7 @@ def collect_report(spec: ExperimentSpec, store: Store, timings: dict[str, float]
                 "name": r.name,
                 "id": rid,
                 "model": r.model,
-                "datasets": r.datasets,
+                "datasets": r.datasets if r.kind == "synthetic" else [f"ImageNet ({r.weights})"],
                 "done": store.exists(f"runs/{rid}/done.json"),
                 "final": metrics[-1] if metrics else None,
                 "curves": _png(store, f"runs/{rid}/curves.png"),
@@ -113,7 +113,7 @@ def _transfer_table(spec: ExperimentSpec, store: Store) -> list[dict]:
         sources = list(dict.fromkeys(r["source"] for r in results if r["source"] != "scratch")) + ["scratch"]
         rows = {}
         for r in results:
-            rows.setdefault((r["target"], r["mode"]), {})[r["source"]] = r.get("test_top1")
+            rows.setdefault((r["target"], r["mode"]), {})[r["source"]] = r.get("test_score", r.get("test_top1"))
         tables.append(
             {
                 "key": key,

@@ -67,6 +67,7 @@ def run_job(
         result = run_transfer(spec, transfer.name, store, progress=progress)
         summary["transfer"][transfer.name] = {
             "transfer_id": tid, "status": status,
-            "results": [{k: r[k] for k in ("source", "target", "mode", "test_top1")} for r in result["results"]],
+            "results": [{k: r.get(k) for k in ("source", "target", "mode", "metric", "test_score", "test_top1")}
+                        for r in result["results"]],
         }
     return summary

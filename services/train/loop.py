@@ -60,6 +60,7 @@ from services.train.models import checkpoint_dict, load_checkpoint, read_done, s
 from services.train.objectives import Objective, objective_for
 from services.train.objectives.classification import topk_correct  # noqa: F401  (kept importable from here)
 from services.train.plots import curves_png, filters_png
+from services.train.pretrained import import_pretrained
 
 Progress = Callable[[str, int, int], None]
 _EPOCH_KEY = re.compile(r"/checkpoints/epoch-(\d+)\.pt$")
@@ -244,6 +245,13 @@ class PretrainRun:
                 return finished
             # the final checkpoint is damaged: run again, which resumes after the newest epoch checkpoint (the
             # last epoch, kept) and writes final.pt and done.json anew; without epoch checkpoints it retrains
+        if self.run.kind == "torchvision_pretrained":  # an ImageNet baseline: import its weights, train nothing
+            if not self.ctx.is_main:
+                return {"run_id": self.run_id, "finished": True}
+            summary = import_pretrained(self.spec, self.run, self.run_id, self.store, self.prefix)
+            if progress:
+                progress(f"train:{self.run.name}", 1, 1)
+            return summary
         search = None
         if self.trial is None and self.run.search is not None:
             search = self.search(progress=progress)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from flatland.v1 import common_pb2, train_pb2, train_pb2_grpc
-from services.common.errors import SpecError
+from services.common.errors import ObjectNotFoundError, SpecError
 from services.common.spec.experiment import ExperimentSpec
 from services.common.spec_servicer import spec_from_text
 from services.common.status import message_for, status_for_exception
@@ -22,6 +22,7 @@ from services.common.store import Store
 from services.train.loop import DistContext, PretrainRun
 from services.train.mixes import mix_for_run
 from services.train.models import check_model_name
+from services.train.pretrained import weights_enum, weights_file
 from services.train.transfer import run_transfer, sources_for, transfer_id
 
 SERVICE_NAME = "flatland.v1.Train"
@@ -72,7 +73,12 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
         if any(p.name == name for p in spec.pretrain):
             run = next(p for p in spec.pretrain if p.name == name)
             check_model_name(run.model)
-            mix_for_run(spec, run, self.store)  # datasets rendered? budget within the classes?
+            if run.kind == "torchvision_pretrained":
+                file = weights_file(run, weights_enum(run))  # weights match the model? file there?
+                if not file.is_file():
+                    raise ObjectNotFoundError(f"pretrain '{run.name}': the {run.weights} weights file {file} does not exist")
+            else:
+                mix_for_run(spec, run, self.store)  # datasets rendered? budget within the classes?
             run_id = spec.run_id(name)
             return spec, "pretrain", run_id, f"runs/{run_id}/done.json"
         if any(t.name == name for t in spec.transfer):
@@ -150,8 +156,9 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
             run_id=handle.run_id, kind=handle.kind, state=handle.state,
             metrics=[epoch_message(r) for r in handle.metrics],
             transfer_results=[train_pb2.TransferResult(source=r["source"], target=r["target"], mode=r["mode"],
-                                                       test_top1=r["test_top1"], lr=r["lr"],
-                                                       weight_decay=r["weight_decay"]) for r in handle.transfer_results],
+                                                       test_top1=r.get("test_top1") or 0.0, lr=r["lr"],
+                                                       weight_decay=r["weight_decay"], metric=r.get("metric", "top1"),
+                                                       test_score=r.get("test_score", r.get("test_top1", 0.0))) for r in handle.transfer_results],
         )
         if handle.error is not None:
             status.error.CopyFrom(self._error(handle))

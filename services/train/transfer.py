@@ -1,15 +1,13 @@
 """Transfer: fine-tuning and linear probes of pre-trained runs (and a from-scratch baseline).
 
-Targets (``TargetSpec.kind``), all read offline, never downloaded:
+Targets and their splits are :mod:`services.train.targets` (digits, image folders with a
+random or the official split, CIFAR, Pascal VOC 2012, Omniglot), read offline.
 
-- ``digits``: scikit-learn's bundled handwritten digits (1797 8×8 grey images, 10
-  classes), upscaled to the model's input size and repeated to 3 channels;
-- ``imagefolder``: ``path/<class>/<image>`` (torchvision ``ImageFolder``);
-- ``cifar10`` / ``cifar100``: the standard python-pickle layout under ``path``
-  (``cifar-10-batches-py`` / ``cifar-100-python``).
-
-Held-out split: digits and image folders are split stratified by class with
-``test_fraction``, fixed by the transfer's seed; CIFAR uses its official test set.
+Protocol (``TransferSpec``, or one of its presets: ``fractaldb`` is FractalDB's fine-tuning,
+``basic`` this project's earlier settings). Images are resized (straight to the input size,
+or with ``augment.resize`` so the shorter side has that length); fine-tuning then trains on
+input-size crops (random with ``augment.random_crop``) and optional flips, and every
+evaluation, like a linear probe's training, uses the centre crop.
 
 Modes: ``finetune`` trains every layer; ``linear_probe`` freezes the backbone (in eval
 mode, so BatchNorm statistics stay put) and trains a new classification head. The head
@@ -20,32 +18,44 @@ numerically); otherwise it trains through the frozen network. Each source
 (every listed pre-training run, plus ``scratch`` — the same architecture, randomly
 initialised) is combined with every target and mode.
 
-Hyper-parameter search (``TransferSpec.search``): stratified k-fold cross-validation on
-the training split over the grid lr × weight_decay; the setting with the best mean
-validation top-1 is refit on the whole training split and scored on the held-out split.
-Without a search, ``TransferSpec.optim`` is used as is.
+Single-label targets train with cross-entropy and report top-1; multi-label ones (VOC)
+with a sigmoid and binary cross-entropy per class, reporting per-class average precision
+and their mean (mAP) as the VOC devkit computes them (:func:`voc_average_precision`).
+
+Scale: data loader workers, pinned memory, mixed precision and channels-last on a GPU (as
+pre-training), and the final fit of each combination checkpoints every epoch
+(``runs/<transfer_id>/checkpoints/<source>--<target>--<mode>.pt``) and resumes from it.
+
+Hyper-parameter search (``TransferSpec.search``): k-fold cross-validation on the training
+split (stratified for single-label targets) over the grid lr × weight_decay; the setting
+with the best mean validation score is refit on the whole training split and scored on
+the held-out split. Without a search, ``TransferSpec.optim`` is used as is.
 
 Store layout, ``transfer_id = <transfer name>-<hash of the transfer spec, its targets
 and the run ids it starts from>``::
 
     runs/<transfer_id>/results/<source>--<target>--<mode>.json   one per combination (resume unit)
+    runs/<transfer_id>/search/<source>--<target>--<mode>.json    its finished search, if any
     runs/<transfer_id>/transfer.json    {"transfer_id", "spec", "results": [...]} (all of the above)
     runs/<transfer_id>/done.json        written last
 
-A result: ``{"source", "source_run_id", "model", "target", "mode", "input_size",
-"lr", "weight_decay", "epochs", "train_samples", "test_samples", "train_top1",
-"test_top1", "test_loss", "cached_features", "search": null | {"folds", "grid": [{"lr",
-"weight_decay", "fold_top1": [...], "mean_top1"}], "best": {...}}}``.
+A result: ``{"source", "source_run_id", "model", "target", "target_kind", "mode",
+"input_size", "lr", "weight_decay", "epochs", "train_samples", "test_samples", "metric"
+("top1" or "map"), "test_score", "train_score", "test_loss", "train_top1" and "test_top1"
+(single-label), "test_map" and "test_ap" ({class: AP}, multi-label), "cached_features",
+"search": null | {"folds", "metric", "grid": [{"lr", "weight_decay", "fold_<metric>": [...],
+"mean_<metric>"}], "best": {...}}}``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,120 +63,19 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from services.common.errors import FlatlandError, ObjectNotFoundError
-from services.common.seeds import derive_rng, derive_seed
+from services.common.seeds import derive_seed
 from services.common.spec.experiment import ExperimentSpec, content_hash
-from services.common.spec.train import OptimSpec, TargetSpec, TransferSpec
+from services.common.spec.train import OptimSpec, TransferSpec
 from services.common.store import Store
 from services.train.data import IMAGENET_MEAN, IMAGENET_STD, to_model_input
 from services.train.loop import DivergedError, lr_factor, run_prefix
-from services.train.models import build_model, head_parameter_names, load_verified_checkpoint, logits_of
+from services.train.models import (
+    build_model, head_parameter_names, load_checkpoint, load_verified_checkpoint, logits_of, save_checkpoint,
+)
+from services.train.targets import IGNORE, TARGET_LOADERS, TargetData, load_target, view  # noqa: F401  (re-exported)
 
 Progress = Callable[[str, int, int], None]
 SCRATCH = "scratch"
-
-
-# -- targets ----------------------------------------------------------------------------
-@dataclass
-class TargetData:
-    """A target's fixed train / held-out split; items are ((S, S, 3) uint8 tensor, int label)."""
-
-    name: str
-    train: Dataset
-    test: Dataset
-    train_labels: np.ndarray  # (n_train,) int, for stratified folds
-    num_classes: int
-
-
-def _stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
-
-    indices = np.arange(len(labels))
-    train, test = train_test_split(indices, test_size=test_fraction, stratify=labels, random_state=seed % 2**32)
-    return np.sort(train), np.sort(test)
-
-
-class _ResizeToTensor:
-    """PIL image → (size, size, 3) uint8 tensor (picklable, for DataLoader workers)."""
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def __call__(self, image):
-        from PIL import Image
-
-        image = image.convert("RGB").resize((self.size, self.size), Image.BILINEAR)
-        return torch.from_numpy(np.array(image))
-
-
-def load_digits_target(target: TargetSpec, input_size: int, seed: int) -> TargetData:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]  # (n, 1, 8, 8) in [0, 1]
-    images = nn.functional.interpolate(images, size=(input_size, input_size), mode="bilinear", align_corners=False)
-    images = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).expand(-1, -1, -1, 3)
-    labels = digits.target.astype(np.int64)
-    train, test = _stratified_split(labels, target.test_fraction, derive_seed(seed, "split", target.name))
-    data = TensorDataset(images.contiguous(), torch.from_numpy(labels))
-    return TargetData(target.name, Subset(data, train), Subset(data, test), labels[train], 10)
-
-
-def load_imagefolder_target(target: TargetSpec, input_size: int, seed: int) -> TargetData:
-    from torchvision.datasets import ImageFolder
-
-    root = Path(target.path or "")
-    if not root.is_dir():
-        raise ObjectNotFoundError(f"target '{target.name}': image folder {root} does not exist")
-    try:
-        folder = ImageFolder(str(root), transform=_ResizeToTensor(input_size))
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise FlatlandError(f"target '{target.name}': {root} is not an image folder (root/<class>/<image>): {exc}") from None
-    labels = np.asarray(folder.targets, dtype=np.int64)
-    if len(folder.classes) < 2:
-        raise FlatlandError(f"target '{target.name}': {root} needs at least 2 class folders, found {folder.classes}")
-    train, test = _stratified_split(labels, target.test_fraction, derive_seed(seed, "split", target.name))
-    return TargetData(target.name, Subset(folder, train), Subset(folder, test), labels[train], len(folder.classes))
-
-
-def _cifar_loader(kind: str):
-    def load(target: TargetSpec, input_size: int, seed: int) -> TargetData:
-        from torchvision import datasets
-
-        cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
-        transform = _ResizeToTensor(input_size)
-        try:
-            train = cls(target.path, train=True, download=False, transform=transform)
-            test = cls(target.path, train=False, download=False, transform=transform)
-        except RuntimeError as exc:
-            raise ObjectNotFoundError(
-                f"target '{target.name}': no {kind} data under {target.path} (expected the standard python "
-                f"layout, e.g. {cls.base_folder}/; downloads are disabled): {exc}") from None
-        return TargetData(target.name, train, test, np.asarray(train.targets, dtype=np.int64), len(train.classes))
-
-    return load
-
-
-TARGET_LOADERS: dict[str, Callable[[TargetSpec, int, int], TargetData]] = {
-    "digits": load_digits_target,
-    "imagefolder": load_imagefolder_target,
-    "cifar10": _cifar_loader("cifar10"),
-    "cifar100": _cifar_loader("cifar100"),
-}
-
-
-def load_target(target: TargetSpec, input_size: int, seed: int) -> TargetData:
-    """The target's split; with ``train_per_class``, a seeded per-class subset of the training split."""
-    data = TARGET_LOADERS[target.kind](target, input_size, seed)
-    if target.train_per_class is not None:
-        rng = derive_rng(seed, "few-shot", target.name)
-        keep = []
-        for label in np.unique(data.train_labels):
-            members = np.flatnonzero(data.train_labels == label)
-            keep.append(rng.permutation(members)[: target.train_per_class])
-        keep = np.sort(np.concatenate(keep))
-        data.train = Subset(data.train, keep)
-        data.train_labels = data.train_labels[keep]
-    return data
 
 
 # -- sources ----------------------------------------------------------------------------
@@ -199,6 +108,8 @@ def sources_for(spec: ExperimentSpec, transfer: TransferSpec, store: Store) -> l
     for model, size in models:
         name = SCRATCH if len(models) == 1 else f"{SCRATCH}-{model}-{size}"
         sources.append(Source(name, None, model, size, IMAGENET_MEAN, IMAGENET_STD, None))
+    if transfer.mean is not None:  # the protocol's normalisation (FractalDB fine-tunes with ImageNet's)
+        sources = [dataclasses.replace(s, mean=tuple(transfer.mean), std=tuple(transfer.std)) for s in sources]
     return sources
 
 
@@ -221,47 +132,167 @@ def prepare_model(source: Source, num_classes: int, mode: str) -> nn.Module:
     return model
 
 
+# -- scores -----------------------------------------------------------------------------
+def voc_average_precision(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Average precision of one class as the VOC devkit (2010 and later) computes it.
+
+    The area under the precision-recall curve with precision made monotone (at each
+    recall, the best precision at that recall or above); entries labelled ``IGNORE``
+    (difficult-only) are left out, as the devkit leaves out its 0 labels. Tied scores
+    count as one threshold (scikit-learn's convention). None when no positive is left.
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    keep = labels != IGNORE
+    truth, scores = labels[keep] > 0, scores[keep]
+    if not truth.any():
+        return None
+    precision, recall, _ = precision_recall_curve(truth, scores)
+    precision, recall = precision[::-1], recall[::-1]  # recall rising from 0 to 1
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    return float(np.sum(np.diff(recall) * envelope[1:]))
+
+
+def _criterion(multilabel: bool, label_smoothing: float = 0.0):
+    if not multilabel:
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        weight = (labels != IGNORE).float()
+        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.clamp(min=0), weight=weight,
+                                                              reduction="sum")
+        return loss / weight.sum().clamp(min=1)
+
+    return masked_bce
+
+
+def _scores(logits: list[torch.Tensor], labels: list[torch.Tensor], multilabel: bool, classes: list[str]) -> dict:
+    """The metrics of collected logits: top-1, or per-class AP and mAP; and the mean loss."""
+    logits_all, labels_all = torch.cat(logits).float(), torch.cat(labels)
+    count = max(len(labels_all), 1)
+    if not multilabel:
+        loss = float(nn.functional.cross_entropy(logits_all, labels_all, reduction="sum")) / count
+        return {"top1": float((logits_all.argmax(1) == labels_all).float().mean()) if len(labels_all) else 0.0,
+                "loss": loss, "score": None}
+    loss = float(_criterion(True)(logits_all, labels_all))
+    probs, truth = torch.sigmoid(logits_all).numpy(), labels_all.numpy()
+    ap = {name: voc_average_precision(probs[:, k], truth[:, k]) for k, name in enumerate(classes)}
+    defined = [v for v in ap.values() if v is not None]
+    return {"map": float(np.mean(defined)) if defined else 0.0, "ap": ap, "loss": loss}
+
+
+def _metric(multilabel: bool) -> str:
+    return "map" if multilabel else "top1"
+
+
 # -- fitting ----------------------------------------------------------------------------
-def _evaluate(model: nn.Module, data: Dataset, source: Source, batch_size: int, device) -> tuple[float, float]:
-    """(top-1, mean loss) of ``model`` on ``data``."""
+@dataclass
+class Runtime:
+    """How a fit runs: device, loader workers, mixed precision, memory format."""
+
+    device: torch.device
+    workers: int = 0
+    amp: bool = True
+    amp_dtype: str = "bfloat16"
+    channels_last: bool = True
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def use_amp(self) -> bool:
+        return self.cuda and self.amp
+
+    @property
+    def dtype(self):
+        return torch.bfloat16 if self.amp_dtype == "bfloat16" else torch.float16
+
+    def loader(self, data: Dataset, batch_size: int, *, shuffle: bool = False, generator=None,
+               drop_last: bool = False) -> DataLoader:
+        workers = self.workers if not isinstance(data, TensorDataset) else 0  # cached features need no workers
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
+                          num_workers=workers, pin_memory=self.cuda, persistent_workers=False)
+
+    def inputs(self, images: torch.Tensor, source: Source) -> torch.Tensor:
+        return to_model_input(images, self.device, channels_last=self.cuda and self.channels_last,
+                              mean=source.mean, std=source.std)
+
+
+def _runtime(device) -> Runtime:
+    return device if isinstance(device, Runtime) else Runtime(torch.device(device))
+
+
+def _evaluate(model: nn.Module, data: Dataset, source: Source, batch_size: int, device, *,
+              multilabel: bool = False, classes: list[str] | None = None) -> dict:
+    """Metrics of ``model`` on ``data``: ``{"top1", "loss"}`` or ``{"map", "ap", "loss"}``."""
+    rt = _runtime(device)
     model.eval()
-    correct, loss_sum, count = 0, 0.0, 0
+    logits, labels = [], []
     with torch.no_grad():
-        for images, labels in DataLoader(data, batch_size=max(batch_size, 128), shuffle=False):
-            logits = logits_of(model(to_model_input(images, device, mean=source.mean, std=source.std))).float()
-            labels = labels.to(device)
-            loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            correct += int((logits.argmax(1) == labels).sum())
-            count += len(labels)
-    return correct / max(count, 1), loss_sum / max(count, 1)
+        for images, batch_labels in rt.loader(data, max(batch_size, 128)):
+            with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.use_amp):
+                out = logits_of(model(rt.inputs(images, source)))
+            logits.append(out.float().cpu())
+            labels.append(batch_labels)
+    return _scores(logits, labels, multilabel, classes or [])
 
 
 def fit(source: Source, mode: str, train: Dataset, num_classes: int, *, lr: float, weight_decay: float,
-        optim: OptimSpec, epochs: int, batch_size: int, seed: int, device: torch.device) -> nn.Module:
-    """Train a copy of ``source`` on ``train``; deterministic given ``seed`` on the CPU."""
+        optim: OptimSpec, epochs: int, batch_size: int, seed: int, device, multilabel: bool = False,
+        checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
+        stop_after_epoch: int | None = None) -> nn.Module:
+    """Train a copy of ``source`` on ``train``; deterministic given ``seed`` on the CPU.
+
+    ``checkpoint(state)`` receives the training state after every epoch; ``resume`` (such a
+    state) continues after its epoch with the same result as an uninterrupted fit (each
+    epoch re-seeds its data order and augmentation). ``stop_after_epoch`` ends the fit
+    early, as a crash would (for tests).
+    """
+    rt = _runtime(device)
     torch.manual_seed(seed)
-    model = prepare_model(source, num_classes, mode).to(device)
+    model = prepare_model(source, num_classes, mode).to(rt.device)
+    if rt.cuda and rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=weight_decay)
-    order = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=order, drop_last=len(train) > batch_size)
-    steps = max(1, len(loader))
+    drop_last = len(train) > batch_size
+    steps = max(1, len(train) // batch_size if drop_last else math.ceil(len(train) / batch_size))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step / steps, optim, epochs))
-    criterion = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
-    for _epoch in range(epochs):
+    scaler = torch.amp.GradScaler("cuda", enabled=rt.use_amp and rt.dtype == torch.float16)
+    criterion = _criterion(multilabel, optim.label_smoothing)
+    start = 0
+    if resume is not None:
+        model.load_state_dict(resume["state_dict"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        start = resume["epoch"] + 1
+    for epoch in range(start, epochs):
+        torch.manual_seed(derive_seed(seed, "torch", epoch))  # augmentation draws (no workers)
+        order = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))  # order, and worker seeds
         model.train(mode == "finetune")  # a probe keeps the backbone's BatchNorm statistics frozen
-        for images, labels in loader:
-            logits = logits_of(model(to_model_input(images, device, mean=source.mean, std=source.std)))
-            loss = criterion(logits, labels.to(device))
+        for images, labels in rt.loader(train, batch_size, shuffle=True, generator=order, drop_last=drop_last):
+            with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.use_amp):
+                logits = logits_of(model(rt.inputs(images, source)))
+            loss = criterion(logits.float(), labels.to(rt.device, non_blocking=True))
             if not torch.isfinite(loss):
                 raise DivergedError(f"transfer of '{source.name}' ({mode}, lr={lr}, weight_decay={weight_decay}): "
                                     f"loss became {loss.item()}; lower the learning rate or set optim.grad_clip_norm")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if optim.grad_clip_norm is not None:
+                scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(params, optim.grad_clip_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
+        if checkpoint is not None:
+            checkpoint({"epoch": epoch, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict()})
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
     return model
 
 
@@ -290,12 +321,16 @@ def probe_features(source: Source, data: TargetData, batch_size: int, device) ->
 
     The shortcut is taken only when applying the head to the captured input reproduces
     the model's logits (true for ResNets, ViTs, MobileNets, ...; not for SqueezeNet,
-    whose head convolution is followed by pooling).
+    whose head convolution is followed by pooling). ``data``'s splits are used as given
+    (the evaluation view).
     """
+    rt = _runtime(device)
     head_name = _head_module_name(source)
     if head_name is None:
         return None
-    model = prepare_model(source, data.num_classes, "linear_probe").to(device).eval()
+    model = prepare_model(source, data.num_classes, "linear_probe").to(rt.device).eval()
+    if rt.cuda and rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     head = model.get_submodule(head_name)
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach()))
@@ -304,15 +339,16 @@ def probe_features(source: Source, data: TargetData, batch_size: int, device) ->
         with torch.no_grad():
             for dataset in (data.train, data.test):
                 features, labels, checked = [], [], False
-                for images, batch_labels in DataLoader(dataset, batch_size=max(batch_size, 128), shuffle=False):
+                for images, batch_labels in rt.loader(dataset, max(batch_size, 128)):
                     captured.clear()
-                    logits = logits_of(model(to_model_input(images, device, mean=source.mean, std=source.std)))
+                    # Full precision: the features are computed once and reused by every fit.
+                    logits = logits_of(model(rt.inputs(images, source)))
                     if not checked:
                         replayed = head(captured[0]) if len(captured) == 1 else None
                         if replayed is None or replayed.shape != logits.shape or not torch.allclose(replayed, logits, atol=1e-5):
                             return None
                         checked = True
-                    features.append(captured[0].cpu())
+                    features.append(captured[0].float().cpu())
                     labels.append(batch_labels)
                 splits.append(TensorDataset(torch.cat(features), torch.cat(labels)))
     finally:
@@ -321,20 +357,22 @@ def probe_features(source: Source, data: TargetData, batch_size: int, device) ->
 
 
 def fit_head(source: Source, features: ProbeFeatures, train: Dataset, num_classes: int, *, lr: float,
-             weight_decay: float, optim: OptimSpec, epochs: int, batch_size: int, seed: int, device) -> nn.Module:
+             weight_decay: float, optim: OptimSpec, epochs: int, batch_size: int, seed: int, device,
+             multilabel: bool = False, **_ignored) -> nn.Module:
     """Train a new head on cached features; the same initialisation and schedule as :func:`fit`."""
+    rt = _runtime(device)
     torch.manual_seed(seed)
-    head = prepare_model(source, num_classes, "linear_probe").get_submodule(features.head).to(device)
+    head = prepare_model(source, num_classes, "linear_probe").get_submodule(features.head).to(rt.device)
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=optim.momentum, weight_decay=weight_decay)
-    loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
-                        drop_last=len(train) > batch_size)
-    steps = max(1, len(loader))
+    drop_last = len(train) > batch_size
+    steps = max(1, len(train) // batch_size if drop_last else math.ceil(len(train) / batch_size))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step / steps, optim, epochs))
-    criterion = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
+    criterion = _criterion(multilabel, optim.label_smoothing)
     head.train()
-    for _epoch in range(epochs):
-        for inputs, labels in loader:
-            loss = criterion(head(inputs.to(device)), labels.to(device))
+    for epoch in range(epochs):
+        order = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))
+        for inputs, labels in DataLoader(train, batch_size=batch_size, shuffle=True, generator=order, drop_last=drop_last):
+            loss = criterion(head(inputs.to(rt.device)), labels.to(rt.device))
             if not torch.isfinite(loss):
                 raise DivergedError(f"linear probe of '{source.name}' (lr={lr}, weight_decay={weight_decay}): "
                                     f"loss became {float(loss)}; lower the learning rate")
@@ -345,54 +383,77 @@ def fit_head(source: Source, features: ProbeFeatures, train: Dataset, num_classe
     return head
 
 
-def _evaluate_head(head: nn.Module, data: Dataset, device) -> tuple[float, float]:
+def _evaluate_head(head: nn.Module, data: Dataset, device, *, multilabel: bool = False,
+                   classes: list[str] | None = None) -> dict:
+    rt = _runtime(device)
     head.eval()
-    correct, loss_sum, count = 0, 0.0, 0
+    logits, labels = [], []
     with torch.no_grad():
-        for inputs, labels in DataLoader(data, batch_size=1024, shuffle=False):
-            logits = head(inputs.to(device)).float()
-            labels = labels.to(device)
-            loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            correct += int((logits.argmax(1) == labels).sum())
-            count += len(labels)
-    return correct / max(count, 1), loss_sum / max(count, 1)
+        for inputs, batch_labels in DataLoader(data, batch_size=1024, shuffle=False):
+            logits.append(head(inputs.to(rt.device)).float().cpu())
+            labels.append(batch_labels)
+    return _scores(logits, labels, multilabel, classes or [])
 
 
-def _trainer(source: Source, mode: str, data: TargetData, transfer: TransferSpec, device):
-    """(fit_and_score(train_indices, eval_set, lr, wd, seed) -> (top1, loss, train_top1), eval sets) for one combination."""
-    features = probe_features(source, data, transfer.batch_size, device) if mode == "linear_probe" else None
-    common = {"optim": transfer.optim, "epochs": transfer.epochs, "batch_size": transfer.batch_size, "device": device}
-    if features is not None:
-        def run(train_idx, evaluate_on, lr, wd, seed):
-            train = Subset(features.train, train_idx)
-            head = fit_head(source, features, train, data.num_classes, lr=lr, weight_decay=wd, seed=seed, **common)
-            return _evaluate_head(head, evaluate_on, device), _evaluate_head(head, train, device)[0]
-        return run, features.train, features.test
+@dataclass
+class Trainer:
+    """One (source, target, mode): ``run(train_indices, evaluate_on, lr, wd, seed)`` -> (metrics, train metrics)."""
 
-    def run(train_idx, evaluate_on, lr, wd, seed):
-        train = Subset(data.train, train_idx)
-        model = fit(source, mode, train, data.num_classes, lr=lr, weight_decay=wd, seed=seed, **common)
-        return (_evaluate(model, evaluate_on, source, transfer.batch_size, device),
-                _evaluate(model, train, source, transfer.batch_size, device)[0])
-    return run, data.train, data.test
+    run: Callable
+    fit_set: Dataset   # training split as fitted (augmented for fine-tuning)
+    eval_train: Dataset  # training split as evaluated (cross-validation folds score on it)
+    test: Dataset
+    cached: bool
 
 
-def cross_validate(run, train_set: Dataset, labels: np.ndarray, transfer: TransferSpec, seed: int) -> dict:
+def _trainer(source: Source, mode: str, data: TargetData, transfer: TransferSpec, rt: Runtime) -> Trainer:
+    """The fit-and-score function of one combination and the data sets it uses."""
+    size = source.input_size
+    eval_train = view(data.train, size)
+    test = view(data.test, size)
+    labels_kw = {"multilabel": data.multilabel, "classes": data.classes}
+    common = {"optim": transfer.optim, "epochs": transfer.epochs, "batch_size": transfer.batch_size, "device": rt,
+              "multilabel": data.multilabel}
+    if mode == "linear_probe":
+        features = probe_features(source, dataclasses.replace(data, train=eval_train, test=test), transfer.batch_size, rt)
+        if features is not None:
+            def run_head(train_idx, evaluate_on, lr, wd, seed, **fit_kw):
+                train = Subset(features.train, train_idx)
+                head = fit_head(source, features, train, data.num_classes, lr=lr, weight_decay=wd, seed=seed, **common)
+                return _evaluate_head(head, evaluate_on, rt, **labels_kw), _evaluate_head(head, train, rt, **labels_kw)
+            return Trainer(run_head, features.train, features.train, features.test, True)
+        fit_set = eval_train  # a probe through the frozen network also trains on the evaluation view
+    else:
+        fit_set = view(data.train, size, random_crop=transfer.augment.random_crop,
+                       horizontal_flip=transfer.augment.horizontal_flip)
+
+    def run(train_idx, evaluate_on, lr, wd, seed, **fit_kw):
+        model = fit(source, mode, Subset(fit_set, train_idx), data.num_classes, lr=lr, weight_decay=wd, seed=seed,
+                    **common, **fit_kw)
+        return (_evaluate(model, evaluate_on, source, transfer.batch_size, rt, **labels_kw),
+                _evaluate(model, Subset(eval_train, train_idx), source, transfer.batch_size, rt, **labels_kw))
+    return Trainer(run, fit_set, eval_train, test, False)
+
+
+def cross_validate(run, train_set: Dataset, labels: np.ndarray, transfer: TransferSpec, seed: int,
+                   multilabel: bool = False) -> dict:
     """k-fold grid search on the training split; every fold's score is kept."""
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import KFold, StratifiedKFold
 
     search = transfer.search
     assert search is not None
-    folds = StratifiedKFold(n_splits=search.folds, shuffle=True, random_state=seed % 2**32)
-    splits = list(folds.split(np.zeros(len(labels)), labels))
+    metric = _metric(multilabel)
+    splitter = KFold if multilabel else StratifiedKFold  # folds of a multi-label target cannot be stratified by class
+    folds = splitter(n_splits=search.folds, shuffle=True, random_state=seed % 2**32)
+    splits = list(folds.split(np.zeros(len(labels)), None if multilabel else labels))
     grid = []
     for lr, wd in itertools.product(search.lr, search.weight_decay):
-        scores = [run(fit_idx, Subset(train_set, val_idx), lr, wd, derive_seed(seed, "fold", k))[0][0]
+        scores = [run(fit_idx, Subset(train_set, val_idx), lr, wd, derive_seed(seed, "fold", k))[0][metric]
                   for k, (fit_idx, val_idx) in enumerate(splits)]
-        grid.append({"lr": lr, "weight_decay": wd, "fold_top1": scores, "mean_top1": float(np.mean(scores))})
-    best = max(grid, key=lambda g: g["mean_top1"])  # first of equals: grid order decides ties
-    return {"folds": search.folds, "grid": grid, "best": {"lr": best["lr"], "weight_decay": best["weight_decay"],
-                                                          "mean_top1": best["mean_top1"]}}
+        grid.append({"lr": lr, "weight_decay": wd, f"fold_{metric}": scores, f"mean_{metric}": float(np.mean(scores))})
+    best = max(grid, key=lambda g: g[f"mean_{metric}"])  # first of equals: grid order decides ties
+    return {"folds": search.folds, "metric": metric, "grid": grid,
+            "best": {"lr": best["lr"], "weight_decay": best["weight_decay"], f"mean_{metric}": best[f"mean_{metric}"]}}
 
 
 def transfer_id(spec: ExperimentSpec, transfer: TransferSpec) -> str:
@@ -404,8 +465,10 @@ def transfer_id(spec: ExperimentSpec, transfer: TransferSpec) -> str:
 
 def run_transfer(spec: ExperimentSpec, name: str, store: Store, *, progress: Progress | None = None,
                  device: str | torch.device | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> dict:
-    """Every (source, target, mode) of the transfer ``name``; resumable per combination."""
+                 should_stop: Callable[[], bool] | None = None, stop_after_epoch: int | None = None) -> dict:
+    """Every (source, target, mode) of the transfer ``name``; resumable per combination and, within
+    a combination's final fit, per epoch. ``stop_after_epoch`` interrupts the first unfinished final
+    fit after that epoch, as a crash would (for tests)."""
     matches = [t for t in spec.transfer if t.name == name]
     if not matches:
         raise FlatlandError(f"no transfer named '{name}' (known: {[t.name for t in spec.transfer]})")
@@ -414,37 +477,65 @@ def run_transfer(spec: ExperimentSpec, name: str, store: Store, *, progress: Pro
     prefix = run_prefix(tid)
     if store.exists(f"{prefix}/done.json"):
         return store.get_json(f"{prefix}/transfer.json")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rt = Runtime(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), transfer.workers,
+                 transfer.amp, transfer.amp_dtype, transfer.channels_last)
     sources = sources_for(spec, transfer, store)
     targets = {t.name: t for t in spec.targets}
     combos = [(s, targets[t], m) for s in sources for t in transfer.targets for m in transfer.modes]
     task = f"transfer:{transfer.name}"
     results = []
-    load = functools.cache(lambda target_name, size: load_target(targets[target_name], size, transfer.seed))
+    load = functools.cache(lambda target_name, size: load_target(targets[target_name], size, transfer.seed,
+                                                                 transfer.augment.resize))
     for done, (source, target, mode) in enumerate(combos):
         if progress:
             progress(task, done, len(combos))
         if should_stop is not None and should_stop():
             raise FlatlandError(f"transfer {tid} cancelled")
-        key = f"{prefix}/results/{source.name}--{target.name}--{mode}.json"
+        combo = f"{source.name}--{target.name}--{mode}"
+        key = f"{prefix}/results/{combo}.json"
         if store.exists(key):
             results.append(store.get_json(key))
             continue
         started = time.time()
         data = load(target.name, source.input_size)
         seed = derive_seed(transfer.seed, "transfer", source.name, target.name, mode)
-        run, train_set, test_set = _trainer(source, mode, data, transfer, device)
-        search = cross_validate(run, train_set, data.train_labels, transfer, seed) if transfer.search else None
+        trainer = _trainer(source, mode, data, transfer, rt)
+        search_key = f"{prefix}/search/{combo}.json"
+        search = None
+        if transfer.search:
+            if store.exists(search_key):
+                search = store.get_json(search_key)
+            else:
+                search = cross_validate(trainer.run, trainer.eval_train, data.train_labels, transfer, seed, data.multilabel)
+                store.put_json(search_key, search)
         lr = search["best"]["lr"] if search else transfer.optim.lr
         wd = search["best"]["weight_decay"] if search else transfer.optim.weight_decay
-        (test_top1, test_loss), train_top1 = run(np.arange(len(train_set)), test_set, lr, wd, derive_seed(seed, "final"))
+        fit_kw = {}
+        ckpt_key = f"{prefix}/checkpoints/{combo}.pt"
+        if not trainer.cached:  # a cached-feature probe takes seconds; a fine-tune may take days
+            fit_kw["checkpoint"] = lambda state: save_checkpoint(store, ckpt_key, state)
+            if store.exists(ckpt_key):
+                fit_kw["resume"] = load_checkpoint(store, ckpt_key)
+            if stop_after_epoch is not None:
+                fit_kw["stop_after_epoch"] = stop_after_epoch
+        test_m, train_m = trainer.run(np.arange(len(trainer.fit_set)), trainer.test, lr, wd, derive_seed(seed, "final"),
+                                      **fit_kw)
+        if stop_after_epoch is not None and not trainer.cached and transfer.epochs > stop_after_epoch + 1:
+            raise FlatlandError(f"transfer {tid}: stopped after epoch {stop_after_epoch} of {combo} (resumable)")
+        metric = _metric(data.multilabel)
         result = {"source": source.name, "source_run_id": source.run_id, "model": source.model,
-                  "target": target.name, "target_kind": target.kind, "mode": mode, "input_size": source.input_size,
-                  "lr": lr, "weight_decay": wd, "epochs": transfer.epochs, "train_samples": len(data.train),
-                  "test_samples": len(data.test), "train_top1": train_top1, "test_top1": test_top1,
-                  "test_loss": test_loss, "search": search, "cached_features": mode == "linear_probe" and train_set is not data.train,
-                  "seconds": time.time() - started}
+                  "target": target.name, "target_kind": target.kind, "split": target.held_out, "mode": mode,
+                  "input_size": source.input_size, "lr": lr, "weight_decay": wd, "epochs": transfer.epochs,
+                  "train_samples": len(trainer.fit_set), "test_samples": len(trainer.test), "metric": metric,
+                  "test_score": test_m[metric], "train_score": train_m[metric], "test_loss": test_m["loss"],
+                  "search": search, "cached_features": trainer.cached, "seconds": time.time() - started}
+        if data.multilabel:
+            result.update({"test_map": test_m["map"], "test_ap": test_m["ap"], "train_map": train_m["map"]})
+        else:
+            result.update({"test_top1": test_m["top1"], "train_top1": train_m["top1"]})
         store.put_json(key, result)
+        if store.exists(ckpt_key):
+            store.delete(ckpt_key)
         results.append(result)
     if progress:
         progress(task, len(combos), len(combos))

@@ -31,10 +31,14 @@ def _is_flatworld(dataset) -> bool:
             and not render.illumination_variation)
 
 
+def _synthetic(spec):
+    return [r for r in spec.pretrain if r.kind == "synthetic"]
+
+
 def test_pretraining_runs_are_table_2_plus_the_flatworld_ablation():
     spec = load_spec(FULL_SPEC)
-    flatworld = [r for r in spec.pretrain if all(_is_flatworld(spec.dataset(n)) for n in r.datasets)]
-    table_runs = [r for r in spec.pretrain if r not in flatworld]
+    flatworld = [r for r in _synthetic(spec) if all(_is_flatworld(spec.dataset(n)) for n in r.datasets)]
+    table_runs = [r for r in _synthetic(spec) if r not in flatworld]
     assert len(flatworld) == 1 and len(flatworld[0].datasets) == 1, "one FlatWorldDB ablation run, on FlatWorldDB alone"
     assert Counter(_families(spec, r) for r in table_runs) == Counter(tuple(sorted(m)) for m in TABLE_2)
     # the 3D datasets of every mix are the ones the FlatWorld ablation renders flat
@@ -43,7 +47,7 @@ def test_pretraining_runs_are_table_2_plus_the_flatworld_ablation():
 
 def test_every_run_has_a_1000_class_budget_split_evenly():
     spec = load_spec(FULL_SPEC)
-    for run in spec.pretrain:
+    for run in _synthetic(spec):
         assert run.class_budget == 1000, run.name
         shares = split_budget(run.class_budget, len(run.datasets))
         assert len(set(shares)) == 1 and sum(shares) == 1000 - 1000 % len(run.datasets), (run.name, shares)
@@ -55,5 +59,17 @@ def test_transfer_and_scoring_cover_every_pretraining_run():
     names = {r.name for r in spec.pretrain}
     for entry in spec.transfer:
         assert set(entry.pretrained) == names, entry.name
-    for entry in spec.scoring:
-        assert set(entry.runs) == names, entry.name
+    scored = [run for entry in spec.scoring for run in entry.runs]
+    assert sorted(scored) == sorted(names)  # every run once (layers differ by architecture)
+
+
+def test_imagenet_baselines_and_transfer_protocol_are_the_proposals():
+    spec = load_spec(FULL_SPEC)
+    baselines = {r.model: r.weights for r in spec.pretrain if r.kind == "torchvision_pretrained"}
+    assert baselines == {"alexnet": "AlexNet_Weights.IMAGENET1K_V1", "vgg16": "VGG16_Weights.IMAGENET1K_V1",
+                         "resnet50": "ResNet50_Weights.IMAGENET1K_V1"}
+    kinds = {t.name: t.kind for t in spec.targets}
+    assert kinds["voc2012"] == "voc2012" and kinds["omniglot"] == "omniglot"
+    assert all(t.held_out == "official" for t in spec.targets)
+    for entry in spec.transfer:
+        assert entry.preset == "fractaldb" and entry.augment.random_crop and entry.epochs == 90

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from concurrent import futures
 
 import grpc
@@ -36,7 +37,11 @@ def test_start_watch_and_get_a_run(client, local_store):
     assert events[-1].state == train_pb2.RUN_STATE_SUCCEEDED and events[-1].progress.finished
     status = stub.GetRun(ref, timeout=10)
     assert status.state == train_pb2.RUN_STATE_SUCCEEDED and status.kind == "pretrain"
-    assert [m.epoch for m in status.metrics] == [0, 1] and 0 <= status.metrics[-1].val_top1 <= 1
+    assert [m.epoch for m in status.metrics] == [0, 1]
+    written = [json.loads(line) for line in local_store.get_bytes(f"runs/{ref.run_id}/metrics.jsonl").decode().splitlines()]
+    # What the service reports is what the run measured and wrote, epoch by epoch (val top-1 is a count / 6 samples).
+    assert [m.val_top1 for m in status.metrics] == pytest.approx([r["val_top1"] for r in written])
+    assert [round(r["val_top1"] * r["val_samples"], 6) % 1 for r in written] == [0, 0]
     assert status.result.key == f"runs/{ref.run_id}/done.json" and local_store.exists(status.result.key)
 
 
@@ -78,3 +83,16 @@ def test_cancel_stops_a_run_and_leaves_it_resumable(client, local_store):
     assert stub.GetRun(ref, timeout=10).state == train_pb2.RUN_STATE_CANCELLED
     assert local_store.exists(f"runs/{ref.run_id}/checkpoints/epoch-0.pt")
     assert not local_store.exists(f"runs/{ref.run_id}/done.json")
+
+
+def test_transfer_results_carry_their_metric(client, local_store):
+    stub, _ = client
+    results = [{"source": "scratch", "target": "voc", "mode": "finetune", "metric": "map", "test_score": 0.62,
+                "test_map": 0.62, "lr": 0.01, "weight_decay": 1e-4},
+               {"source": "scratch", "target": "digits", "mode": "finetune", "metric": "top1", "test_score": 0.9,
+                "test_top1": 0.9, "lr": 0.01, "weight_decay": 1e-4}]
+    local_store.put_json("runs/x-1/transfer.json", {"transfer_id": "x-1", "results": results})
+    local_store.put_json("runs/x-1/done.json", {"transfer_id": "x-1"})
+    status = stub.GetRun(train_pb2.RunRef(run_id="x-1"), timeout=10)
+    got = [(r.target, r.metric, round(r.test_score, 6), round(r.test_top1, 6)) for r in status.transfer_results]
+    assert got == [("voc", "map", 0.62, 0.0), ("digits", "top1", 0.9, 0.9)]

@@ -95,6 +95,18 @@ def _with_preset(preset: dict, given: dict) -> dict:
 
 class PretrainSpec(StrictModel):
     name: Name = Field(description="Run name (the run id adds a hash of this spec).")
+    kind: Literal["synthetic", "torchvision_pretrained"] = Field(
+        default="synthetic",
+        description="'synthetic': train `model` on the rendered `datasets`. 'torchvision_pretrained': an "
+        "ImageNet-trained baseline: torchvision's `model` with the published `weights`, read from a local file "
+        "(never downloaded); it takes part in transfer, the filter comparison and neural scoring like a trained run.")
+    weights: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_]+_Weights\.[A-Za-z0-9_]+$",
+        description="torchvision_pretrained: the weights enum, e.g. ResNet50_Weights.IMAGENET1K_V1 (it must belong to `model`).")
+    weights_path: str | None = Field(
+        default=None,
+        description="torchvision_pretrained: the weights file; default: the torch hub cache, "
+        "$TORCH_HOME/hub/checkpoints/<the file name of the enum's URL> (e.g. resnet50-0676ba61.pth).")
     preset: Literal["fractaldb"] | None = Field(
         default=None,
         description="A published protocol filling every setting the run does not set itself. 'fractaldb': "
@@ -108,12 +120,23 @@ class PretrainSpec(StrictModel):
             return _with_preset(PRESETS[data["preset"]], data)
         return data
 
-    datasets: list[Name] = Field(min_length=1, description="Datasets to mix (uniformly); names from `datasets`.")
+    datasets: list[Name] = Field(default_factory=list, description="Datasets to mix (uniformly); names from `datasets` (synthetic runs: at least one).")
 
     @model_validator(mode="after")
     def _distinct_datasets(self):
         if len(set(self.datasets)) != len(self.datasets):
             raise ValueError(f"datasets: each dataset may appear once in a mix, got {self.datasets}")
+        if self.kind == "synthetic":
+            if not self.datasets:
+                raise ValueError("datasets: a synthetic run needs at least one dataset")
+            if self.weights or self.weights_path:
+                raise ValueError("weights / weights_path belong to kind: torchvision_pretrained runs")
+        else:
+            if self.datasets:
+                raise ValueError(f"datasets: a torchvision_pretrained run trains on nothing here; remove {self.datasets}")
+            if not self.weights:
+                raise ValueError("weights: a torchvision_pretrained run names its torchvision weights enum, "
+                                 "e.g. ResNet50_Weights.IMAGENET1K_V1")
         return self
 
     class_budget: int | None = Field(default=None, ge=1, description="Total classes, split evenly across datasets (Table 2). None: all classes.")
@@ -142,12 +165,32 @@ class PretrainSpec(StrictModel):
     seed: int = Field(default=0, ge=0, description="Seed of initialisation, data order and augmentation.")
 
 
+#: Pascal VOC's 20 classes in the devkit's order (VOCdevkit/VOCcode/VOCinit.m).
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
+               "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+
+
 class TargetSpec(StrictModel):
     name: Name
-    kind: Literal["digits", "imagefolder", "cifar10", "cifar100"] = Field(
-        description="'digits': scikit-learn's bundled handwritten digits (offline); others read `path`."
+    kind: Literal["digits", "imagefolder", "cifar10", "cifar100", "voc2012", "omniglot"] = Field(
+        description="'digits': scikit-learn's bundled handwritten digits (offline); others read `path`: "
+        "'imagefolder' path/<class>/<image> (or path/train/ and path/val/ with split: official); 'cifar10'/'cifar100' "
+        "the python-pickle layout; 'voc2012' a VOCdevkit (Annotations/, ImageSets/Main/{train,val}.txt, JPEGImages/), "
+        "20-class multi-label classification scored by mAP on val; 'omniglot' images_background/ and/or "
+        "images_evaluation/<alphabet>/<character>/*.png, one class per character."
     )
-    path: str | None = Field(default=None, description="Root of the user-provided data set (imagefolder, cifar).")
+    path: str | None = Field(default=None, description="Root of the user-provided data set (every kind but digits).")
+    split: Literal["random", "official"] | None = Field(
+        default=None,
+        description="Held-out split. 'official': the data set's own (imagefolder: path/train/ and path/val/, as ImageNet "
+        "and Places365 are laid out; cifar: the test batch; voc2012: ImageSets/Main/val.txt; omniglot: the drawings of "
+        "drawers 16-20, see docs/train-stage.md). 'random': a stratified `test_fraction` hold-out fixed by the seed. "
+        "Default: official for cifar and voc2012 (they have only that), random otherwise.")
+    val_labels: str | None = Field(
+        default=None,
+        description="imagefolder, split official, when path/val/ holds the images without class folders (Places365's "
+        "val_256/, ImageNet's raw validation folder): a text file of '<file name> <class>' lines, the class a "
+        "folder name of path/train/ or its index in sorted order (places365_val.txt is such a file).")
     test_fraction: float = Field(default=0.25, gt=0, lt=1, description="Held-out split, fixed by seed.")
     train_per_class: int | None = Field(
         default=None, ge=1,
@@ -155,10 +198,27 @@ class TargetSpec(StrictModel):
         "The held-out split is unchanged.",
     )
 
+    @property
+    def held_out(self) -> str:
+        """The split actually used: the given one, or the kind's default."""
+        return self.split or ("official" if self.kind in ("cifar10", "cifar100", "voc2012") else "random")
+
+    @property
+    def multilabel(self) -> bool:
+        return self.kind == "voc2012"
+
     @model_validator(mode="after")
     def _path(self):
         if self.kind != "digits" and not self.path:
             raise ValueError(f"target kind '{self.kind}' needs a `path` to the user's data set")
+        if self.kind == "digits" and self.split == "official":
+            raise ValueError("split: scikit-learn's digits have no official split; use split: random")
+        if self.kind in ("cifar10", "cifar100", "voc2012") and self.split == "random":
+            raise ValueError(f"split: target kind '{self.kind}' is read with its official split only; remove split: random")
+        if self.val_labels and not (self.kind == "imagefolder" and self.held_out == "official"):
+            raise ValueError("val_labels: only for kind imagefolder with split: official")
+        if self.multilabel and self.train_per_class is not None:
+            raise ValueError("train_per_class: few-shot subsets are per class, which a multi-label target (voc2012) does not have")
         return self
 
 
@@ -168,14 +228,72 @@ class HyperSearchSpec(StrictModel):
     weight_decay: list[float] = Field(default_factory=lambda: [0.0, 1e-4], min_length=1, description="Weight decays to try.")
 
 
+class TransferAugmentSpec(StrictModel):
+    resize: int | None = Field(
+        default=None, ge=16, le=2048,
+        description="Resize the shorter image side to this first, keeping the aspect (FractalDB: 256); then training "
+        "takes an input-size crop and evaluation the centre one. None: resize straight to input_size x input_size.")
+    random_crop: bool = Field(
+        default=False, description="Fine-tuning: the input-size crop of the resized image is at a random position "
+        "(FractalDB's RandomCrop; otherwise the centre).")
+    horizontal_flip: bool = Field(default=False, description="Fine-tuning: random horizontal flips.")
+
+
+#: Transfer protocols. 'fractaldb': FractalDB's fine-tuning (hirokatsukataoka16/FractalDB-Pretrained-ResNet-PyTorch,
+#: finetuning/main.py and args.py): Resize(256), RandomCrop(224), no flip, ImageNet's Normalize, evaluation on the
+#: CenterCrop(224); SGD lr 0.01, momentum 0.9, weight decay 1e-4, batch 256, 90 epochs, MultiStepLR at 30 and 60
+#: (x0.1). 'basic': this project's earlier settings (no augmentation, resize to the input, 10 epochs, batch 64,
+#: lr 0.01 with a cosine schedule, the source's normalisation).
+TRANSFER_PRESETS: dict[str, dict] = {
+    "fractaldb": {
+        "input_size": 224,
+        "epochs": 90,
+        "batch_size": 256,
+        "augment": {"resize": 256, "random_crop": True, "horizontal_flip": False},
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "optim": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "step", "step_size": 30,
+                  "step_gamma": 0.1, "warmup_epochs": 0.0, "label_smoothing": 0.0},
+    },
+    "basic": {
+        "epochs": 10,
+        "batch_size": 64,
+        "augment": {"resize": None, "random_crop": False, "horizontal_flip": False},
+        "optim": {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": 0.0,
+                  "label_smoothing": 0.0},
+    },
+}
+
+
 class TransferSpec(StrictModel):
     name: Name
+    preset: Literal["fractaldb", "basic"] | None = Field(
+        default=None,
+        description="A protocol filling every setting the transfer does not set itself. 'fractaldb': FractalDB's "
+        "fine-tuning (Resize 256, RandomCrop 224, no flip, ImageNet's normalisation, centre crop for evaluation, SGD "
+        "lr 0.01, momentum 0.9, weight decay 1e-4, batch 256, 90 epochs, x0.1 at epochs 30 and 60). 'basic': the "
+        "project's earlier settings (no augmentation, 10 epochs, batch 64, lr 0.01, cosine); the field defaults "
+        "are these too.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data):
+        if isinstance(data, dict) and data.get("preset") in TRANSFER_PRESETS:
+            return _with_preset(TRANSFER_PRESETS[data["preset"]], data)
+        return data
+
     pretrained: list[Name] = Field(description="Pre-training runs to start from (names from `pretrain`); from-scratch is always added.")
     targets: list[Name] = Field(min_length=1, description="Target names from `targets`.")
     modes: list[Literal["finetune", "linear_probe"]] = Field(default_factory=lambda: ["finetune", "linear_probe"], min_length=1, description="Fine-tune all layers, and/or train a linear probe on frozen features.")
     epochs: int = Field(default=10, ge=1, description="Passes over the target training split.")
     batch_size: int = Field(default=64, ge=1, description="Samples per step.")
     optim: OptimSpec = Field(default_factory=lambda: OptimSpec(lr=0.01, warmup_epochs=0), description="Optimiser and schedule of the transfer runs.")
+    augment: TransferAugmentSpec = Field(
+        default_factory=TransferAugmentSpec,
+        description="Resizing and fine-tuning augmentation (linear probes train on the evaluation view, so their "
+        "features are computed once).")
+    mean: tuple[float, float, float] | None = Field(default=None, description="Per-channel input mean; default: the source run's.")
+    std: tuple[float, float, float] | None = Field(default=None, description="Per-channel input standard deviation; default: the source run's.")
     search: HyperSearchSpec | None = Field(default=None, description="Cross-validated grid search before the final fit.")
     model: str = Field(
         default="resnet50",
@@ -183,6 +301,19 @@ class TransferSpec(StrictModel):
         "(otherwise the baseline uses each pre-trained run's model).",
     )
     input_size: int | None = Field(
-        default=None, ge=16, le=1024, description="Target images are resized to this; default: the pre-trained run's input size (224 without one)."
+        default=None, ge=16, le=1024, description="Network input side (the crop with augment.resize); default: the pre-trained run's input size (224 without one)."
     )
+    workers: int = Field(default=2, ge=0, le=64, description="Data loader worker processes (image decoding at ImageNet/Places365 scale).")
+    amp: bool = Field(default=True, description="Mixed precision (GPU only; ignored on the CPU).")
+    amp_dtype: Literal["bfloat16", "float16"] = Field(default="bfloat16", description="Autocast dtype on the GPU; float16 adds a GradScaler.")
+    channels_last: bool = Field(default=True, description="channels-last memory format (GPU only).")
     seed: int = Field(default=0, ge=0, description="Seed of the head initialisation, data order and the split.")
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        if self.augment.resize is not None and self.input_size is not None and self.augment.resize < self.input_size:
+            raise ValueError(f"augment.resize ({self.augment.resize}) must be at least input_size ({self.input_size}): "
+                             "the input is a crop of the resized image")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std: give both or neither")
+        return self
