@@ -197,7 +197,11 @@ def wait(stage: str, spec_path: str, store_url: str | None, timeout: float, poll
     help="Drive the stages through gRPC servers sharing the store: HOST:PORT (flatland serve all) "
     "or meshgen=H:P,render=H:P,train=H:P,neuro=H:P.",
 )
-def run(spec_path: str, store_url: str | None, only: tuple[str, ...], remote: str | None) -> None:
+@click.option(
+    "--workers", type=click.IntRange(1, 1024), default=None,
+    help="Worker processes for meshgen, render and neuro (default: the spec's local.workers, else every core).",
+)
+def run(spec_path: str, store_url: str | None, only: tuple[str, ...], remote: str | None, workers: int | None) -> None:
     """Run an experiment end to end, then write its report."""
     from services.experiment.runner import run_experiment
 
@@ -212,8 +216,13 @@ def run(spec_path: str, store_url: str | None, only: tuple[str, ...], remote: st
             _fail(str(exc), EXIT_BAD_INPUT)
     try:
         run_experiment(
-            spec, store, stages=list(only) or None, console=console, remote=remote, spec_text=Path(spec_path).read_text()
+            spec, store, stages=list(only) or None, console=console, remote=remote, spec_text=Path(spec_path).read_text(),
+            workers=workers,
         )
+    except KeyboardInterrupt:
+        # Every worker has been stopped; finished shards and classes are counted, the rest is redone next time.
+        console.print("[yellow]stopped[/]: run the same command again to resume")
+        sys.exit(130)
     except SpecError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     except FlatlandError as exc:
