@@ -233,7 +233,7 @@ def run(spec_path: str, store_url: str | None, only: tuple[str, ...], remote: st
 @click.argument("spec_path", metavar="SPEC.yaml")
 @click.option("--train-images-per-s", type=float, default=None, help="GPU training throughput to assume (default: benchmarks/measured.json).")
 def plan(spec_path: str, train_images_per_s: float | None) -> None:
-    """Estimate an experiment's cost: images, shards, render core-hours, training GPU-hours."""
+    """Estimate an experiment's cost: images, shards, store size, render core-hours, training GPU-hours."""
     from rich.table import Table
 
     from services.experiment.costplan import plan_experiment
@@ -245,11 +245,15 @@ def plan(spec_path: str, train_images_per_s: float | None) -> None:
     def hours(h):
         return "unmeasured" if h is None else f"{h:,.1f}"
 
+    def size(b):
+        return "unmeasured" if b is None else f"{b / 1e9:,.2f} GB" if b >= 1e9 else f"{b / 1e6:,.1f} MB"
+
     table = Table(title=f"{spec.name}: datasets")
-    for col in ("dataset", "family", "images", "train", "shards", "render core-h"):
+    for col in ("dataset", "family", "images", "train", "shards", "render core-h", "store"):
         table.add_column(col, justify="right" if col not in ("dataset", "family") else "left")
     for d in p["datasets"]:
-        table.add_row(d.name, d.family, f"{d.images:,}", f"{d.train_images:,}", f"{d.shards:,}", hours(d.render_core_hours))
+        table.add_row(d.name, d.family, f"{d.images:,}", f"{d.train_images:,}", f"{d.shards:,}", hours(d.render_core_hours),
+                      size(d.store_bytes))
     out.print(table)
     table = Table(title=f"{spec.name}: pre-training")
     for col in ("run", "model", "images seen", "of which search", "GPU-h"):
@@ -258,7 +262,7 @@ def plan(spec_path: str, train_images_per_s: float | None) -> None:
         table.add_row(r.name, r.model, f"{r.images_seen:,}", f"{r.search_images:,}", hours(r.gpu_hours))
     out.print(table)
     out.print(
-        f"total images {p['total_images']:,}; render {hours(p['render_core_hours'])} core-hours; "
+        f"total images {p['total_images']:,}, store {size(p['store_bytes'])}; render {hours(p['render_core_hours'])} core-hours; "
         f"training {hours(p['train_gpu_hours'])} GPU-hours (throughput measured on: {p['measured_on']})"
     )
 
