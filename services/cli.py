@@ -198,7 +198,11 @@ def wait(stage: str, spec_path: str, store_url: str | None, timeout: float, poll
     help="Drive the stages through gRPC servers sharing the store: HOST:PORT (flatland serve all) "
     "or meshgen=H:P,render=H:P,train=H:P,neuro=H:P.",
 )
-def run(spec_path: str, store_url: str | None, only: tuple[str, ...], remote: str | None) -> None:
+@click.option(
+    "--workers", type=click.IntRange(1, 1024), default=None,
+    help="Worker processes for meshgen, render and neuro (default: the spec's local.workers, else every core).",
+)
+def run(spec_path: str, store_url: str | None, only: tuple[str, ...], remote: str | None, workers: int | None) -> None:
     """Run an experiment end to end, then write its report."""
     from services.experiment.runner import run_experiment
 
@@ -213,8 +217,13 @@ def run(spec_path: str, store_url: str | None, only: tuple[str, ...], remote: st
             _fail(str(exc), EXIT_BAD_INPUT)
     try:
         run_experiment(
-            spec, store, stages=list(only) or None, console=console, remote=remote, spec_text=Path(spec_path).read_text()
+            spec, store, stages=list(only) or None, console=console, remote=remote, spec_text=Path(spec_path).read_text(),
+            workers=workers,
         )
+    except KeyboardInterrupt:
+        # Every worker has been stopped; finished shards and classes are counted, the rest is redone next time.
+        console.print("[yellow]stopped[/]: run the same command again to resume")
+        sys.exit(130)
     except SpecError as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
     except FlatlandError as exc:
@@ -241,7 +250,7 @@ def report(spec_path: str, store_url: str | None) -> None:
 @click.argument("spec_path", metavar="SPEC.yaml")
 @click.option("--train-images-per-s", type=float, default=None, help="GPU training throughput to assume (default: benchmarks/measured.json).")
 def plan(spec_path: str, train_images_per_s: float | None) -> None:
-    """Estimate an experiment's cost: images, shards, render core-hours, training GPU-hours."""
+    """Estimate an experiment's cost: images, shards, store size, render core-hours, training GPU-hours."""
     from rich.table import Table
 
     from services.experiment.costplan import plan_experiment
@@ -253,11 +262,15 @@ def plan(spec_path: str, train_images_per_s: float | None) -> None:
     def hours(h):
         return "unmeasured" if h is None else f"{h:,.1f}"
 
+    def size(b):
+        return "unmeasured" if b is None else f"{b / 1e9:,.2f} GB" if b >= 1e9 else f"{b / 1e6:,.1f} MB"
+
     table = Table(title=f"{spec.name}: datasets")
-    for col in ("dataset", "family", "images", "train", "shards", "render core-h"):
+    for col in ("dataset", "family", "images", "train", "shards", "render core-h", "store"):
         table.add_column(col, justify="right" if col not in ("dataset", "family") else "left")
     for d in p["datasets"]:
-        table.add_row(d.name, d.family, f"{d.images:,}", f"{d.train_images:,}", f"{d.shards:,}", hours(d.render_core_hours))
+        table.add_row(d.name, d.family, f"{d.images:,}", f"{d.train_images:,}", f"{d.shards:,}", hours(d.render_core_hours),
+                      size(d.store_bytes))
     out.print(table)
     table = Table(title=f"{spec.name}: pre-training")
     for col in ("run", "model", "images seen", "of which search", "GPU-h"):
@@ -266,7 +279,7 @@ def plan(spec_path: str, train_images_per_s: float | None) -> None:
         table.add_row(r.name, r.model, f"{r.images_seen:,}", f"{r.search_images:,}", hours(r.gpu_hours))
     out.print(table)
     out.print(
-        f"total images {p['total_images']:,}; render {hours(p['render_core_hours'])} core-hours; "
+        f"total images {p['total_images']:,}, store {size(p['store_bytes'])}; render {hours(p['render_core_hours'])} core-hours; "
         f"training {hours(p['train_gpu_hours'])} GPU-hours (throughput measured on: {p['measured_on']})"
     )
 

@@ -25,6 +25,7 @@ class DatasetCost:
     train_images: int
     shards: int
     render_core_hours: float | None
+    store_bytes: float | None = None  # from measured bytes per sample (None: nothing measured fits)
 
 
 @dataclass
@@ -45,6 +46,41 @@ def _per_s(measured: dict, key: str) -> float | None:
     return float(value) if value else None
 
 
+def bytes_per_sample(dataset, measured: dict) -> float | None:
+    """Store bytes of one sample of ``dataset``, from the bytes per member ``benchmarks/e2e.py`` measured.
+
+    Members scale with the image area (measured at ``e2e.image_size``); the record and tar
+    headers (512 bytes per member, padding) do not. Fractal and noise datasets store rgb
+    and seg only; their PNGs are scaled from the procsynth measurement (an estimate, said so
+    in the plan's notes). RGB formats other than PNG use their measured ratio to PNG.
+    """
+    figures = measured.get("figures", {})
+    base = figures.get("e2e.image_size")
+    if not base:
+        return None
+    if dataset.kind in ("procsynth", "morphsynth"):
+        settings, size = dataset.render, dataset.render.image_size
+    elif dataset.kind == "fractal2d":
+        settings, size = dataset.fractal_render, dataset.fractal_render.image_size
+    else:
+        settings, size = dataset.family, dataset.family.image_size
+    area = (size / base) ** 2
+    member = {"rgb": "rgb.png", "depth": "depth.png", "seg": "seg.png", "mask": "mask.png"}
+    total = 0.0
+    for output in settings.outputs:
+        value = figures.get(f"e2e.bytes_per_sample.{member[output]}")
+        if value is None:
+            return None
+        if output == "rgb" and settings.rgb_format != "png":
+            png, other = figures.get("e2e.rgb.png.bytes"), figures.get(f"e2e.rgb.{settings.rgb_format}.bytes")
+            if not (png and other):
+                return None
+            value = value * other / png
+        total += value * area
+    members = len(settings.outputs) + 2  # + json, cls
+    return total + figures.get("e2e.bytes_per_sample.json", 0) + members * 768  # header + mean padding
+
+
 def plan_experiment(spec: ExperimentSpec, measured: dict | None = None, train_images_per_s: float | None = None) -> dict:
     measured = load_measured() if measured is None else measured
     datasets = []
@@ -54,10 +90,11 @@ def plan_experiment(spec: ExperimentSpec, measured: dict | None = None, train_im
             d.kind, "procsynth_images_per_s"
         )
         rate = _per_s(measured, rate_key)
+        per_sample = bytes_per_sample(d, measured)
         datasets.append(
             DatasetCost(
                 d.name, d.kind, images, split_sizes(d)["train"], sum(shard_counts(d).values()),
-                images / rate / 3600 if rate else None,
+                images / rate / 3600 if rate else None, images * per_sample if per_sample else None,
             )
         )
     by_name = {c.name: c for c in datasets}
@@ -79,6 +116,7 @@ def plan_experiment(spec: ExperimentSpec, measured: dict | None = None, train_im
         "datasets": datasets,
         "runs": runs,
         "total_images": sum(c.images for c in datasets),
+        "store_bytes": sum(c.store_bytes for c in datasets) if datasets and all(c.store_bytes for c in datasets) else None,
         "render_core_hours": sum(c.render_core_hours or 0 for c in datasets) if all(c.render_core_hours for c in datasets) else None,
         "train_gpu_hours": sum(r.gpu_hours for r in runs) if runs and all(r.gpu_hours is not None for r in runs) else None,
         "measured_on": measured.get("machine", "nothing measured"),

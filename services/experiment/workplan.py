@@ -100,3 +100,30 @@ def meshgen_completions(spec: ExperimentSpec) -> int:
 def render_completions(spec: ExperimentSpec) -> int:
     """Completions of the render Indexed Job: the parallelism, capped by the number of shards (0: nothing to render)."""
     return min(spec.cluster.render_parallelism, len(render_items(spec)))
+
+
+def neuro_task_count(spec: ExperimentSpec) -> int:
+    """Tasks of the neuro stage: each scoring entry's (run, benchmark) pairs, plus its run pairs per benchmark when comparing."""
+    total = 0
+    for s in spec.scoring:
+        total += len(s.runs) * len(s.benchmarks)
+        if s.compare_models:
+            total += len(s.runs) * (len(s.runs) - 1) // 2 * len(s.benchmarks)
+    return total
+
+
+def local_worker_count(stage: str, spec: ExperimentSpec, workers: int) -> int:
+    """Worker processes ``flatland run`` gives ``stage``: ``workers``, capped so no share is empty (at least 1).
+
+    train keeps one process: several pre-training runs would contend for the same GPU or
+    cores, and one run spreads over devices with DDP under ``torchrun`` instead.
+    """
+    if stage == "meshgen":
+        items = max((d.classes for d in spec.datasets if d.family.family in MESH_FAMILIES and d.meshes_from is None), default=0)
+    elif stage == "render":
+        items = len(render_items(spec))
+    elif stage == "neuro":
+        items = neuro_task_count(spec)
+    else:
+        items = 1
+    return max(1, min(workers, items))

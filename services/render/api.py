@@ -7,7 +7,7 @@ keeps it so. Importing it is light: no OpenGL, no mesh libraries.
 Store layout::
 
     datasets/<dataset_id>/<split>-<shard:05d>.tar      WebDataset shards (see below)
-    datasets/<dataset_id>/<split>-<shard:05d>.index.json  where each sample's rgb.png lies in the tar
+    datasets/<dataset_id>/<split>-<shard:05d>.index.json  where each sample's rgb image lies in the tar
                                                        (offset, size, sha256) and its class: random access
     datasets/<dataset_id>/parts/<split>-<shard>.json   one finished shard's manifest entry
     datasets/<dataset_id>/manifest.json                every finished shard; ``metadata`` has
@@ -15,10 +15,13 @@ Store layout::
     datasets/<dataset_id>/contact-sheet.png            rows = classes, columns = views
 
 Sample format: the tar members of one sample share the basename
-``<class:05d>_<instance>_<view:05d>`` (:func:`sample_key`) and are ``rgb.png``,
-``seg.png`` (uint16, class + 1 on the object, 0 background; noise scenes: one label per
-pixel), ``json`` (the record that re-renders the image), ``cls`` (ASCII class index),
-and for 3D views also ``depth.npy`` (float32) and ``mask.png``.
+``<class:05d>_<instance>_<view:05d>`` (:func:`sample_key`) and are ``json`` (the record
+that re-renders the image), ``cls`` (ASCII class index), and those of the dataset's
+``outputs``: ``rgb.png`` (or ``rgb.webp`` / ``rgb.jpg`` with ``rgb_format``; any of
+:data:`RGB_MEMBERS`, read with :func:`decode_rgb`), ``seg.png`` (uint16, class + 1 on the
+object, 0 background; noise scenes: one label per pixel), and for 3D views ``depth.png``
+(16-bit millimetres, ±0.5 mm; :func:`decode_depth` gives metres, ``inf`` off the object)
+and ``mask.png``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from __future__ import annotations
 from services.common.manifest import Manifest
 from services.common.spec.experiment import ExperimentSpec
 from services.common.store import Store
+from services.render.codec import (
+    DEPTH_MAX_M, DEPTH_PRECISION_M, RGB_MEMBERS, decode_depth, decode_png, decode_rgb, find_rgb,
+)
 from services.render.keys import (
     contact_sheet_key, dataset_manifest_key, part_key, sample_key, shard_index_key, shard_key,
 )
@@ -42,6 +48,7 @@ def consolidate_manifest(spec: ExperimentSpec, store: Store, dataset_name: str) 
 
 
 __all__ = [
+    "DEPTH_MAX_M", "DEPTH_PRECISION_M", "RGB_MEMBERS", "decode_depth", "decode_png", "decode_rgb", "find_rgb",
     "SPLITS", "ShardTask", "SplitLayout", "all_shards", "consolidate_manifest", "contact_sheet_key",
     "dataset_manifest_key", "dataset_shards", "layout", "part_key", "sample_key", "shard_index_key", "shard_key", "shard_plan",
     "shards_for_index", "split_counts",

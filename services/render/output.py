@@ -1,8 +1,9 @@
 """Where rendered samples go: deterministic WebDataset tars, their part records and the dataset manifest.
 
 A sample is a group of tar members sharing the basename ``<class:05d>_<instance>_<view:05d>``
-(``rgb.png``, ``depth.npy``, ``seg.png``, ``mask.png``, ``json``, ``cls``; fractal
-and noise-scene samples have no depth/mask). Tars are byte-identical for the same
+(``rgb.png`` — or ``rgb.webp``/``rgb.jpg`` — ``depth.png``, ``seg.png``, ``mask.png``,
+``json``, ``cls``: the dataset's declared ``outputs`` plus the record; fractal and
+noise-scene samples have no depth/mask; see :mod:`services.render.codec`). Tars are byte-identical for the same
 spec: members in sample order, ``mtime=0``, ``uid=gid=0``, empty owner names,
 mode 0644, USTAR format.
 
@@ -32,6 +33,7 @@ from services.common.errors import ObjectNotFoundError
 from services.common.manifest import Manifest, ManifestEntry, read_rebuildable_manifest, write_manifest
 from services.common.spec.experiment import ExperimentSpec
 from services.common.store import Store, sha256_stream
+from services.render.codec import find_rgb
 from services.render.keys import dataset_manifest_key, part_key, shard_index_key
 from services.render.kinds import SAMPLE_WRITERS, DatasetContext, dataset_context
 from services.render.plan import ShardTask, shard_plan, split_counts
@@ -48,7 +50,7 @@ class DeterministicTarWriter:
         self.index: list[list] = []  # per sample: [key, class, rgb offset, rgb size, rgb sha256] (see shard_index)
 
     def write(self, key: str, files: dict[str, bytes]) -> None:
-        rgb_at = None
+        rgb_at, rgb_name = None, find_rgb(files)
         for extension in files:
             data = files[extension]
             info = tarfile.TarInfo(f"{key}.{extension}")
@@ -56,10 +58,10 @@ class DeterministicTarWriter:
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             self._tar.addfile(info, io.BytesIO(data))
-            if extension == "rgb.png":  # the data follows its header block(s)
+            if extension == rgb_name:  # the data follows its header block(s)
                 rgb_at = self._tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
         if rgb_at is not None and "cls" in files:
-            rgb = files["rgb.png"]
+            rgb = files[rgb_name]
             self.index.append([key, int(files["cls"]), rgb_at, len(rgb), hashlib.sha256(rgb).hexdigest()])
         self.samples += 1
 
@@ -67,7 +69,8 @@ class DeterministicTarWriter:
         """Where each sample's image lies in the tar, so training can read samples in any order.
 
         ``{"format": 1, "shard": key, "sha256": the tar's digest, "samples": [[sample key,
-        class, rgb.png offset, rgb.png size, rgb.png sha256], ...]}`` in tar order.
+        class, rgb offset, rgb size, rgb sha256], ...]}`` in tar order; the rgb member is
+        ``rgb.png``, ``rgb.webp`` or ``rgb.jpg`` (the decoder tells them apart by their bytes).
         """
         return {"format": 1, "shard": shard_key, "sha256": shard_sha256, "samples": self.index}
 

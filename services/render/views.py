@@ -9,9 +9,11 @@ from collections import OrderedDict
 
 import numpy as np
 import trimesh
-from PIL import Image
 
 from services.common.store import Store
+from services.render.codec import OUTPUTS, decode_png, encode_depth, encode_png, encode_rgb
+
+__all__ = ["decode_png", "encode_png"]  # kept here for callers that import them from views
 
 # The per-process renderer pool: contexts are expensive (an OSMesa context of a few hundred pixels holds ~10 MB),
 # meshes are swapped in. Least recently used first out, so a client asking for many image sizes cannot grow the
@@ -89,21 +91,6 @@ def load_mesh(store: Store, key: str) -> trimesh.Trimesh:
     return load_glb(store.get_bytes(key))
 
 
-def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
-    """PNG bytes of a (h, w, 3) uint8, (h, w) uint8 or (h, w) uint16 image (lossless, deterministic)."""
-    buffer = io.BytesIO()
-    pil = Image.fromarray(np.ascontiguousarray(image))  # uint16 -> 16-bit greyscale PNG
-    pil.save(buffer, format="PNG", compress_level=compress_level)
-    return buffer.getvalue()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """The array of a PNG written by :func:`encode_png` (uint16 images come back as uint16)."""
-    with Image.open(io.BytesIO(data)) as image:
-        array = np.asarray(image)
-    return array.astype(np.uint16) if image.mode.startswith("I") else array
-
-
 def encode_npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
@@ -114,16 +101,22 @@ def decode_npy(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def encode_view(view, label: int, record_json: bytes) -> dict[str, bytes]:
-    """The shard files of one rendered 3D view: rgb.png, depth.npy, seg.png, mask.png, json, cls."""
-    return {
-        "rgb.png": encode_png(view.rgb),
-        "depth.npy": encode_npy(view.depth),
-        "seg.png": encode_png(view.segmentation(label + 1)),
-        "mask.png": encode_png(np.where(view.mask, np.uint8(255), np.uint8(0))),
-        "json": record_json,
-        "cls": str(int(label)).encode("ascii"),
-    }
+def encode_view(view, label: int, record_json: bytes, outputs=OUTPUTS, rgb_format: str = "png") -> dict[str, bytes]:
+    """The shard files of one rendered 3D view: those of ``outputs`` (rgb.<format>, depth.png, seg.png,
+    mask.png; see :mod:`services.render.codec`), then json and cls."""
+    files: dict[str, bytes] = {}
+    if "rgb" in outputs:
+        name, data = encode_rgb(view.rgb, rgb_format)
+        files[name] = data
+    if "depth" in outputs:
+        files["depth.png"] = encode_depth(view.depth)
+    if "seg" in outputs:
+        files["seg.png"] = encode_png(view.segmentation(label + 1))
+    if "mask" in outputs:
+        files["mask.png"] = encode_png(np.where(view.mask, np.uint8(255), np.uint8(0)))
+    files["json"] = record_json
+    files["cls"] = str(int(label)).encode("ascii")
+    return files
 
 
 def redraw_record(record: dict, store: Store | None = None, mesh: trimesh.Trimesh | None = None) -> np.ndarray:

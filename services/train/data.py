@@ -61,7 +61,8 @@ import numpy as np
 import torch
 from torch.nn import functional as nn_functional
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torchvision.io import ImageReadMode, decode_png
+from torchvision.io import ImageReadMode
+from torchvision.io import decode_image as decode_encoded
 from webdataset.tariterators import group_by_keys
 
 from services.common.errors import FlatlandError, IntegrityError, ObjectNotFoundError
@@ -69,7 +70,7 @@ from services.common.manifest import read_manifest
 from services.common.seeds import derive_rng
 from services.common.spec.train import AugmentSpec
 from services.common.store import Store, open_store
-from services.render.api import dataset_manifest_key, shard_index_key
+from services.render.api import RGB_MEMBERS, dataset_manifest_key, find_rgb, shard_index_key
 
 #: ImageNet statistics, recorded in every checkpoint so users normalise the same way.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -77,7 +78,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _SHARD_KEY = re.compile(r"^datasets/[^/]+/(?P<split>[a-z0-9-]+)-(?P<shard>\d{5})\.tar$")
 #: Only these members of a sample are read; depth, segmentation etc. stream past unparsed.
-_WANTED = ("rgb.png", "cls")
+_WANTED = (*RGB_MEMBERS, "cls")
 
 
 class EmptySplitError(FlatlandError):
@@ -198,7 +199,7 @@ class _HashingReader(io.RawIOBase):
 
 
 def iter_shard_samples(store: Store, shard: ShardRef) -> Iterator[dict]:
-    """Raw samples (``__key__``, ``rgb.png``, ``cls`` bytes) of one shard, verified as it streams.
+    """Raw samples (``__key__``, the rgb member — ``rgb.png``, ``rgb.webp`` or ``rgb.jpg`` — and ``cls`` bytes) of one shard, verified as it streams.
 
     Raises :class:`IntegrityError` naming the shard when its size or checksum disagrees
     with the manifest, or when the tar itself cannot be parsed.
@@ -230,9 +231,9 @@ class ShardIndex:
 
     keys: np.ndarray  # (n,) bytes: sample keys
     classes: np.ndarray  # (n,) int64: the class in the sample's ``cls``
-    offsets: np.ndarray  # (n,) int64: where rgb.png's bytes start in the tar
+    offsets: np.ndarray  # (n,) int64: where the rgb image's bytes start in the tar
     sizes: np.ndarray  # (n,) int64
-    digests: np.ndarray  # (n,) bytes: rgb.png's sha256 (hex)
+    digests: np.ndarray  # (n,) bytes: the rgb image's sha256 (hex)
     unusable: int = 0  # samples without an image or a readable class
 
     @classmethod
@@ -292,7 +293,7 @@ def _scan_index(store: Store, shard: ShardRef) -> ShardIndex:
     for key, members in samples.items():
         try:
             cls = int(members["cls"]["data"].decode("ascii").strip())
-            rgb = members["rgb.png"]
+            rgb = members[find_rgb(members) or "rgb.png"]  # KeyError: no image
         except (KeyError, ValueError, UnicodeDecodeError):
             unusable += 1
             continue
@@ -470,7 +471,8 @@ def decode_image(
     -------
     (size, size, 3) uint8 tensor
     """
-    image = decode_png(torch.frombuffer(bytearray(png), dtype=torch.uint8), mode=ImageReadMode.RGB)  # (3, H, W)
+    # PNG, WebP or JPEG (the render stage's rgb_format), told apart by their first bytes
+    image = decode_encoded(torch.frombuffer(bytearray(png), dtype=torch.uint8), mode=ImageReadMode.RGB)  # (3, H, W)
     height, width = image.shape[1:]
     if augment is not None and augment.random_resized_crop:
         left, top, right, bottom = random_resized_crop_box(width, height, augment.crop_scale, augment.crop_ratio, rng)
@@ -565,8 +567,8 @@ class ShardStream(IterableDataset):
                     continue
                 try:
                     original = int(sample["cls"].decode("ascii").strip())
-                    if "rgb.png" not in sample:
-                        raise KeyError("rgb.png")
+                    if find_rgb(sample) is None:
+                        raise KeyError("no rgb image (" + ", ".join(RGB_MEMBERS) + ")")
                     if not 0 <= original < len(table):
                         raise ValueError(f"class {original} outside 0..{len(table) - 1}")
                 except (KeyError, ValueError, UnicodeDecodeError) as exc:
@@ -606,7 +608,7 @@ class ShardStream(IterableDataset):
             shard, index = self.shards[row[0]], self.indexes[row[0]]
             key = index.keys[row[1]].decode()
             if hashlib.sha256(data).hexdigest().encode() != index.digests[row[1]]:
-                raise IntegrityError(f"shard {shard.key}: sample {key}: rgb.png does not match its sha256 in the "
+                raise IntegrityError(f"shard {shard.key}: sample {key}: its rgb image does not match its sha256 in the "
                                      "shard index (the shard changed after it was rendered; re-render it)")
             try:
                 image = decode_image(data, self.input_size, self.augment, rng)
@@ -630,7 +632,7 @@ class ShardStream(IterableDataset):
         reported = 0
         for sample, label in self._samples(store, units, allowed):
             try:
-                image = decode_image(sample["rgb.png"], self.input_size, self.augment, rng)
+                image = decode_image(sample[find_rgb(sample)], self.input_size, self.augment, rng)
             except (RuntimeError, ValueError) as exc:  # libpng reports a bad image as RuntimeError
                 self._count_corrupt(sample, exc, allowed)
                 continue

@@ -16,7 +16,8 @@ from services.common.spec.render import PlanarVariationSpec, RenderSettings
 from services.render.job import run_job
 from services.render.renderers.gl import mesh_frame
 from services.render.sampling import sample_view
-from services.render.views import decode_npy, decode_png, get_renderer, redraw_record, render_record
+from services.render.api import DEPTH_PRECISION_M, decode_depth
+from services.render.views import decode_png, get_renderer, redraw_record, render_record
 
 from .meshdata import primitive_meshes, write_meshes
 
@@ -73,7 +74,7 @@ def test_flatworld_classes_hold_as_many_distinct_images_as_samples(store):
             # one canonical scene per mesh: camera, lights and scale are frozen, only the 2D map varies
             canonical.setdefault((cls, record["instance"]), set()).add(json.dumps([record["camera"], record["lights"], record["object"]["scale"]]))
             assert set(record["planar"]) >= {"flip", "rotation_deg", "scale", "shear_deg", "translate", "matrix"}
-            depth, mask, seg = decode_npy(sample["depth.npy"]), decode_png(sample["mask.png"]), decode_png(sample["seg.png"])
+            depth, mask, seg = decode_depth(sample["depth.png"]), decode_png(sample["mask.png"]), decode_png(sample["seg.png"])
             assert np.array_equal(mask == 255, np.isfinite(depth)) and np.array_equal(seg == cls + 1, mask == 255)
         assert len(canonical) == 4 and all(len(scenes) == 1 for scenes in canonical.values())
         for cls in counts:
@@ -83,7 +84,9 @@ def test_flatworld_classes_hold_as_many_distinct_images_as_samples(store):
         record = json.loads(files[name]["json"])
         again = render_record(record, store=store)
         assert np.array_equal(again.rgb, decode_png(files[name]["rgb.png"]))
-        assert np.array_equal(again.depth, decode_npy(files[name]["depth.npy"]))
+        stored = decode_depth(files[name]["depth.png"])
+        assert np.array_equal(np.isfinite(again.depth), np.isfinite(stored))
+        assert np.abs(again.depth - stored)[np.isfinite(stored)].max() <= DEPTH_PRECISION_M + 1e-6
         assert np.array_equal(redraw_record(record, store=store), decode_png(files[name]["rgb.png"]))
 
 

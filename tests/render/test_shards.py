@@ -17,7 +17,8 @@ from services.render import output as shards_module
 from services.render.job import run_job
 from services.render.keys import shard_index_key
 from services.render.plan import all_shards, shard_plan, shards_for_index
-from services.render.views import decode_npy, decode_png, redraw_record, render_record
+from services.render.api import DEPTH_PRECISION_M, decode_depth
+from services.render.views import decode_png, redraw_record, render_record
 
 from .meshdata import SIERPINSKI, write_ifs
 
@@ -41,9 +42,9 @@ def test_shards_follow_the_contract(shapes):
     files = members(store, f"datasets/{dataset_id}/val-00000.tar")
     keys = sorted({name.split(".", 1)[0] for name in files})
     assert keys == ["00000_0_00004", "00000_1_00004", "00001_0_00004", "00001_1_00004"]
-    assert {name.split(".", 1)[1] for name in files} == {"rgb.png", "depth.npy", "seg.png", "mask.png", "json", "cls"}
+    assert {name.split(".", 1)[1] for name in files} == {"rgb.png", "depth.png", "seg.png", "mask.png", "json", "cls"}
     sample = "00001_1_00004"
-    rgb, depth = decode_png(files[f"{sample}.rgb.png"]), decode_npy(files[f"{sample}.depth.npy"])
+    rgb, depth = decode_png(files[f"{sample}.rgb.png"]), decode_depth(files[f"{sample}.depth.png"])
     seg, mask = decode_png(files[f"{sample}.seg.png"]), decode_png(files[f"{sample}.mask.png"])
     assert rgb.shape == (48, 48, 3) and depth.dtype == np.float32 and seg.dtype == np.uint16
     assert np.array_equal(mask == 255, np.isfinite(depth)) and np.array_equal(seg == 2, mask == 255)
@@ -52,7 +53,8 @@ def test_shards_follow_the_contract(shapes):
     assert (record["class_index"], record["instance"], record["view"]) == (1, 1, 4)
     # the record alone re-renders the stored image
     again = render_record(record, store=store)
-    assert np.array_equal(again.rgb, rgb) and np.array_equal(again.depth, depth)
+    assert np.array_equal(again.rgb, rgb) and np.array_equal(np.isfinite(again.depth), np.isfinite(depth))
+    assert np.abs(again.depth - depth)[np.isfinite(depth)].max() <= DEPTH_PRECISION_M + 1e-6  # millimetres, rounded
     # each shard's index says where every sample's image lies in the tar, its class and digest
     for entry in manifest.entries:
         index = store.get_json(shard_index_key(entry.key))

@@ -3,7 +3,7 @@
 Each class is a coloured shape (disc, square or triangle; hue set by the class) on a
 noisy background, at a random position and size per view, so a tiny network can
 learn the classes in a few hundred steps but cannot memorise a fixed image.
-Every sample carries the contract's members: rgb.png, depth.npy, seg.png (uint16),
+Every sample carries the contract's members: rgb.png, depth.png (16-bit millimetres), seg.png (uint16),
 mask.png, json and cls.
 """
 
@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from services.common.manifest import Manifest, ManifestEntry, put_with_entry, write_manifest
 from services.common.seeds import derive_rng
 from services.common.store import Store
+from services.render.codec import encode_depth
 from services.render.keys import shard_index_key
 from services.render.output import DeterministicTarWriter
 
@@ -54,13 +55,11 @@ def sample_members(class_index: int, instance: int, view: int, classes: int, siz
     rng = derive_rng(seed, "synthetic", class_index, instance, view)
     rgb, mask = draw_sample(class_index, classes, size, rng)
     depth = np.where(mask, 2.0 + 0.1 * rng.random((size, size)), np.inf).astype(np.float32)
-    depth_buffer = io.BytesIO()
-    np.save(depth_buffer, depth)
     seg = (mask.astype(np.uint16) * (class_index + 1)).astype(np.uint16)
     record = {"class_index": class_index, "instance": instance, "view": view, "seed": seed}
     return {
         "rgb.png": _png(rgb),
-        "depth.npy": depth_buffer.getvalue(),
+        "depth.png": encode_depth(depth),
         "seg.png": _png(seg),
         "mask.png": _png(mask.astype(np.uint8) * 255),
         "json": json.dumps(record).encode(),

@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from services.common.errors import SpecError
 from services.common.spec.base import Name, StrictModel
+from services.common.spec.local import LocalSpec
 from services.common.spec.meshgen import Fractal2DParams, MorphSynthParams, ProcSynthParams
 from services.common.spec.neuro import NeuralDataSpec, ScoringSpec
 from services.common.spec.render import FractalRenderSettings, NoiseSceneParams, RenderSettings
@@ -160,6 +161,7 @@ class ExperimentSpec(StrictModel):
     neural_data: list[NeuralDataSpec] = Field(default_factory=list, description="Neural benchmarks (user files, or the planted synthetic one).")
     scoring: list[ScoringSpec] = Field(default_factory=list, description="Neural predictivity and RSA of pre-trained networks.")
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="How `flatland k8s manifests` runs this experiment as Kubernetes Jobs.")
+    local: LocalSpec = Field(default_factory=LocalSpec, description="How `flatland run` uses the local machine (worker processes).")
 
     @model_validator(mode="after")
     def _references(self):

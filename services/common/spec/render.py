@@ -9,6 +9,24 @@ from pydantic import Field, model_validator
 from services.common.spec.base import Distribution, Fixed, StrictModel, Uniform
 
 
+Output = Literal["rgb", "depth", "seg", "mask"]
+RgbFormat = Literal["png", "webp", "jpeg"]
+_RGB_FORMAT_DOC = (
+    "How RGB images are stored: 'png' (lossless, rgb.png), 'webp' (lossless WebP, rgb.webp: smaller, slower to "
+    "write) or 'jpeg' (quality 95, rgb.jpg: smallest, lossy). The training loader reads all three."
+)
+
+
+def _check_outputs(outputs: list[str], allowed: tuple[str, ...], family: str) -> None:
+    unknown = [o for o in outputs if o not in allowed]
+    if unknown:
+        raise ValueError(f"outputs: {family} images have no {', '.join(unknown)} (choose from {', '.join(allowed)})")
+    if "rgb" not in outputs:
+        raise ValueError("outputs must include 'rgb' (training reads it, and the shard index points at it)")
+    if len(set(outputs)) != len(outputs):
+        raise ValueError(f"outputs: each output once, got {outputs}")
+
+
 def _u(low: float, high: float) -> Uniform:
     return Uniform(low=low, high=high)
 
@@ -106,6 +124,18 @@ class RenderSettings(StrictModel):
     shard_size: int = Field(default=1000, ge=1, le=100_000, description="Samples per WebDataset shard.")
     val_fraction: float = Field(default=0.1, ge=0, lt=1, description="Fraction of views held out as the validation split.")
     backend: Literal["auto", "osmesa", "egl"] = Field(default="auto", description="OpenGL platform; 'auto' uses PYOPENGL_PLATFORM or OSMesa.")
+    outputs: list[Output] = Field(
+        default_factory=lambda: ["rgb", "depth", "seg", "mask"],
+        description="What each sample stores besides its record (json, cls): rgb (always), depth (16-bit PNG of "
+        "millimetres, ±0.5 mm; 3D objectives need it), seg, mask. A classification-only dataset can keep [rgb] "
+        "and store about 1/3 of the bytes.",
+    )
+    rgb_format: RgbFormat = Field(default="png", description=_RGB_FORMAT_DOC)
+
+    @model_validator(mode="after")
+    def _outputs(self):
+        _check_outputs(self.outputs, ("rgb", "depth", "seg", "mask"), "procsynth/morphsynth")
+        return self
 
 
 class FractalRenderSettings(StrictModel):
@@ -126,9 +156,12 @@ class FractalRenderSettings(StrictModel):
     )
     shard_size: int = Field(default=1000, ge=1, le=100_000, description="Samples per WebDataset shard.")
     val_fraction: float = Field(default=0.1, ge=0, lt=1, description="Fraction of each (variant, flip)'s drawings held out as the validation split.")
+    outputs: list[Output] = Field(default_factory=lambda: ["rgb", "seg"], description="What each sample stores besides its record: rgb (always), seg.")
+    rgb_format: RgbFormat = Field(default="png", description=_RGB_FORMAT_DOC)
 
     @model_validator(mode="after")
     def _check(self):
+        _check_outputs(self.outputs, ("rgb", "seg"), "fractal2d")
         if 2 * self.pad >= self.image_size:
             raise ValueError(f"pad ({self.pad}) must be less than half of image_size ({self.image_size})")
         return self
@@ -147,9 +180,12 @@ class NoiseSceneParams(StrictModel):
     scenes: int = Field(default=100, ge=1, description="Scenes in the dataset.")
     shard_size: int = Field(default=1000, ge=1, le=100_000, description="Samples per WebDataset shard.")
     val_fraction: float = Field(default=0.1, ge=0, lt=1, description="Fraction of the scenes held out as the validation split (the last ones).")
+    outputs: list[Output] = Field(default_factory=lambda: ["rgb", "seg"], description="What each sample stores besides its record: rgb (always), seg (the label map).")
+    rgb_format: RgbFormat = Field(default="png", description=_RGB_FORMAT_DOC)
 
     @model_validator(mode="after")
     def _check(self):
+        _check_outputs(self.outputs, ("rgb", "seg"), "noisescenes")
         lo, hi = self.objects_range
         if not 1 <= lo <= hi <= 200:
             raise ValueError(f"objects_range must satisfy 1 <= low <= high <= 200, got {self.objects_range}")

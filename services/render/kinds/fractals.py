@@ -14,7 +14,7 @@ from services.render.keys import sample_key
 from services.render.kinds.registry import DatasetContext, Sample, sample_writer
 from services.render.plan import ShardTask, fractal_view, layout
 from services.render.renderers.fractal import draw_fractal_records, fractal_device
-from services.render.views import encode_png
+from services.render.codec import encode_png, encode_rgb
 
 
 FRACTAL_BATCH = 32
@@ -59,15 +59,16 @@ def fractal_records(ctx: DatasetContext, task: ShardTask) -> list[dict]:
 @sample_writer("fractal2d")
 def fractal_samples(ctx: DatasetContext, task: ShardTask) -> Iterator[Sample]:
     records = fractal_records(ctx, task)
-    device = fractal_device(ctx.dataset.fractal_render.device)
+    settings = ctx.dataset.fractal_render
+    device = fractal_device(settings.device)
     for start in range(0, len(records), FRACTAL_BATCH):
         batch = records[start:start + FRACTAL_BATCH]
         for record, image in zip(batch, draw_fractal_records(batch, device)):
             cls = record["class_index"]
-            seg = np.where(image > 0, np.uint16(cls + 1), np.uint16(0)).astype(np.uint16)
-            yield (sample_key(cls, record["instance"], record["view"]), {
-                "rgb.png": encode_png(np.repeat(image[..., None], 3, axis=2)),
-                "seg.png": encode_png(seg),
-                "json": json.dumps(record, sort_keys=True).encode("utf-8"),
-                "cls": str(cls).encode("ascii"),
-            })
+            rgb_name, rgb = encode_rgb(np.repeat(image[..., None], 3, axis=2), settings.rgb_format)
+            files = {rgb_name: rgb}
+            if "seg" in settings.outputs:
+                files["seg.png"] = encode_png(np.where(image > 0, np.uint16(cls + 1), np.uint16(0)).astype(np.uint16))
+            files["json"] = json.dumps(record, sort_keys=True).encode("utf-8")
+            files["cls"] = str(cls).encode("ascii")
+            yield sample_key(cls, record["instance"], record["view"]), files

@@ -63,7 +63,8 @@ def render_mesh_samples(ctx: DatasetContext, task: ShardTask) -> Iterator[Sample
         for record in mesh_records(ctx, cls, instance, views, mesh):
             view = renderer.render(record)
             yield (sample_key(cls, instance, record["view"]),
-                   encode_view(view, cls, json.dumps(record, sort_keys=True).encode("utf-8")))
+                   encode_view(view, cls, json.dumps(record, sort_keys=True).encode("utf-8"),
+                               outputs=settings.outputs, rgb_format=settings.rgb_format))
 
 
 sample_writer("procsynth")(render_mesh_samples)

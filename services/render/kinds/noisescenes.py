@@ -9,7 +9,7 @@ from services.render.keys import sample_key
 from services.render.kinds.registry import DatasetContext, Sample, sample_writer
 from services.render.plan import ShardTask, layout
 from services.render.renderers.scenes import dominant_class, draw_scene, sample_scene
-from services.render.views import encode_png
+from services.render.codec import encode_png, encode_rgb
 
 
 @sample_writer("noisescenes")
@@ -22,9 +22,10 @@ def noise_scene_samples(ctx: DatasetContext, task: ShardTask) -> Iterator[Sample
         rgb, labels = draw_scene(record)
         cls = dominant_class(labels)
         record["class_index"] = cls
-        yield (sample_key(cls, 0, scene), {
-            "rgb.png": encode_png(rgb),
-            "seg.png": encode_png(labels),
-            "json": json.dumps(record, sort_keys=True).encode("utf-8"),
-            "cls": str(cls).encode("ascii"),
-        })
+        rgb_name, rgb_bytes = encode_rgb(rgb, ctx.dataset.family.rgb_format)
+        files = {rgb_name: rgb_bytes}
+        if "seg" in ctx.dataset.family.outputs:
+            files["seg.png"] = encode_png(labels)
+        files["json"] = json.dumps(record, sort_keys=True).encode("utf-8")
+        files["cls"] = str(cls).encode("ascii")
+        yield sample_key(cls, 0, scene), files
