@@ -134,7 +134,7 @@ def validate_neural_data(data: NeuralData, source: str = "neural data") -> Neura
     NeuralDataError
         On a shape mismatch between responses, stimuli and neuroids; missing or empty
         region or object labels; duplicate ids; NaN or infinite responses; fewer than two
-        repetitions (no split-half ceiling is possible); too few stimuli per object for a
+        repetitions (no noise ceiling is possible); too few stimuli per object for a
         stratified split; bad image dtype or shape; bad time bins.
     """
     r = data.responses
@@ -186,7 +186,7 @@ def validate_neural_data(data: NeuralData, source: str = "neural data") -> Neura
     if n_rep < MIN_REPETITIONS_FOR_CEILING:
         raise NeuralDataError(
             f"{source}: too few repetitions for a noise ceiling: /responses has {n_rep} repetition(s) per stimulus, "
-            f"the split-half ceiling needs at least {MIN_REPETITIONS_FOR_CEILING}"
+            f"the noise ceiling needs at least {MIN_REPETITIONS_FOR_CEILING}"
         )
     if r.ndim == 4:
         if data.time_bins is None:

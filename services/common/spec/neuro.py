@@ -23,10 +23,10 @@ class NeuralDataSpec(StrictModel):
     stimuli: int = Field(default=200, ge=10, le=100_000, description="Planted: number of generated stimuli.")
     objects: int = Field(default=10, ge=2, le=1000, description="Planted: object labels (stimuli are split evenly; used to stratify splits).")
     neuroids: int = Field(default=64, ge=1, le=100_000, description="Planted: number of synthetic neuroids (one region, 'planted').")
-    repetitions: int = Field(default=4, ge=2, le=1000, description="Planted: presentations per stimulus (>= 2 for a split-half ceiling).")
+    repetitions: int = Field(default=4, ge=2, le=1000, description="Planted: presentations per stimulus (>= 2 for a noise ceiling).")
     reliability: float = Field(
         default=0.7, gt=0, lt=1,
-        description="Planted reliability of the repetition-averaged response (what the Spearman-Brown corrected split-half ceiling estimates).",
+        description="Planted reliability of the repetition-averaged response (what the noise ceiling estimates).",
     )
     planted_layer: str = Field(default="layer3", description="Layer of the fixed network whose features drive the responses.")
     planted_model: str = Field(default="resnet18", description="Planted: torchvision model of the fixed, seeded network.")
