@@ -116,3 +116,41 @@ def test_user_file_benchmark(tmp_path, finished_store, tiny_spec):
                           "scoring": [{**TINY["scoring"][0], "runs": ["run-a"], "benchmarks": ["rec"]}]})
     with pytest.raises(ObjectNotFoundError, match="neural_data 'rec': no file '/nowhere/rec.h5'"):
         run_job(missing, finished_store)
+
+
+def test_time_window_and_split_file_end_to_end(tmp_path, finished_store, tiny_spec):
+    """A time-binned recording scored in a window, on explicit splits given by stimulus id; an edited split file rescores."""
+    from services.common.spec.experiment import parse_spec
+    from services.neuro.dataformat import write_neural_data
+    from services.neuro.planted import generate_planted
+    from tests.neuro.conftest import TINY
+
+    data = generate_planted(tiny_spec.neural_data[0])
+    rng = np.random.default_rng(0)
+    # Bins [0,70) and [170,250) are pure noise; the window [70, 170] keeps the two signal bins.
+    signal = data.responses.astype(np.float64)
+    data.responses = np.stack([rng.normal(size=signal.shape) * 5, signal, signal, rng.normal(size=signal.shape) * 5],
+                              axis=3).astype(np.float32)
+    data.time_bins = np.array([[0, 70], [70, 120], [120, 170], [170, 250]], dtype=np.float64)
+    data.synthetic = False
+    write_neural_data(tmp_path / "binned.h5", data)
+    ids = data.stimulus_ids.tolist()
+    splits = [{"train": ids[:30], "test": ids[30:]}, {"train": ids[10:], "test": ids[:10]}]
+    (tmp_path / "splits.json").write_text(json.dumps({"format": "flatland-splits", "splits": splits}))
+    spec = parse_spec({**TINY, "neural_data": [{"name": "binned", "kind": "file", "path": str(tmp_path / "binned.h5"),
+                                                "time_window_ms": [70, 170]}],
+                       "scoring": [{**TINY["scoring"][0], "runs": ["run-a"], "benchmarks": ["binned"], "splits": "file",
+                                    "split_file": str(tmp_path / "splits.json")}]})
+    run_job(spec, finished_store)
+    record = finished_store.get_json(f"scores/{spec.run_id('run-a')}/binned.json")
+    assert record["time_window_ms"] == [70.0, 170.0] and record["splits"]["scheme"] == "file"
+    assert record["splits"]["test"] == [list(range(30, 40)), list(range(10))]
+    # The window's responses are the planted ones: the ceiling is the planted data's, not the noise bins'.
+    assert record["ceiling"]["planted"]["median"] == pytest.approx(np.median(reliability_ceiling(signal)), abs=1e-6)
+    assert len(record["predictivity"]["planted"]["layer1"]["split_scores"]) == 2
+    (tmp_path / "splits.json").write_text(json.dumps({"format": "flatland-splits", "splits": splits[:1]}))
+    assert run_job(spec, finished_store)["computed"] == 1  # edited split file: not skipped
+    assert len(finished_store.get_json(f"scores/{spec.run_id('run-a')}/binned.json")["splits"]["test"]) == 1
+    (tmp_path / "splits.json").write_text(json.dumps({"format": "flatland-splits", "splits": [{"train": ["x1", "x2"], "test": ids[:5]}]}))
+    with pytest.raises(ValueError, match=r"split_file .*splits.json: split 0 train names 2 stimulus id\(s\) not in the data set"):
+        run_job(spec, finished_store)
