@@ -87,14 +87,33 @@ class NeuralData:
         _, first = np.unique(self.regions, return_index=True)
         return [str(self.regions[i]) for i in sorted(first)]
 
-    def presentations(self) -> np.ndarray:
-        """Responses with time bins averaged: (S, R, N) float64."""
-        r = self.responses.astype(np.float64)
-        return r.mean(axis=3) if r.ndim == 4 else r
+    def presentations(self, time_window_ms: tuple[float, float] | None = None) -> np.ndarray:
+        """Responses with time bins averaged: (S, R, N) float64.
 
-    def mean_responses(self) -> np.ndarray:
-        """Repetition-averaged responses (S, N) float64 (time bins averaged too)."""
-        return self.presentations().mean(axis=1)
+        ``time_window_ms`` ``(start, end)``: average only the bins lying wholly inside
+        it (``bin start >= start`` and ``bin end <= end``); None: all bins.
+
+        Raises
+        ------
+        NeuralDataError
+            A window on data without time bins, or a window containing no bin.
+        """
+        r = self.responses.astype(np.float64)
+        if time_window_ms is None:
+            return r.mean(axis=3) if r.ndim == 4 else r
+        start, end = (float(v) for v in time_window_ms)
+        if r.ndim != 4 or self.time_bins is None:
+            raise NeuralDataError(f"{self.name or 'neural data'}: time_window_ms {[start, end]} given but /responses "
+                                  f"has no time axis (shape {r.shape})")
+        inside = (self.time_bins[:, 0] >= start) & (self.time_bins[:, 1] <= end)
+        if not inside.any():
+            raise NeuralDataError(f"{self.name or 'neural data'}: no time bin lies inside time_window_ms {[start, end]}; "
+                                  f"/time_bins are {self.time_bins.tolist()}")
+        return r[..., inside].mean(axis=3)
+
+    def mean_responses(self, time_window_ms: tuple[float, float] | None = None) -> np.ndarray:
+        """Repetition-averaged responses (S, N) float64 (time bins averaged too, within the window if given)."""
+        return self.presentations(time_window_ms).mean(axis=1)
 
     def stimulus_set_hash(self) -> str:
         """SHA-256 of the stimulus images (shape and bytes): the feature cache key."""
@@ -115,7 +134,7 @@ def validate_neural_data(data: NeuralData, source: str = "neural data") -> Neura
     NeuralDataError
         On a shape mismatch between responses, stimuli and neuroids; missing or empty
         region or object labels; duplicate ids; NaN or infinite responses; fewer than two
-        repetitions (no split-half ceiling is possible); too few stimuli per object for a
+        repetitions (no noise ceiling is possible); too few stimuli per object for a
         stratified split; bad image dtype or shape; bad time bins.
     """
     r = data.responses
@@ -167,7 +186,7 @@ def validate_neural_data(data: NeuralData, source: str = "neural data") -> Neura
     if n_rep < MIN_REPETITIONS_FOR_CEILING:
         raise NeuralDataError(
             f"{source}: too few repetitions for a noise ceiling: /responses has {n_rep} repetition(s) per stimulus, "
-            f"the split-half ceiling needs at least {MIN_REPETITIONS_FOR_CEILING}"
+            f"the noise ceiling needs at least {MIN_REPETITIONS_FOR_CEILING}"
         )
     if r.ndim == 4:
         if data.time_bins is None:

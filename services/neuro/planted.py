@@ -10,7 +10,7 @@ value: with ``R`` repetitions and signal variance 1, noise variance per
 presentation is ``R (1 − rel) / rel``, so ``1 / (1 + σ²/R) = rel``.
 
 A scorer run on the fixed network must rank the planted layer first, and the
-Spearman–Brown corrected split-half ceiling must come out near ``rel``.
+noise ceiling (:func:`~services.neuro.predictivity.reliability_ceiling`) must come out near ``rel``.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 The protocol (one place, as Brain-Score's ``NeuralBenchmark``): optional PCA of the
 features, a mapping (PLS with 25 components and no scaling, or ridge) fitted on the
 training stimuli of each split to the repetition-averaged responses, Pearson r per
-neuroid on the held-out stimuli, median over neuroids, and a split-half noise ceiling
-over repetitions with Spearman–Brown correction.
+neuroid on the held-out stimuli, median over neuroids, and a noise ceiling over
+repetitions (mean pairwise single-repetition r, Spearman–Brown corrected to all
+repetitions). Brain-Score's own aggregate, ceiling and normalisation are reported
+alongside (:meth:`PredictivityResult.brainscore`).
 
 PLS is Improved Kernel PLS (Dayal & MacGregor's algorithm 2, as in the ``ikpls``
 package, which the tests use as a cross-check): ``X^T X`` and ``Y^T X`` are computed
@@ -31,10 +33,17 @@ from services.common.seeds import derive_rng, derive_seed
 
 Split = tuple[np.ndarray, np.ndarray]
 NORMALISATION = (
-    "r_over_ceiling: median over neuroids of Pearson r (averaged over splits) divided by the median "
-    "Spearman-Brown corrected split-half ceiling (Brain-Score's convention); r2_over_ceiling: median over "
-    "neuroids of r^2 / ceiling (fraction of explainable variance)"
+    "this project: r_over_ceiling = median over neuroids of Pearson r (averaged over splits) divided by the median "
+    "noise ceiling (reliability of the repetition mean: mean pairwise single-repetition r, Spearman-Brown corrected "
+    "to all repetitions); r2_over_ceiling = median over neuroids of r^2 / ceiling (fraction of explainable variance). "
+    "Brain-Score (the 'brainscore' block, its names, computed its way): raw = mean over splits of each split's median r "
+    "over neuroids; ceiling = its split-half internal consistency (repetitions halved by ShuffleSplit(10, train_size=0.5, "
+    "random_state=1), Spearman-Brown factor 2, median over neuroids, mean over halvings); score = raw^2 / ceiling "
+    "(explained_variance, Brain-Score vision 2.x); error = s.e.m. of the split medians (ddof 0)"
 )
+# Brain-Score's cross-validation: Split.Defaults.random_state and CrossRegressedCorrelation's train_size.
+BRAINSCORE_RANDOM_STATE = 1
+SPLIT_FILE_FORMAT = "flatland-splits"
 
 
 # ---------------------------------------------------------------- splits
@@ -53,13 +62,16 @@ def make_splits(
     Parameters
     ----------
     objects : (S,) str
-        Object/category label of each stimulus.
+        Object/category label of each stimulus, in the order of the data set's stimuli.
     scheme : {"stratified_kfold", "brainscore"}
         ``stratified_kfold``: every stimulus is held out exactly once (the proposal's
-        protocol). ``brainscore``: ``n_splits`` stratified shuffle splits holding out
-        ``test_fraction`` (Brain-Score: 10 splits, 10 %).
+        protocol), shuffled with a state derived from ``seed``. ``brainscore``:
+        Brain-Score's own splits, ``StratifiedShuffleSplit(n_splits,
+        train_size=1 - test_fraction, random_state=1)`` on the object labels (its
+        ``CrossRegressedCorrelation`` defaults: 10 splits, train_size 0.9); ``seed``
+        is not used, so the splits equal Brain-Score's for the same stimulus order.
     seed : int
-        Root seed; the split generator's state derives from it.
+        Root seed of the ``stratified_kfold`` shuffle.
 
     Returns
     -------
@@ -68,20 +80,91 @@ def make_splits(
     from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 
     labels = np.asarray(objects).astype(str)
-    state = derive_seed(seed, "neuro", "splits", scheme) % (2**32)
-    _, counts = np.unique(labels, return_counts=True)
     if scheme == "stratified_kfold":
         if n_splits > len(labels):
             raise ValueError(f"n_splits ({n_splits}) exceeds the number of stimuli ({len(labels)})")
+        state = derive_seed(seed, "neuro", "splits", scheme) % (2**32)
         splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=state)
     elif scheme == "brainscore":
-        splitter = StratifiedShuffleSplit(n_splits=n_splits, test_size=test_fraction, random_state=state)
+        # Brain-Score passes train_size=.9, test_size=None; sklearn then sizes the test set as the rest.
+        splitter = StratifiedShuffleSplit(n_splits=n_splits, train_size=1.0 - test_fraction, test_size=None,
+                                          random_state=BRAINSCORE_RANDOM_STATE)
     else:
-        raise ValueError(f"splits: unknown scheme {scheme!r} (known: stratified_kfold, brainscore)")
+        raise ValueError(f"splits: unknown scheme {scheme!r} (known: stratified_kfold, brainscore, file)")
     with warnings.catch_warnings():
         # Objects with fewer stimuli than folds are still placed; sklearn warns about it.
         warnings.simplefilter("ignore", UserWarning)
         return [(np.sort(tr), np.sort(te)) for tr, te in splitter.split(np.zeros(len(labels)), labels)]
+
+
+def read_split_file(source: str | bytes | dict, stimulus_ids: Sequence[str] | np.ndarray, *, name: str = "split file") -> list[Split]:
+    """Explicit splits from a JSON split file (format in docs/neuro-scoring.md).
+
+    ``{"format": "flatland-splits", "splits": [{"train": [...], "test": [...]}, ...]}``;
+    each entry is either all stimulus ids (strings, matched to ``/stimuli/id``) or all
+    0-based indices into the data set's stimulus order (integers). A stimulus may be in
+    neither set of a split, never in both.
+
+    Parameters
+    ----------
+    source : JSON text or bytes, or the parsed dict
+    stimulus_ids : (S,) str, the data set's stimulus ids in order
+
+    Raises
+    ------
+    ValueError
+        Naming the file, the split and what is wrong (not JSON, wrong format tag, empty
+        or overlapping sets, unknown ids, indices out of range, duplicates).
+    """
+    import json
+
+    if isinstance(source, dict):
+        doc = source
+    else:
+        try:
+            doc = json.loads(source)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{name}: not a JSON split file ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != SPLIT_FILE_FORMAT:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"{name}: expected a JSON object with \"format\": \"{SPLIT_FILE_FORMAT}\", got format {got!r}")
+    entries = doc.get("splits")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{name}: \"splits\" must be a non-empty list of {{\"train\": [...], \"test\": [...]}} objects")
+    ids = np.asarray(stimulus_ids).astype(str)
+    position = {sid: i for i, sid in enumerate(ids)}
+    splits: list[Split] = []
+    for k, entry in enumerate(entries):
+        if not isinstance(entry, dict) or set(entry) - {"train", "test"} or not {"train", "test"} <= set(entry):
+            raise ValueError(f"{name}: split {k} must be an object with exactly the keys 'train' and 'test'")
+        pair = []
+        for part in ("train", "test"):
+            values = entry[part]
+            if not isinstance(values, list) or len(values) < 2:
+                # A Pearson r over the held-out stimuli needs two of them; a fit needs two too.
+                raise ValueError(f"{name}: split {k} {part} must list at least 2 stimulus ids or indices")
+            if all(isinstance(v, str) for v in values):
+                unknown = [v for v in values if v not in position]
+                if unknown:
+                    raise ValueError(f"{name}: split {k} {part} names {len(unknown)} stimulus id(s) not in the data set, "
+                                     f"e.g. {unknown[:5]}")
+                index = np.asarray([position[v] for v in values], dtype=np.int64)
+            elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                index = np.asarray(values, dtype=np.int64)
+                bad = index[(index < 0) | (index >= len(ids))]
+                if bad.size:
+                    raise ValueError(f"{name}: split {k} {part} has indices outside 0..{len(ids) - 1}, e.g. {bad[:5].tolist()}")
+            else:
+                raise ValueError(f"{name}: split {k} {part} must be all stimulus ids (strings) or all indices (integers)")
+            if len(np.unique(index)) != len(index):
+                raise ValueError(f"{name}: split {k} {part} lists a stimulus more than once")
+            pair.append(np.sort(index))
+        both = np.intersect1d(pair[0], pair[1])
+        if both.size:
+            raise ValueError(f"{name}: split {k} has {both.size} stimulus/stimuli in both train and test, "
+                             f"e.g. {ids[both[:5]].tolist()}")
+        splits.append((pair[0], pair[1]))
+    return splits
 
 
 # ---------------------------------------------------------------- correlation
@@ -414,13 +497,41 @@ def reference_split_r(
 # ---------------------------------------------------------------- ceiling
 
 
-def split_half_ceiling(presentations: np.ndarray, halvings: int = 10, *, seed: int) -> np.ndarray:
-    """Spearman–Brown corrected split-half consistency per neuroid.
+def mean_pairwise_r(presentations: np.ndarray) -> np.ndarray:
+    """Mean Pearson r across stimuli between every pair of single repetitions, per neuroid.
 
-    Each halving draws a random permutation of the repetitions, averages each half
-    (``R // 2`` repetitions each; with odd ``R`` one is left out), correlates the two
-    half-means across stimuli per neuroid and corrects with Spearman–Brown (factor 2):
-    an estimate of the reliability of the repetition average. Averaged over halvings.
+    All ``R (R - 1) / 2`` pairs at once: with ``z_i`` the standardised repetition ``i``,
+    ``sum_{i != j} z_i . z_j = |sum_i z_i|^2 - sum_i |z_i|^2``. A constant repetition
+    counts as r = 0 with every other, as :func:`pearson_columns` does.
+
+    Parameters
+    ----------
+    presentations : (S, R, N) float, R >= 2
+
+    Returns
+    -------
+    (N,) float64, at least ``-1 / (R - 1)``.
+    """
+    p = np.asarray(presentations, dtype=np.float64)
+    if p.ndim != 3 or p.shape[1] < 2:
+        raise ValueError(f"a noise ceiling needs (stimuli, repetitions>=2, neuroids) responses, got shape {p.shape}")
+    s, r, _ = p.shape
+    centred = p - p.mean(axis=0, keepdims=True)
+    norm = np.sqrt((centred * centred).sum(axis=0, keepdims=True))
+    z = np.divide(centred, norm, out=np.zeros_like(centred), where=norm > 0)  # unit columns: z_i . z_j = r_ij
+    total = z.sum(axis=1)
+    cross = (total * total).sum(axis=0) - (z * z).sum(axis=(0, 1))
+    return cross / (r * (r - 1))
+
+
+def reliability_ceiling(presentations: np.ndarray) -> np.ndarray:
+    """Noise ceiling per neuroid: the reliability of the mean over all ``R`` repetitions.
+
+    The mean Pearson r between single repetitions estimates the reliability of one
+    repetition; Spearman–Brown with factor ``R`` turns it into that of the ``R``-mean.
+    Unlike a split-half estimate this uses every repetition for any ``R`` (a split half
+    with odd ``R`` leaves one out and corrects by 2, estimating the reliability of an
+    ``R - 1`` mean: with 3 repetitions, 0.65 for a true 0.74). Deterministic.
 
     Parameters
     ----------
@@ -430,18 +541,33 @@ def split_half_ceiling(presentations: np.ndarray, halvings: int = 10, *, seed: i
     -------
     (N,) float64
     """
+    return spearman_brown(mean_pairwise_r(presentations), factor=np.asarray(presentations).shape[1])
+
+
+def brainscore_internal_consistency(presentations: np.ndarray, n_splits: int = 10) -> dict:
+    """Brain-Score's ceiling, computed its way (``InternalConsistency``, brainscore_vision metrics).
+
+    ``ShuffleSplit(n_splits, train_size=0.5, random_state=1)`` over the repetitions
+    picks two halves (with odd ``R``: ``R // 2`` against the rest); each half is
+    averaged over its repetitions, Pearson r per neuroid between the half means,
+    Spearman–Brown with factor 2, median over neuroids; the ceiling is the mean of
+    those medians over the halvings.
+
+    Returns
+    -------
+    dict: ``ceiling`` (float), ``split_ceilings`` (one median per halving), ``neuroids``
+    ((N,) per-neuroid values averaged over halvings, as its raw attribute).
+    """
+    from sklearn.model_selection import ShuffleSplit
+
     p = np.asarray(presentations, dtype=np.float64)
     if p.ndim != 3 or p.shape[1] < 2:
-        raise ValueError(f"split-half ceiling needs (stimuli, repetitions>=2, neuroids) responses, got shape {p.shape}")
-    rng = derive_rng(seed, "neuro", "ceiling")
-    half = p.shape[1] // 2
-    total = np.zeros(p.shape[2])
-    for _ in range(halvings):
-        order = rng.permutation(p.shape[1])
-        a = p[:, order[:half]].mean(axis=1)
-        b = p[:, order[half:2 * half]].mean(axis=1)
-        total += spearman_brown(pearson_columns(a, b))
-    return total / halvings
+        raise ValueError(f"a noise ceiling needs (stimuli, repetitions>=2, neuroids) responses, got shape {p.shape}")
+    halver = ShuffleSplit(n_splits=n_splits, train_size=0.5, test_size=None, random_state=BRAINSCORE_RANDOM_STATE)
+    per_split = np.stack([spearman_brown(pearson_columns(p[:, a].mean(axis=1), p[:, b].mean(axis=1)), 2.0)
+                          for a, b in halver.split(np.zeros(p.shape[1]))])
+    medians = np.median(per_split, axis=1)
+    return {"ceiling": float(medians.mean()), "split_ceilings": medians.tolist(), "neuroids": per_split.mean(axis=0)}
 
 
 # ---------------------------------------------------------------- scoring
@@ -459,6 +585,7 @@ class PredictivityResult:
     n_components: int
     mapping: str
     bootstrap: dict = field(default_factory=dict)
+    brainscore_ceiling: float | None = None  # Brain-Score's internal consistency of the region (its aggregate)
 
     @property
     def neuroid_r(self) -> np.ndarray:
@@ -486,6 +613,23 @@ class PredictivityResult:
             frac = np.where(self.ceiling > 0, np.sign(self.neuroid_r) * self.neuroid_r**2 / self.ceiling, np.nan)
         return float(np.nanmedian(frac)) if np.isfinite(frac).any() else float("nan")
 
+    def brainscore(self) -> dict:
+        """Brain-Score's numbers under its names, computed its way (``CrossRegressedCorrelation`` + ``explained_variance``).
+
+        ``raw``: mean over splits of each split's median r over neuroids; ``error``: the
+        s.e.m. of those medians (xarray's ``std``, ddof 0, over sqrt(splits)); ``ceiling``:
+        :func:`brainscore_internal_consistency`; ``score``: ``raw^2 / ceiling``.
+        """
+        scores = self.split_scores
+        raw = float(scores.mean())
+        ceiling = self.brainscore_ceiling
+        return {
+            "raw": raw,
+            "error": float(scores.std() / np.sqrt(len(scores))),
+            "ceiling": ceiling,
+            "score": raw**2 / ceiling if ceiling else None,
+        }
+
     def summary(self) -> dict:
         scores = self.split_scores
         return {
@@ -500,6 +644,7 @@ class PredictivityResult:
             "neuroids": int(self.split_r.shape[1]),
             "mapping": self.mapping,
             "n_components": self.n_components,
+            "brainscore": self.brainscore(),
             **self.bootstrap,
         }
 
@@ -534,8 +679,13 @@ def score_predictivity(
     ridge_alphas: Sequence[float] = (1.0,),
     bootstrap: int = 1000,
     seed: int,
+    brainscore_ceiling: float | None = None,
 ) -> PredictivityResult:
-    """Cross-validated predictivity of ``features`` (S, D) for ``responses`` (S, N) (repetition-averaged)."""
+    """Cross-validated predictivity of ``features`` (S, D) for ``responses`` (S, N) (repetition-averaged).
+
+    ``ceiling`` is this project's per-neuroid ceiling; ``brainscore_ceiling`` Brain-Score's
+    aggregate one (for the ``brainscore`` block of the summary).
+    """
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(responses, dtype=np.float64)
     if x.shape[0] != y.shape[0]:
@@ -549,7 +699,8 @@ def score_predictivity(
     else:
         raise ValueError(f"mapping: unknown {mapping!r} (known: pls, ridge)")
     split_r = split_correlations(y, splits, predictions)
-    result = PredictivityResult(split_r=split_r, ceiling=np.asarray(ceiling, dtype=np.float64), n_components=used, mapping=mapping)
+    result = PredictivityResult(split_r=split_r, ceiling=np.asarray(ceiling, dtype=np.float64), n_components=used, mapping=mapping,
+                                brainscore_ceiling=brainscore_ceiling)
     result.bootstrap = bootstrap_neuroids(result.neuroid_r, result.ceiling, bootstrap, seed=seed)
     return result
 

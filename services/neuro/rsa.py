@@ -125,14 +125,17 @@ def compare_rdms(a: np.ndarray, b: np.ndarray, method: str = "spearman") -> np.n
 
 
 def rsa_noise_ceiling(
-    presentations: np.ndarray, *, metric: str = "correlation", method: str = "spearman", halvings: int = 10, seed: int
+    presentations: np.ndarray, *, metric: str = "correlation", method: str = "spearman", max_pairs: int = 45, seed: int
 ) -> dict:
-    """Split-half RSA ceiling of a region.
+    """RSA noise ceiling of a region, from every repetition.
 
-    For each random halving of the repetitions, the RDMs of the two half-means are
-    compared with ``method``; the mean over halvings is the split-half consistency
-    and its Spearman–Brown correction (factor 2) estimates how well the RDM of the
-    full repetition average could be matched by a perfect model.
+    The RDM of each single repetition is compared with that of every other (``method``);
+    the mean over pairs estimates the consistency of one repetition's RDM, and
+    Spearman–Brown with factor ``R`` carries it to the RDM of the mean over all ``R``
+    repetitions (a split half with odd ``R`` would drop one repetition and correct by
+    2). For Spearman all pairs are used at once (standardised ranks: the sum over pairs
+    of their products is ``|sum|^2 - sum of squares``); Kendall's tau-a compares pairs
+    one by one, at most ``max_pairs`` of them (a seeded random choice beyond that).
 
     Parameters
     ----------
@@ -140,21 +143,37 @@ def rsa_noise_ceiling(
 
     Returns
     -------
-    dict with ``split_half`` (mean over halvings), ``ceiling`` (Spearman–Brown corrected)
-    and ``halvings`` (each halving's value).
+    dict with ``pairwise`` (mean similarity of single-repetition RDMs), ``ceiling``
+    (Spearman–Brown corrected to ``R``), ``repetitions`` and ``pairs`` (pairs compared).
     """
     p = np.asarray(presentations, dtype=np.float64)
     if p.ndim != 3 or p.shape[1] < 2:
         raise ValueError(f"RSA ceiling needs (stimuli, repetitions>=2, neuroids) responses, got shape {p.shape}")
-    rng = derive_rng(seed, "neuro", "rsa-ceiling")
-    half = p.shape[1] // 2
-    values = []
-    for _ in range(halvings):
-        order = rng.permutation(p.shape[1])
-        ra = rdm(p[:, order[:half]].mean(axis=1), metric)
-        rb = rdm(p[:, order[half:2 * half]].mean(axis=1), metric)
-        values.append(float(compare_rdms(ra, rb, method)[0, 0]))
-    split_half = float(np.mean(values))
-    return {"split_half": split_half, "ceiling": float(spearman_brown(split_half)), "halvings": values}
-
-
+    reps = p.shape[1]
+    all_pairs = reps * (reps - 1) // 2
+    if method == "spearman":
+        total, squares = None, 0.0
+        for i in range(reps):  # one RDM in memory at a time
+            ranks = _ranks(rdm(p[:, i], metric)[None])[0]
+            ranks -= ranks.mean()
+            norm = np.linalg.norm(ranks)
+            z = ranks / norm if norm > 0 else ranks * 0.0
+            total = z if total is None else total + z
+            squares += float(z @ z)
+        pairwise = (float(total @ total) - squares) / (reps * (reps - 1))
+        pairs = all_pairs
+    elif method == "kendall_tau_a":
+        index = [(i, j) for i in range(reps) for j in range(i + 1, reps)]
+        if len(index) > max_pairs:
+            chosen = derive_rng(seed, "neuro", "rsa-ceiling").choice(len(index), size=max_pairs, replace=False)
+            index = [index[k] for k in sorted(chosen)]
+        cache: dict[int, np.ndarray] = {}
+        def single(i: int) -> np.ndarray:
+            if i not in cache:
+                cache[i] = rdm(p[:, i], metric)
+            return cache[i]
+        pairwise = float(np.mean([kendall_tau_a(single(i), single(j)) for i, j in index]))
+        pairs = len(index)
+    else:
+        raise ValueError(f"rsa_compare: unknown {method!r} (known: spearman, kendall_tau_a)")
+    return {"pairwise": pairwise, "ceiling": float(spearman_brown(pairwise, factor=reps)), "repetitions": reps, "pairs": pairs}

@@ -10,6 +10,7 @@ of a finished run and writes ``scores/<run_id>/<benchmark>.json`` plus PNGs.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
@@ -28,7 +29,16 @@ from services.neuro.dataformat import NeuralData, read_neural_data
 from services.neuro.features import Checkpoint, cached_features, checkpoint_from_bytes
 from services.neuro.planted import ensure_planted
 from services.neuro.plots import model_model_figure, predictivity_figure, rdm_figure
-from services.neuro.predictivity import NORMALISATION, make_splits, reduce_pca, score_predictivity, split_half_ceiling
+from services.neuro.predictivity import (
+    NORMALISATION,
+    Split,
+    brainscore_internal_consistency,
+    make_splits,
+    read_split_file,
+    reduce_pca,
+    reliability_ceiling,
+    score_predictivity,
+)
 from services.neuro.rsa import compare_rdms, rdm, rsa_noise_ceiling
 
 ProgressFn = Callable[[str, int, int], None]
@@ -47,9 +57,15 @@ def comparison_key(run_id_a: str, run_id_b: str, benchmark: str) -> str:
     return f"scores/{run_id_a}/{benchmark}-vs-{run_id_b}.json"
 
 
-def scoring_hash(scoring: ScoringSpec, neural: NeuralDataSpec) -> str:
-    """What a score depends on besides the checkpoint: scoring settings (minus run/benchmark lists) and the data spec."""
+def scoring_hash(scoring: ScoringSpec, neural: NeuralDataSpec, store: Store | None = None) -> str:
+    """What a score depends on besides the checkpoint: scoring settings (minus run/benchmark lists) and the data spec.
+
+    With a split file and a ``store``, the file's content too (an edited file must not be skipped as done).
+    """
     settings = scoring.model_dump(mode="json", exclude={"name", "runs", "benchmarks", "compare_models", "device", "batch_size"})
+    if scoring.split_file and store is not None:
+        raw, _ = _local_or_store_bytes(store, scoring.split_file, f"scoring '{scoring.name}' split_file")
+        settings["split_file_sha256"] = hashlib.sha256(raw).hexdigest()
     return content_hash({"scoring": settings, "neural": neural})
 
 
@@ -75,13 +91,8 @@ def load_benchmark(store: Store, neural: NeuralDataSpec) -> NeuralData:
     path = os.path.expanduser(neural.path or "")
     if Path(path).is_file():
         return read_neural_data(path, name=f"{neural.name} ({path})")
-    try:
-        in_store = store.exists(neural.path)
-    except InvalidKeyError:  # an absolute or odd local path: not a store key either
-        in_store = False
-    if in_store:
-        return read_neural_data(store.get_bytes(neural.path), name=f"{neural.name} (store:{neural.path})")
-    raise ObjectNotFoundError(f"neural_data '{neural.name}': no file {neural.path!r} locally or in the store")
+    raw, label = _local_or_store_bytes(store, neural.path or "", f"neural_data '{neural.name}'")
+    return read_neural_data(raw, name=f"{neural.name} ({label})")
 
 
 def require_finished_run(store: Store, spec: ExperimentSpec, run_name: str) -> str:
@@ -119,6 +130,28 @@ def load_run_checkpoint(store: Store, run_id: str) -> Checkpoint:
     return checkpoint_from_bytes(data, key)
 
 
+def _local_or_store_bytes(store: Store, path: str, what: str) -> tuple[bytes, str]:
+    """Bytes of a local file, else of a store key; the label says which."""
+    local = os.path.expanduser(path)
+    if Path(local).is_file():
+        return Path(local).read_bytes(), local
+    try:
+        in_store = store.exists(path)
+    except InvalidKeyError:  # an absolute or odd local path: not a store key either
+        in_store = False
+    if in_store:
+        return store.get_bytes(path), f"store:{path}"
+    raise ObjectNotFoundError(f"{what}: no file {path!r} locally or in the store")
+
+
+def resolve_splits(store: Store, scoring: ScoringSpec, data: NeuralData) -> list[Split]:
+    """The scoring entry's train/test splits over ``data``'s stimuli (generated, or read from its split file)."""
+    if scoring.splits == "file":
+        raw, label = _local_or_store_bytes(store, scoring.split_file or "", f"scoring '{scoring.name}' split_file")
+        return read_split_file(raw, data.stimulus_ids, name=f"scoring '{scoring.name}' split_file {label}")
+    return make_splits(data.objects, scoring.splits, scoring.n_splits, seed=scoring.seed, test_fraction=scoring.test_fraction)
+
+
 def _stage(progress: ProgressFn | None, task: str, done: int, total: int) -> None:
     if progress:
         progress(task, done, total)
@@ -130,9 +163,12 @@ def score_checkpoint(
     data: NeuralData,
     scoring: ScoringSpec,
     *,
+    time_window_ms: tuple[float, float] | None = None,
     progress: ProgressFn | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Predictivity and RSA of every configured layer against every region of ``data``.
+
+    ``time_window_ms``: average only the time bins inside it (the data set entry's window).
 
     Returns
     -------
@@ -149,9 +185,8 @@ def score_checkpoint(
         grid=scoring.grid, batch_size=scoring.batch_size, device=scoring.device,
         progress=(lambda _t, d, t: _stage(progress, "features", d, t)) if progress else None,
     )
-    splits = make_splits(data.objects, scoring.splits, scoring.n_splits, seed=scoring.seed,
-                         test_fraction=scoring.test_fraction)
-    presentations = data.presentations()
+    splits = resolve_splits(store, scoring, data)
+    presentations = data.presentations(time_window_ms)
     mean = presentations.mean(axis=1)
     reduced = {layer: reduce_pca(features[layer], scoring.pca_components, seed=scoring.seed) for layer in layers}
     layer_rdms = {layer: rdm(features[layer], scoring.rdm_metric) for layer in layers}
@@ -163,14 +198,17 @@ def score_checkpoint(
     steps, step = len(regions) * (len(layers) + 1), 0
     for region in regions:
         cols = np.flatnonzero(data.regions.astype(str) == region)
-        ceiling = split_half_ceiling(presentations[:, :, cols], scoring.ceiling_halvings, seed=scoring.seed)
-        result["ceiling"][region] = {"median": float(np.median(ceiling)), "neuroids": ceiling.tolist()}
+        ceiling = reliability_ceiling(presentations[:, :, cols])
+        brainscore_ceiling = brainscore_internal_consistency(presentations[:, :, cols])
+        result["ceiling"][region] = {"median": float(np.median(ceiling)), "neuroids": ceiling.tolist(),
+                                     "brainscore": {"ceiling": brainscore_ceiling["ceiling"],
+                                                    "split_ceilings": brainscore_ceiling["split_ceilings"]}}
         per_layer = {}
         for layer in layers:
             scored = score_predictivity(
                 reduced[layer], mean[:, cols], splits, ceiling, mapping=scoring.mapping,
                 n_components=scoring.pls_components, ridge_alphas=scoring.ridge_alphas,
-                bootstrap=scoring.bootstrap, seed=scoring.seed,
+                bootstrap=scoring.bootstrap, seed=scoring.seed, brainscore_ceiling=brainscore_ceiling["ceiling"],
             )
             per_layer[layer] = scored.summary()
             step += 1
@@ -181,12 +219,13 @@ def score_checkpoint(
         rdms[f"region:{region}"] = region_rdm
         similarity = compare_rdms(np.stack([layer_rdms[l] for l in layers]), region_rdm, scoring.rsa_compare)[:, 0]
         ceiling_rsa = rsa_noise_ceiling(presentations[:, :, cols], metric=scoring.rdm_metric, method=scoring.rsa_compare,
-                                        halvings=scoring.ceiling_halvings, seed=scoring.seed)
+                                        seed=scoring.seed)
         result["rsa"][region] = {l: float(v) for l, v in zip(layers, similarity)}
         result["rsa_ceiling"][region] = ceiling_rsa
         step += 1
         _stage(progress, f"rsa {region}", step, steps)
     rdms.update({f"layer:{l}": layer_rdms[l] for l in layers})
+    result["split_indices"] = [test.tolist() for _, test in splits]
     return result, rdms
 
 
@@ -207,7 +246,7 @@ def score_run(
     run_id = require_finished_run(store, spec, run_name)
     neural = neural_spec(spec, benchmark)
     key = score_key(run_id, benchmark)
-    settings_hash = scoring_hash(scoring, neural)
+    settings_hash = scoring_hash(scoring, neural, store)
     if not force and store.exists(key):
         existing = store.get_json(key)
         if existing.get("settings_hash") == settings_hash:
@@ -216,7 +255,7 @@ def score_run(
     started = time.perf_counter()
     checkpoint = load_run_checkpoint(store, run_id)
     data = load_benchmark(store, neural)
-    result, rdms = score_checkpoint(store, checkpoint, data, scoring, progress=progress)
+    result, rdms = score_checkpoint(store, checkpoint, data, scoring, time_window_ms=neural.time_window_ms, progress=progress)
     base = f"scores/{run_id}/{benchmark}"
     title = f"{run_name} ({run_id}) vs {benchmark}" + (" [SYNTHETIC planted data]" if data.synthetic else "")
     figures = {f"{base}-predictivity.png": predictivity_figure(result["predictivity"], title),
@@ -233,7 +272,9 @@ def score_run(
                  "planted_reliability": neural.reliability if neural.kind == "planted" else None},
         "settings": scoring.model_dump(mode="json"),
         "normalisation": NORMALISATION,
-        "splits": {"scheme": scoring.splits, "n_splits": scoring.n_splits},
+        "splits": {"scheme": scoring.splits, "n_splits": len(result["split_indices"]),
+                   "file": scoring.split_file, "test": result.pop("split_indices")},
+        "time_window_ms": list(neural.time_window_ms) if neural.time_window_ms else None,
         **result,
         "figures": sorted(figures),
         "seconds": round(time.perf_counter() - started, 3),

@@ -199,5 +199,5 @@ def test_full_study_workflow_validates():
     for obj in objs:
         validate_object(obj)
     order, deps, pods = walk(workflow_of(objs))
-    assert sum(1 for n in pods if n.startswith("train-")) == len(spec.pretrain) == 7
+    assert sum(1 for n in pods if n.startswith("train-")) == len(spec.pretrain) == 10  # Table 2, FlatWorld, 3 ImageNet baselines
     assert len(pods["render"]) == workplan.render_completions(spec)

@@ -48,6 +48,11 @@ def test_quickstart_is_valid():
         (lambda s: s["datasets"][1].update(meshes_from="missing"), "datasets[1].meshes_from", "not another dataset"),
         (lambda s: s["scoring"].append({**s["scoring"][0], "name": "again", "pls_components": 5}), "scoring[1]",
          "run 'net3d' on benchmark 'planted-it' is already scored by scoring[0] ('quick-scores')"),
+        (lambda s: s["scoring"][0].update(splits="file"), "scoring[0]", "splits 'file' needs a `split_file`"),
+        (lambda s: s["scoring"][0].update(split_file="splits.json"), "scoring[0]", "split_file is given but splits is 'stratified_kfold'"),
+        (lambda s: s["neural_data"][0].update(time_window_ms=[70, 170]), "neural_data[0]", "time_window_ms needs kind 'file'"),
+        (lambda s: s["neural_data"].append({"name": "rec", "kind": "file", "path": "r.h5", "time_window_ms": [170, 70]}),
+         "neural_data[1]", "must be [start, end] with end > start"),
     ],
 )
 def test_bad_field_is_named(quick, mutate, field, why):

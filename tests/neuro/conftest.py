@@ -10,7 +10,7 @@ import torchvision
 
 from services.common.spec.experiment import ExperimentSpec, parse_spec
 from services.common.store import LocalStore
-from services.neuro.features import checkpoint_bytes
+from services.neuro.features import checkpoint_bytes, feature_cache_key
 from services.neuro.scoring import checkpoint_key
 
 TINY = {
@@ -23,7 +23,7 @@ TINY = {
     "neural_data": [{"name": "planted", "kind": "planted", "stimuli": 40, "objects": 4, "neuroids": 12,
                      "repetitions": 4, "reliability": 0.8, "planted_layer": "layer2"}],
     "scoring": [{"name": "main", "runs": ["run-a", "run-b"], "benchmarks": ["planted"], "layers": ["layer1", "layer2", "layer4"],
-                 "n_splits": 4, "pca_components": 50, "bootstrap": 100, "ceiling_halvings": 4}],
+                 "n_splits": 4, "pca_components": 50, "bootstrap": 100}],
 }
 
 
@@ -54,3 +54,13 @@ def finished_store(store, tiny_spec):
     finish_run(store, tiny_spec, "run-a", 0)
     finish_run(store, tiny_spec, "run-b", 1)
     return store
+
+
+def cached_layer_features(store, record: dict, data, layer: str):
+    """The features the scorer cached for a scored run's layer (global-average pooling): the reference's input."""
+    import io
+
+    import numpy as np
+
+    key = feature_cache_key(record["checkpoint"]["sha256"], data.stimulus_set_hash(), layer, "avg", 4)
+    return np.load(io.BytesIO(store.get_bytes(key)), allow_pickle=False)

@@ -70,3 +70,18 @@ def test_writer_refuses_invalid_data(tmp_path):
     data.responses[0, 0, 0] = np.inf
     with pytest.raises(NeuralDataError, match="NaN or infinite"):
         write_neural_data(tmp_path / "x.h5", data)
+
+
+def test_time_window_averages_the_bins_inside_it(tmp_path):
+    data = _data(time_bins=4)  # bins [70,80) [80,90) [90,100) [100,110)
+    write_neural_data(tmp_path / "toy.h5", data)
+    back = read_neural_data(tmp_path / "toy.h5")
+    r = data.responses.astype(np.float64)
+    np.testing.assert_allclose(back.presentations((80, 100)), r[..., 1:3].mean(axis=3))
+    np.testing.assert_allclose(back.presentations((75, 110)), r[..., 1:4].mean(axis=3))  # [70,80) is not wholly inside
+    np.testing.assert_allclose(back.presentations(), r.mean(axis=3))
+    np.testing.assert_allclose(back.mean_responses((70, 80)), r[..., 0].mean(axis=1))
+    with pytest.raises(NeuralDataError, match=r"no time bin lies inside time_window_ms \[200.0, 300.0\].*70.0, 80.0"):
+        back.presentations((200, 300))
+    with pytest.raises(NeuralDataError, match="has no time axis"):
+        _data().presentations((70, 170))

@@ -22,7 +22,7 @@ def test_scorer_ranks_planted_layer_first_and_ceiling_matches(store, planted_lay
     assert data.synthetic and "SYNTHETIC" in data.description
     checkpoint = checkpoint_from_bytes(planted_checkpoint(neural), "planted")
     scoring = ScoringSpec(name="s", runs=["x"], benchmarks=["planted"], layers=LAYERS, n_splits=5,
-                          bootstrap=0, ceiling_halvings=10)
+                          bootstrap=0)
     result, _ = score_checkpoint(store, checkpoint, data, scoring)
     raw = {layer: s["raw"] for layer, s in result["predictivity"]["planted"].items()}
     assert result["best_layer"]["planted"] == planted_layer, raw

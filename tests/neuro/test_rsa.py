@@ -66,4 +66,30 @@ def test_rsa_ceiling_higher_for_reliable_data():
     high = rsa_noise_ceiling(clean, seed=0)
     low = rsa_noise_ceiling(noisy, seed=0)
     assert high["ceiling"] > 0.8 > low["ceiling"]
-    assert high["ceiling"] >= high["split_half"]  # Spearman-Brown raises a positive consistency
+    assert high["ceiling"] >= high["pairwise"]  # Spearman-Brown raises a positive consistency
+
+
+@pytest.mark.parametrize("method", ["spearman", "kendall_tau_a"])
+@pytest.mark.parametrize("repetitions", [2, 3, 5])
+def test_rsa_ceiling_uses_every_repetition(method, repetitions):
+    """Every pair of single-repetition RDMs, compared directly, averaged and corrected with factor R (no repetition dropped)."""
+    rng = np.random.default_rng(repetitions)
+    presentations = rng.normal(size=(14, 1, 9)) + 0.8 * rng.normal(size=(14, repetitions, 9))
+    single = [rdm(presentations[:, i]) for i in range(repetitions)]
+    pairs = list(itertools.combinations(range(repetitions), 2))
+    compare = spearmanr if method == "spearman" else (lambda a, b: kendall_tau_a(a, b))
+    mean = np.mean([float(getattr(compare(single[i], single[j]), "statistic", compare(single[i], single[j]))) for i, j in pairs])
+    result = rsa_noise_ceiling(presentations, method=method, seed=0)
+    assert result["pairs"] == len(pairs) and result["repetitions"] == repetitions
+    assert result["pairwise"] == pytest.approx(mean, abs=1e-10)
+    assert result["ceiling"] == pytest.approx(repetitions * mean / (1 + (repetitions - 1) * mean), abs=1e-10)
+
+
+def test_rsa_ceiling_kendall_samples_pairs_beyond_the_cap():
+    rng = np.random.default_rng(5)
+    presentations = rng.normal(size=(10, 1, 6)) + rng.normal(size=(10, 8, 6))  # 28 pairs
+    capped = rsa_noise_ceiling(presentations, method="kendall_tau_a", max_pairs=5, seed=0)
+    assert capped["pairs"] == 5
+    assert capped == rsa_noise_ceiling(presentations, method="kendall_tau_a", max_pairs=5, seed=0)  # seeded
+    with pytest.raises(ValueError, match="rsa_compare"):
+        rsa_noise_ceiling(presentations, method="pearson", seed=0)

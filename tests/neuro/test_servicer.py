@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 import yaml
 
+from scipy.stats import spearmanr
+
 from flatland.v1 import common_pb2, neuro_pb2, neuro_pb2_grpc
 from services.common.server import start_server
+from services.common.spec.experiment import parse_spec
+from services.neuro.dataformat import read_neural_data
+from services.neuro.features import extract_features, load_checkpoint
+from services.neuro.planted import planted_key
+from services.neuro.rsa import rdm
+from services.neuro.scoring import checkpoint_key
 from tests.neuro.conftest import TINY
 
 
@@ -32,8 +40,13 @@ def test_score_streams_progress_then_result(neuro_client):
     (score,) = responses[-1].result.scores
     assert score.run == "run-a" and score.benchmark == "planted" and score.synthetic and not score.skipped
     assert {layer.layer for layer in score.layers} == {"layer1", "layer2", "layer4"}
-    assert all(layer.raw_ci_low <= layer.raw <= layer.raw_ci_high for layer in score.layers)
     assert store.checksum(score.score_json.key) == (score.score_json.size, score.score_json.sha256)
+    stored = store.get_json(score.score_json.key)
+    for layer in score.layers:  # the reply carries the stored numbers
+        s = stored["predictivity"][layer.region][layer.layer]
+        assert (layer.raw, layer.ceiling, layer.r_over_ceiling, layer.r2_over_ceiling, layer.split_std, layer.rsa) == (
+            s["raw"], s["ceiling"], s["r_over_ceiling"], s["r2_over_ceiling"], s["split_std"], stored["rsa"][layer.region][layer.layer])
+        assert (layer.raw_ci_low, layer.raw_ci_high) == tuple(s["raw_ci"]) and layer.raw_ci_low < layer.raw < layer.raw_ci_high
     assert len(score.figures) == 2
     # Second call: found in the store.
     again = list(stub.Score(neuro_pb2.ScoreRequest(scoring=_item(), runs=["run-a"]), timeout=60))
@@ -41,11 +54,20 @@ def test_score_streams_progress_then_result(neuro_client):
 
 
 def test_compare_models(neuro_client):
-    stub, _ = neuro_client
+    stub, store = neuro_client
     reply = stub.CompareModels(neuro_pb2.CompareModelsRequest(
         scoring=_item(), run_a="run-a", run_b="run-b", benchmark="planted", layers_a=["layer1"], layers_b=["layer1", "layer4"]))
-    assert list(reply.layers_b) == ["layer1", "layer4"] and len(reply.similarity) == 2
-    assert np.all(np.abs(reply.similarity) <= 1) and reply.method == "spearman"
+    assert list(reply.layers_b) == ["layer1", "layer4"] and reply.method == "spearman"
+    # Against a reference: scipy's Spearman between RDMs of each run's features, extracted here.
+    spec = parse_spec(TINY)
+    data = read_neural_data(store.get_bytes(planted_key(spec.neural_data[0])))
+    features = {}
+    for run in ("run-a", "run-b"):
+        checkpoint = load_checkpoint(store, checkpoint_key(spec.run_id(run)))
+        features[run] = extract_features(checkpoint.build(), data.images, ["layer1", "layer4"], input_size=checkpoint.input_size,
+                                         mean=checkpoint.mean, std=checkpoint.std)
+    expected = [spearmanr(rdm(features["run-a"]["layer1"]), rdm(features["run-b"][b])).statistic for b in ("layer1", "layer4")]
+    np.testing.assert_allclose(list(reply.similarity), expected, atol=1e-6)
 
 
 def test_bad_requests_get_status_codes_and_server_survives(neuro_client):

@@ -23,21 +23,31 @@ class NeuralDataSpec(StrictModel):
     stimuli: int = Field(default=200, ge=10, le=100_000, description="Planted: number of generated stimuli.")
     objects: int = Field(default=10, ge=2, le=1000, description="Planted: object labels (stimuli are split evenly; used to stratify splits).")
     neuroids: int = Field(default=64, ge=1, le=100_000, description="Planted: number of synthetic neuroids (one region, 'planted').")
-    repetitions: int = Field(default=4, ge=2, le=1000, description="Planted: presentations per stimulus (>= 2 for a split-half ceiling).")
+    repetitions: int = Field(default=4, ge=2, le=1000, description="Planted: presentations per stimulus (>= 2 for a noise ceiling).")
     reliability: float = Field(
         default=0.7, gt=0, lt=1,
-        description="Planted reliability of the repetition-averaged response (what the Spearman-Brown corrected split-half ceiling estimates).",
+        description="Planted reliability of the repetition-averaged response (what the noise ceiling estimates).",
     )
     planted_layer: str = Field(default="layer3", description="Layer of the fixed network whose features drive the responses.")
     planted_model: str = Field(default="resnet18", description="Planted: torchvision model of the fixed, seeded network.")
     image_size: int = Field(default=64, ge=16, le=1024, description="Planted: stimulus image side in pixels.")
     pooling: Pooling = Field(default="avg", description="Planted: how the planted layer's activations are reduced to features.")
     seed: int = Field(default=0, ge=0, description="Planted: seed of the stimuli, the fixed network's weights, the linear map and the noise.")
+    time_window_ms: tuple[float, float] | None = Field(
+        default=None,
+        description="Kind 'file' with time-binned responses: [start, end] in ms after stimulus onset; the responses are the "
+        "mean of the /time_bins lying wholly inside it (e.g. [70, 170] for IT). None: the mean of all bins.",
+    )
 
     @model_validator(mode="after")
     def _path(self):
         if self.kind == "file" and not self.path:
             raise ValueError("neural_data of kind 'file' needs a `path` to an HDF5 file")
+        if self.time_window_ms is not None:
+            if self.kind != "file":
+                raise ValueError(f"neural_data '{self.name}': time_window_ms needs kind 'file' (planted data have no time bins)")
+            if not self.time_window_ms[1] > self.time_window_ms[0]:
+                raise ValueError(f"neural_data '{self.name}': time_window_ms {list(self.time_window_ms)} must be [start, end] with end > start")
         if self.kind == "planted" and self.stimuli < 2 * self.objects:
             raise ValueError(f"stimuli ({self.stimuli}) must be at least twice objects ({self.objects}) for stratified splits")
         return self
@@ -84,22 +94,36 @@ class ScoringSpec(StrictModel):
         default_factory=lambda: [10.0 ** k for k in range(-2, 7)], min_length=1,
         description="Ridge: penalties tried per neuroid by efficient leave-one-out on the training stimuli.",
     )
-    splits: Literal["stratified_kfold", "brainscore"] = Field(
+    splits: Literal["stratified_kfold", "brainscore", "file"] = Field(
         default="stratified_kfold",
-        description="'stratified_kfold': K folds stratified by object (each stimulus held out once); "
-        "'brainscore': stratified shuffle splits holding out test_fraction (Brain-Score's scheme).",
+        description="'stratified_kfold': K folds stratified by object (each stimulus held out once), shuffled from `seed`; "
+        "'brainscore': Brain-Score's own splits, StratifiedShuffleSplit(n_splits, train_size=1 - test_fraction, random_state=1) "
+        "on the object labels in the data set's stimulus order (equal to Brain-Score's for the same order); "
+        "'file': explicit splits from `split_file`.",
     )
-    n_splits: int = Field(default=10, ge=2, description="Folds or shuffle splits.")
+    split_file: str | None = Field(
+        default=None,
+        description="splits 'file': a JSON split file ({\"format\": \"flatland-splits\", \"splits\": [{\"train\": [...], \"test\": [...]}]}, "
+        "stimulus ids or 0-based indices; docs/neuro-scoring.md); a local path, or a store key when no such local file exists.",
+    )
+    n_splits: int = Field(default=10, ge=2, description="Folds or shuffle splits (Brain-Score: 10); ignored for 'file'.")
     test_fraction: float = Field(default=0.1, gt=0, lt=1, description="'brainscore' splits: held-out fraction (Brain-Score: 0.1).")
     pca_components: int | None = Field(default=1000, ge=1, description="Reduce features with PCA first (Brain-Score uses 1000). None: off.")
-    ceiling_halvings: int = Field(default=10, ge=1, le=1000, description="Random split-halves of repetitions for the noise ceiling.")
     bootstrap: int = Field(default=1000, ge=0, le=100_000, description="Bootstrap resamples of neuroids for confidence intervals (0: off).")
     rdm_metric: Literal["correlation", "euclidean"] = Field(default="correlation", description="RDM dissimilarity: 1 - Pearson r, or Euclidean distance.")
     rsa_compare: Literal["spearman", "kendall_tau_a"] = Field(default="spearman", description="How RDMs are compared: Spearman rho or Kendall's tau-a.")
     compare_models: bool = Field(default=True, description="Also compute model–model RSA between the scored runs.")
-    seed: int = Field(default=0, ge=0, description="Seed of the splits, ceiling halvings, PCA and bootstrap.")
+    seed: int = Field(default=0, ge=0, description="Seed of the 'stratified_kfold' splits, PCA, bootstrap and the Kendall RSA ceiling's pair sample.")
 
     @field_validator("layers")
     @classmethod
     def _distinct_layers(cls, layers: list[str]) -> list[str]:
         return check_layers(layers)
+
+    @model_validator(mode="after")
+    def _split_file(self):
+        if self.splits == "file" and not self.split_file:
+            raise ValueError(f"scoring '{self.name}': splits 'file' needs a `split_file` (JSON split file)")
+        if self.split_file and self.splits != "file":
+            raise ValueError(f"scoring '{self.name}': split_file is given but splits is {self.splits!r}; set splits: file to use it")
+        return self
