@@ -54,7 +54,9 @@ def test_shards_follow_the_contract(shapes):
     # the record alone re-renders the stored image
     again = render_record(record, store=store)
     assert np.array_equal(again.rgb, rgb) and np.array_equal(np.isfinite(again.depth), np.isfinite(depth))
-    assert np.abs(again.depth - depth)[np.isfinite(depth)].max() <= DEPTH_PRECISION_M + 1e-6  # millimetres, rounded
+    seen = np.isfinite(depth)
+    assert np.array_equal(np.isfinite(again.depth), seen)
+    assert np.abs(again.depth[seen] - depth[seen]).max() <= DEPTH_PRECISION_M + 1e-6  # millimetres, rounded
     # each shard's index says where every sample's image lies in the tar, its class and digest
     for entry in manifest.entries:
         index = store.get_json(shard_index_key(entry.key))
