@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from services.common.spec.base import Name, StrictModel
+from services.common.spec.base import SEED_MAX, Name, StrictModel
 
 Pooling = Literal["avg", "grid", "flatten"]
 
@@ -32,7 +32,7 @@ class NeuralDataSpec(StrictModel):
     planted_model: str = Field(default="resnet18", description="Planted: torchvision model of the fixed, seeded network.")
     image_size: int = Field(default=64, ge=16, le=1024, description="Planted: stimulus image side in pixels.")
     pooling: Pooling = Field(default="avg", description="Planted: how the planted layer's activations are reduced to features.")
-    seed: int = Field(default=0, ge=0, description="Planted: seed of the stimuli, the fixed network's weights, the linear map and the noise.")
+    seed: int = Field(default=0, ge=0, le=SEED_MAX, description="Planted: seed of the stimuli, the fixed network's weights, the linear map and the noise.")
 
     @model_validator(mode="after")
     def _path(self):
@@ -60,9 +60,9 @@ class ScoringSpec(StrictModel):
     batch_size: int = Field(default=64, ge=1, le=4096, description="Stimuli per forward pass.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where activations are computed; 'auto': the GPU when there is one.")
     mapping: Literal["pls", "ridge"] = Field(default="pls", description="Features-to-responses mapping: PLS regression (no scaling) or ridge.")
-    pls_components: int = Field(default=25, ge=1, description="PLS components (clipped to the features and training stimuli available).")
+    pls_components: int = Field(default=25, ge=1, le=1000, description="PLS components (clipped to the features and training stimuli available).")
     ridge_alphas: list[float] = Field(
-        default_factory=lambda: [10.0 ** k for k in range(-2, 7)], min_length=1,
+        default_factory=lambda: [10.0 ** k for k in range(-2, 7)], min_length=1, max_length=100,
         description="Ridge: penalties tried per neuroid by efficient leave-one-out on the training stimuli.",
     )
     splits: Literal["stratified_kfold", "brainscore"] = Field(
@@ -70,12 +70,12 @@ class ScoringSpec(StrictModel):
         description="'stratified_kfold': K folds stratified by object (each stimulus held out once); "
         "'brainscore': stratified shuffle splits holding out test_fraction (Brain-Score's scheme).",
     )
-    n_splits: int = Field(default=10, ge=2, description="Folds or shuffle splits.")
+    n_splits: int = Field(default=10, ge=2, le=1000, description="Folds or shuffle splits.")
     test_fraction: float = Field(default=0.1, gt=0, lt=1, description="'brainscore' splits: held-out fraction (Brain-Score: 0.1).")
-    pca_components: int | None = Field(default=1000, ge=1, description="Reduce features with PCA first (Brain-Score uses 1000). None: off.")
+    pca_components: int | None = Field(default=1000, ge=1, le=100_000, description="Reduce features with PCA first (Brain-Score uses 1000). None: off.")
     ceiling_halvings: int = Field(default=10, ge=1, le=1000, description="Random split-halves of repetitions for the noise ceiling.")
     bootstrap: int = Field(default=1000, ge=0, le=100_000, description="Bootstrap resamples of neuroids for confidence intervals (0: off).")
     rdm_metric: Literal["correlation", "euclidean"] = Field(default="correlation", description="RDM dissimilarity: 1 - Pearson r, or Euclidean distance.")
     rsa_compare: Literal["spearman", "kendall_tau_a"] = Field(default="spearman", description="How RDMs are compared: Spearman rho or Kendall's tau-a.")
     compare_models: bool = Field(default=True, description="Also compute model–model RSA between the scored runs.")
-    seed: int = Field(default=0, ge=0, description="Seed of the splits, ceiling halvings, PCA and bootstrap.")
+    seed: int = Field(default=0, ge=0, le=SEED_MAX, description="Seed of the splits, ceiling halvings, PCA and bootstrap.")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from services.common.spec.base import Name, StrictModel
+from services.common.spec.base import SEED_MAX, Name, StrictModel
 
 
 class AugmentSpec(StrictModel):
@@ -37,7 +37,7 @@ class OptimSpec(StrictModel):
     weight_decay: float = Field(default=1e-4, ge=0, description="L2 weight decay.")
     schedule: Literal["cosine", "step"] = Field(default="cosine", description="Learning-rate schedule after warm-up: cosine to zero, or step decay.")
     warmup_epochs: float = Field(default=1.0, ge=0, description="Linear warm-up length (epochs, may be fractional).")
-    step_size: int = Field(default=30, ge=1, description="Step schedule: epochs between decays.")
+    step_size: int = Field(default=30, ge=1, le=10_000, description="Step schedule: epochs between decays.")
     step_gamma: float = Field(default=0.1, gt=0, le=1, description="Step schedule: factor applied at each decay.")
     label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
     grad_clip_norm: float | None = Field(default=None, gt=0, description="Clip gradients to this global norm.")
@@ -53,9 +53,9 @@ class PretrainSearchSpec(StrictModel):
     """
 
     folds: int = Field(default=3, ge=2, le=20, description="Cross-validation folds of the training split.")
-    lr: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2], min_length=1, description="Peak learning rates to try.")
-    weight_decay: list[float] = Field(default_factory=lambda: [5e-5, 1e-4, 2e-4], min_length=1, description="Weight decays to try.")
-    epochs: int = Field(default=5, ge=1, description="Epochs of each trial (short: trials rank settings, they do not finish a run).")
+    lr: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2], min_length=1, max_length=100, description="Peak learning rates to try.")
+    weight_decay: list[float] = Field(default_factory=lambda: [5e-5, 1e-4, 2e-4], min_length=1, max_length=100, description="Weight decays to try.")
+    epochs: int = Field(default=5, ge=1, le=10_000, description="Epochs of each trial (short: trials rank settings, they do not finish a run).")
     fraction: float = Field(default=1.0, gt=0, le=1, description="Share of every class's training samples the search uses (cost control).")
 
     @model_validator(mode="after")
@@ -116,13 +116,13 @@ class PretrainSpec(StrictModel):
             raise ValueError(f"datasets: each dataset may appear once in a mix, got {self.datasets}")
         return self
 
-    class_budget: int | None = Field(default=None, ge=1, description="Total classes, split evenly across datasets (Table 2). None: all classes.")
+    class_budget: int | None = Field(default=None, ge=1, le=1_000_000, description="Total classes, split evenly across datasets (Table 2). None: all classes.")
     model: str = Field(default="resnet50", description="torchvision classification model name.")
     input_size: int = Field(default=224, ge=16, le=1024, description="Side of the square network input (pixels); images are resized to it.")
-    epochs: int = Field(default=90, ge=1, description="Passes over the training split.")
+    epochs: int = Field(default=90, ge=1, le=10_000, description="Passes over the training split.")
     batch_size: int = Field(default=64, ge=1, le=8192, description="Samples per optimisation step (per process under DDP).")
     workers: int = Field(default=2, ge=0, le=64, description="Data loader worker processes.")
-    shuffle_buffer: int = Field(default=1000, ge=1, description=(
+    shuffle_buffer: int = Field(default=1000, ge=1, le=1_000_000, description=(
         "Ignored (kept so older specs validate): training reads each epoch in one global random order "
         "over every sample of the run's datasets, by random access (see docs/train-stage.md)."))
     augment: AugmentSpec = Field(default_factory=AugmentSpec, description="Training-time augmentation.")
@@ -139,7 +139,7 @@ class PretrainSpec(StrictModel):
     train_split: str = Field(default="train", pattern=r"^[a-z0-9-]+$", description="Shard split used for training.")
     val_split: str | None = Field(default="val", pattern=r"^[a-z0-9-]+$", description="Shard split evaluated each epoch (None: none).")
     max_corrupt_fraction: float = Field(default=0.01, ge=0, le=1, description="Fail when more samples than this are corrupt.")
-    seed: int = Field(default=0, ge=0, description="Seed of initialisation, data order and augmentation.")
+    seed: int = Field(default=0, ge=0, le=SEED_MAX, description="Seed of initialisation, data order and augmentation.")
 
 
 class TargetSpec(StrictModel):
@@ -150,7 +150,7 @@ class TargetSpec(StrictModel):
     path: str | None = Field(default=None, description="Root of the user-provided data set (imagefolder, cifar).")
     test_fraction: float = Field(default=0.25, gt=0, lt=1, description="Held-out split, fixed by seed.")
     train_per_class: int | None = Field(
-        default=None, ge=1,
+        default=None, ge=1, le=1_000_000,
         description="Few-shot transfer: keep this many training images per class (seeded); None keeps all. "
         "The held-out split is unchanged.",
     )
@@ -164,8 +164,8 @@ class TargetSpec(StrictModel):
 
 class HyperSearchSpec(StrictModel):
     folds: int = Field(default=3, ge=2, le=20, description="Cross-validation folds on the training split.")
-    lr: list[float] = Field(default_factory=lambda: [0.01, 0.1], min_length=1, description="Learning rates to try.")
-    weight_decay: list[float] = Field(default_factory=lambda: [0.0, 1e-4], min_length=1, description="Weight decays to try.")
+    lr: list[float] = Field(default_factory=lambda: [0.01, 0.1], min_length=1, max_length=100, description="Learning rates to try.")
+    weight_decay: list[float] = Field(default_factory=lambda: [0.0, 1e-4], min_length=1, max_length=100, description="Weight decays to try.")
 
 
 class TransferSpec(StrictModel):
@@ -173,8 +173,8 @@ class TransferSpec(StrictModel):
     pretrained: list[Name] = Field(description="Pre-training runs to start from (names from `pretrain`); from-scratch is always added.")
     targets: list[Name] = Field(min_length=1, description="Target names from `targets`.")
     modes: list[Literal["finetune", "linear_probe"]] = Field(default_factory=lambda: ["finetune", "linear_probe"], min_length=1, description="Fine-tune all layers, and/or train a linear probe on frozen features.")
-    epochs: int = Field(default=10, ge=1, description="Passes over the target training split.")
-    batch_size: int = Field(default=64, ge=1, description="Samples per step.")
+    epochs: int = Field(default=10, ge=1, le=10_000, description="Passes over the target training split.")
+    batch_size: int = Field(default=64, ge=1, le=8192, description="Samples per step.")
     optim: OptimSpec = Field(default_factory=lambda: OptimSpec(lr=0.01, warmup_epochs=0), description="Optimiser and schedule of the transfer runs.")
     search: HyperSearchSpec | None = Field(default=None, description="Cross-validated grid search before the final fit.")
     model: str = Field(
@@ -185,4 +185,4 @@ class TransferSpec(StrictModel):
     input_size: int | None = Field(
         default=None, ge=16, le=1024, description="Target images are resized to this; default: the pre-trained run's input size (224 without one)."
     )
-    seed: int = Field(default=0, ge=0, description="Seed of the head initialisation, data order and the split.")
+    seed: int = Field(default=0, ge=0, le=SEED_MAX, description="Seed of the head initialisation, data order and the split.")
