@@ -126,6 +126,12 @@ def serve(stage: str, host: str, port: int, metrics_port: int, store_url: str | 
     print(json.dumps({"port": running.port, "metrics_port": running.metrics_port}), flush=True)
     running.wait()
     console.print("stopped")
+    # Handlers were cancelled at the end of the grace period; one still inside a long
+    # computation between cancellation checks must not hold the process past it (every
+    # store write is atomic, so leaving now loses nothing a restart does not redo).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _job_index(index: int | None, count: int | None) -> tuple[int, int]:
