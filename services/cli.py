@@ -43,7 +43,7 @@ def _open_store(spec, store_url: str | None):
     url = store_url or os.environ.get("FLATLAND_STORE") or (spec.store.url if spec is not None else None)
     try:
         return open_store(url)
-    except (ValueError, FlatlandError) as exc:
+    except (ValueError, OSError, FlatlandError) as exc:
         _fail(f"cannot open store {url!r}: {exc}", EXIT_BAD_INPUT)
 
 

@@ -16,7 +16,9 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Lower-case letter
 class StrictModel(BaseModel):
     """Unknown fields are errors (a typo in a spec must not be silently ignored)."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=False)
+    # NaN and infinities are refused everywhere: no spec field means them, and they would
+    # surface later as an internal error (NaN IFS coefficients, an infinite light intensity).
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=False, allow_inf_nan=False)
 
 
 class Fixed(StrictModel):

@@ -120,6 +120,14 @@ def parse_document(text: str, fmt: str = "yaml", source: str = "spec") -> Any:
     return data
 
 
+def parse_json_field(text: str, field: str, default: Any = None) -> Any:
+    """A request's JSON field (``params_json``, ``settings_json``, ...) as plain data, bounded
+    like a spec; ``default`` when the field is blank. Errors name ``field``."""
+    if not text.strip():
+        return default
+    return parse_document(text, "json", field)
+
+
 def read_spec_text(path: str | Path) -> str:
     """The text of a spec file, or a one-line :class:`SpecError` (missing, a directory,
     too large, not UTF-8 text)."""
