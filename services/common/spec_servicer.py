@@ -9,6 +9,7 @@ import grpc
 from flatland.v1 import common_pb2, common_pb2_grpc
 from services.common.errors import SpecError
 from services.common.spec import DatasetSpec, ExperimentSpec, content_hash, json_schema, parse_spec
+from services.common.spec.experiment import preview
 from services.common.spec.loading import parse_document
 from services.common.store import Store
 
@@ -17,7 +18,7 @@ def spec_from_text(spec_text: common_pb2.SpecText) -> ExperimentSpec:
     """Parse and validate a SpecText message (YAML by default, or JSON)."""
     fmt = (spec_text.format or "yaml").lower()
     if fmt not in ("yaml", "json"):
-        raise SpecError(f"spec.format: must be 'yaml' or 'json', got {spec_text.format!r}")
+        raise SpecError(f"spec.format: must be 'yaml' or 'json', got {preview(spec_text.format)}")
     data = parse_document(spec_text.text, fmt, "spec.text")  # bounded: no alias bombs, no deep nesting
     return parse_spec(data, "spec")
 

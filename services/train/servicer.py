@@ -18,7 +18,7 @@ from services.common.cancel import server_stopping
 from services.common.errors import SpecError
 from services.common.spec.experiment import ExperimentSpec
 from services.common.spec_servicer import spec_from_text
-from services.common.status import message_for, status_for_exception
+from services.common.status import bounded_message, message_for, status_for_exception
 from services.common.store import Store
 from services.train.loop import DistContext, PretrainRun
 from services.train.mixes import mix_for_run
@@ -148,8 +148,8 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
                 return RunHandle(run_id, "pretrain", train_pb2.RUN_STATE_SUCCEEDED,
                                  metrics=self._stored_metrics(run_id), result_key=f"runs/{run_id}/done.json")
         except Exception as exc:  # noqa: BLE001 - e.g. an invalid key in run_id
-            context.abort(status_for_exception(exc), f"run_id: {message_for(exc)}")
-        context.abort(grpc.StatusCode.NOT_FOUND, f"run_id: no run '{run_id}' on this server or in the store")
+            context.abort(status_for_exception(exc), bounded_message(f"run_id: {message_for(exc)}"))
+        context.abort(grpc.StatusCode.NOT_FOUND, bounded_message(f"run_id: no run {run_id!r} on this server or in the store"))
 
     def _status(self, handle: RunHandle) -> train_pb2.RunStatus:
         status = train_pb2.RunStatus(
