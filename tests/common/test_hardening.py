@@ -549,3 +549,15 @@ def test_bad_s3_network_settings_name_the_variable(monkeypatch, var, value):
 
     with pytest.raises(S3ConfigError, match=var):
         network_settings({var: value})
+
+
+def test_scored_pairs_are_capped():
+    import yaml
+
+    from services.common.spec import parse_spec
+
+    data = yaml.safe_load((REPO / "experiments" / "quickstart.yaml").read_text())
+    data["scoring"][0]["runs"] = [data["pretrain"][0]["name"]] * 1000
+    data["scoring"][0]["benchmarks"] = [data["neural_data"][0]["name"]] * 1000
+    with pytest.raises(SpecError, match="1,000,000 \\(run, benchmark\\) pairs; at most 100,000"):
+        parse_spec(data)

@@ -70,13 +70,17 @@ class ClusterSpec(StrictModel):
     render_parallelism: int = Field(default=8, ge=1, le=1000, description="Pods of the render Indexed Job (capped by the number of shards).")
     gpu: bool = Field(default=False, description="Run render (EGL) and train on GPU nodes.")
     train_nodes: int = Field(default=1, ge=1, le=64, description="Nodes for multi-node torchrun training.")
-    active_deadline_seconds: int = Field(default=86_400, ge=60, description="Kubernetes kills a Job running longer than this.")
+    active_deadline_seconds: int = Field(default=86_400, ge=60, le=2**31 - 1, description="Kubernetes kills a Job running longer than this.")
     backoff_limit: int = Field(default=3, ge=0, le=100, description="Retries of a failed pod before the Job fails.")
-    ttl_seconds_after_finished: int = Field(default=86_400, ge=0, description="Finished Jobs are deleted after this many seconds.")
+    ttl_seconds_after_finished: int = Field(default=86_400, ge=0, le=2**31 - 1, description="Finished Jobs are deleted after this many seconds.")
 
 
 #: Most datasets in one experiment (validation is linear in their number: 20,000 take about a second).
 MAX_DATASETS = 20_000
+#: Most entries in each of pretrain, targets, transfer, neural_data and scoring.
+MAX_ENTRIES = 1000
+#: Most (run, benchmark) pairs scored in one experiment.
+MAX_SCORED_PAIRS = 100_000
 
 
 class ExperimentSpec(StrictModel):
@@ -85,11 +89,11 @@ class ExperimentSpec(StrictModel):
     seed: int = Field(default=0, ge=0, le=SEED_MAX, description="Root seed; every random choice derives from it.")
     store: StoreSpec = Field(default_factory=StoreSpec, description="Where every stage reads and writes.")
     datasets: list[DatasetSpec] = Field(default_factory=list, max_length=MAX_DATASETS, description="Synthetic datasets to generate and render.")
-    pretrain: list[PretrainSpec] = Field(default_factory=list, description="Networks pre-trained on one dataset or a mix.")
-    targets: list[TargetSpec] = Field(default_factory=list, description="Transfer targets (user-provided data sets, or the offline digits).")
-    transfer: list[TransferSpec] = Field(default_factory=list, description="Fine-tuning and linear probes of pre-trained networks.")
-    neural_data: list[NeuralDataSpec] = Field(default_factory=list, description="Neural benchmarks (user files, or the planted synthetic one).")
-    scoring: list[ScoringSpec] = Field(default_factory=list, description="Neural predictivity and RSA of pre-trained networks.")
+    pretrain: list[PretrainSpec] = Field(default_factory=list, max_length=MAX_ENTRIES, description="Networks pre-trained on one dataset or a mix.")
+    targets: list[TargetSpec] = Field(default_factory=list, max_length=MAX_ENTRIES, description="Transfer targets (user-provided data sets, or the offline digits).")
+    transfer: list[TransferSpec] = Field(default_factory=list, max_length=MAX_ENTRIES, description="Fine-tuning and linear probes of pre-trained networks.")
+    neural_data: list[NeuralDataSpec] = Field(default_factory=list, max_length=MAX_ENTRIES, description="Neural benchmarks (user files, or the planted synthetic one).")
+    scoring: list[ScoringSpec] = Field(default_factory=list, max_length=MAX_ENTRIES, description="Neural predictivity and RSA of pre-trained networks.")
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="How `flatland k8s manifests` runs this experiment as Kubernetes Jobs.")
     _dataset_index: dict[str, int] = PrivateAttr(default_factory=dict)
 
@@ -143,6 +147,9 @@ class ExperimentSpec(StrictModel):
                     raise ValueError(f"scoring[{i}].benchmarks: unknown neural_data '{b}' (known: {_few_list(sorted(neural))})")
         # Scores live at scores/<run_id>/<benchmark>.json: two entries scoring the same pair
         # would overwrite each other's results on every run.
+        pairs = sum(len(s.runs) * len(s.benchmarks) for s in self.scoring)
+        if pairs > MAX_SCORED_PAIRS:
+            raise ValueError(f"scoring: {pairs:,} (run, benchmark) pairs; at most {MAX_SCORED_PAIRS:,} per experiment")
         scored: dict[tuple[str, str], int] = {}
         for i, s in enumerate(self.scoring):
             for r in s.runs:

@@ -180,13 +180,13 @@ class MorphSynthParams(StrictModel):
     eigen_components: int = Field(default=50, ge=1, le=5000, description="Leading eigenfunctions kept in the KL expansion.")
     shape_kernel: list[GPKernelTerm] = Field(
         default_factory=lambda: [GPKernelTerm(scale=0.05, length_scale=0.3)],
-        min_length=1,
+        min_length=1, max_length=100,
         description="Class-level deformation kernel terms (sum), applied per xyz component. Default: the proposal's "
         "b_s=50, c_s=300 (mm on an object of D ≈ 1 m) as scale 0.05, length-scale 0.3 of the mesh size "
         "(derivation in the MorphSynthParams docstring and docs/morphsynth.md).",
     )
     albedo_kernel: list[GPKernelTerm] = Field(
-        default_factory=lambda: [GPKernelTerm(scale=0.05, length_scale=0.2)], min_length=1,
+        default_factory=lambda: [GPKernelTerm(scale=0.05, length_scale=0.2)], min_length=1, max_length=100,
         description="Class-level albedo offset kernel terms (sum), per RGB channel. Default: the proposal's b_a=0.05 as the "
         "RGB standard deviation and c_a=0.2 as the length-scale in units of the mesh size.",
     )

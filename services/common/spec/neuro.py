@@ -45,8 +45,8 @@ class NeuralDataSpec(StrictModel):
 
 class ScoringSpec(StrictModel):
     name: Name
-    runs: list[Name] = Field(min_length=1, description="Pre-training runs to score (names from `pretrain`).")
-    benchmarks: list[Name] = Field(min_length=1, description="Neural data sets to score against (names from `neural_data`).")
+    runs: list[Name] = Field(min_length=1, max_length=1000, description="Pre-training runs to score (names from `pretrain`).")
+    benchmarks: list[Name] = Field(min_length=1, max_length=1000, description="Neural data sets to score against (names from `neural_data`).")
     layers: list[str] = Field(
         default_factory=lambda: ["layer1", "layer2", "layer3", "layer4", "avgpool"], min_length=1,
         description="Layers to score: torchvision feature-extraction node or module names (e.g. 'layer3', 'layer3.1.relu').",

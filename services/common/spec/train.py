@@ -108,7 +108,7 @@ class PretrainSpec(StrictModel):
             return _with_preset(PRESETS[data["preset"]], data)
         return data
 
-    datasets: list[Name] = Field(min_length=1, description="Datasets to mix (uniformly); names from `datasets`.")
+    datasets: list[Name] = Field(min_length=1, max_length=1000, description="Datasets to mix (uniformly); names from `datasets`.")
 
     @model_validator(mode="after")
     def _distinct_datasets(self):
@@ -170,8 +170,8 @@ class HyperSearchSpec(StrictModel):
 
 class TransferSpec(StrictModel):
     name: Name
-    pretrained: list[Name] = Field(description="Pre-training runs to start from (names from `pretrain`); from-scratch is always added.")
-    targets: list[Name] = Field(min_length=1, description="Target names from `targets`.")
+    pretrained: list[Name] = Field(max_length=1000, description="Pre-training runs to start from (names from `pretrain`); from-scratch is always added.")
+    targets: list[Name] = Field(min_length=1, max_length=1000, description="Target names from `targets`.")
     modes: list[Literal["finetune", "linear_probe"]] = Field(default_factory=lambda: ["finetune", "linear_probe"], min_length=1, description="Fine-tune all layers, and/or train a linear probe on frozen features.")
     epochs: int = Field(default=10, ge=1, le=10_000, description="Passes over the target training split.")
     batch_size: int = Field(default=64, ge=1, le=8192, description="Samples per step.")
