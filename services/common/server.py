@@ -136,10 +136,13 @@ class ServerInterceptor(grpc.ServerInterceptor):
                 slots.release()
 
         def finish(context, started, exc):
-            if exc is None and not context.is_active():
-                # The client went away (or the server stopped) while the handler ran: a
-                # handler that noticed and returned did not succeed.
-                metrics.observe(service, method, _gone_code(context), time.perf_counter() - started)
+            if not context.is_active():
+                # The client went away (cancelled, or its deadline passed) while the handler
+                # ran: whether the handler noticed and returned or raised, the call did not succeed.
+                code = _gone_code(context)
+                metrics.observe(service, method, code, time.perf_counter() - started)
+                if exc is not None:
+                    context.abort(code, message_for(exc))  # raises; nobody is listening
                 return
             if exc is not None:
                 already = context.code()

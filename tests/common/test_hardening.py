@@ -230,6 +230,7 @@ def test_deadline_stops_a_runaway_call(tmp_path):
             while _metric(running, "flatland_rpc_in_flight", labels) > 0:
                 assert time.monotonic() < deadline, "the handler kept computing past the deadline"
                 time.sleep(0.05)
+            assert _metric(running, "flatland_rpc_requests_total", {**labels, "code": "DEADLINE_EXCEEDED"}) == 1
     finally:
         running.stop(grace=0.5)
 
