@@ -122,7 +122,8 @@ def test_cross_checks_and_lookups_are_linear_in_datasets():
     both were quadratic; now they take milliseconds (pydantic's per-field work excluded)."""
     n = 20_000
     family = Fractal2DParams()
-    datasets = [DatasetSpec.model_construct(name=f"d{i}", family=family, classes=1, instances_per_class=None,
+    datasets = [DatasetSpec.model_construct(name=f"d{i}", family=family, classes=1, instances_per_class=None, seed=None,
+                                            render=None, fractal_render=None,
                                             meshes_from=None if i % 2 == 0 else f"d{i - 1}") for i in range(n)]
     spec = ExperimentSpec.model_construct(name="big", datasets=datasets, pretrain=[], targets=[], transfer=[],
                                           neural_data=[], scoring=[])
