@@ -43,7 +43,7 @@ def _open_store(spec, store_url: str | None):
     url = store_url or os.environ.get("FLATLAND_STORE") or (spec.store.url if spec is not None else None)
     try:
         return open_store(url)
-    except (ValueError, FlatlandError) as exc:
+    except (ValueError, OSError, FlatlandError) as exc:
         _fail(f"cannot open store {url!r}: {exc}", EXIT_BAD_INPUT)
 
 
@@ -127,6 +127,12 @@ def serve(stage: str, host: str, port: int, metrics_port: int, store_url: str | 
     print(json.dumps({"port": running.port, "metrics_port": running.metrics_port}), flush=True)
     running.wait()
     console.print("stopped")
+    # Handlers were cancelled at the end of the grace period; one still inside a long
+    # computation between cancellation checks must not hold the process past it (every
+    # store write is atomic, so leaving now loses nothing a restart does not redo).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _job_index(index: int | None, count: int | None) -> tuple[int, int]:

@@ -16,6 +16,13 @@ Configuration never comes from a spec or a URL, only from the environment:
     ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``): a mounted Kubernetes Secret.
 ``FLATLAND_S3_REGION``
     Optional; saves a location lookup per bucket.
+``FLATLAND_S3_CONNECT_TIMEOUT`` / ``FLATLAND_S3_READ_TIMEOUT``
+    Seconds to wait for a connection (default 10) and for each read from it (default 60),
+    instead of minio's 300 s: a frozen endpoint fails a request in about a minute, not hours.
+``FLATLAND_S3_RETRIES`` / ``FLATLAND_S3_BACKOFF``
+    Retries of a request that timed out, lost its connection or got a 500/502/503/504
+    (default 3), and the first back-off in seconds, doubling each time (default 0.5). Every
+    retry is logged with the request and the reason.
 
 Atomicity: an S3 PUT replaces an object atomically, and a multipart upload becomes
 visible only when it completes (minio aborts it on failure), so readers never see
@@ -25,6 +32,7 @@ a partial object.
 from __future__ import annotations
 
 import io
+import logging
 import mimetypes
 import os
 from collections.abc import Iterator
@@ -34,6 +42,8 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
+import certifi
+import urllib3
 import urllib3.exceptions
 from minio import Minio
 from minio.error import MinioException, S3Error
@@ -46,7 +56,20 @@ from services.common.storage import Store, validate_key, validate_prefix
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
 _READ_BUFFER = 1 << 20
 
+log = logging.getLogger("flatland.store")
+
 ENDPOINT_ENV = "FLATLAND_S3_ENDPOINT"
+CONNECT_TIMEOUT_ENV = "FLATLAND_S3_CONNECT_TIMEOUT"
+READ_TIMEOUT_ENV = "FLATLAND_S3_READ_TIMEOUT"
+RETRIES_ENV = "FLATLAND_S3_RETRIES"
+BACKOFF_ENV = "FLATLAND_S3_BACKOFF"
+# (default, smallest, largest) of each setting.
+_NETWORK_SETTINGS = {
+    CONNECT_TIMEOUT_ENV: (10.0, 0.1, 600.0),
+    READ_TIMEOUT_ENV: (60.0, 0.1, 3600.0),
+    RETRIES_ENV: (3, 0, 20),
+    BACKOFF_ENV: (0.5, 0.0, 60.0),
+}
 REGION_ENV = "FLATLAND_S3_REGION"
 SECRET_DIR_ENV = "FLATLAND_S3_SECRET_DIR"
 # (access key, secret key) environment variable pairs, in order of preference.
@@ -86,6 +109,58 @@ class _ResponseReader(io.RawIOBase):
                 self._response.release_conn()
             finally:
                 super().close()
+
+
+class _LoggedRetry(urllib3.Retry):
+    """urllib3's retry policy, saying at WARNING what is retried and why."""
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        new = super().increment(method, url, response, error, _pool, _stacktrace)  # raises when exhausted
+        reason = f"{type(error).__name__}: {error}" if error is not None else f"HTTP {getattr(response, 'status', '?')}"
+        host = f"{_pool.host}:{_pool.port}" if _pool is not None else "the S3 endpoint"
+        log.warning("S3 %s %s at %s failed (%s); retry %d of %d in %.1f s", method, (url or "").split("?")[0], host,
+                    reason, len(new.history), self.total_limit, new.get_backoff_time())
+        return new
+
+    @property
+    def total_limit(self) -> int:
+        return len(self.history) + (self.total if isinstance(self.total, int) else 0)
+
+
+def network_settings(environ: os._Environ | dict[str, str] | None = None) -> dict[str, float]:
+    """Timeouts and retries from the environment (see the module docstring), checked."""
+    env = os.environ if environ is None else environ
+    settings = {}
+    for name, (default, low, high) in _NETWORK_SETTINGS.items():
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            settings[name] = default
+            continue
+        kind = int if isinstance(default, int) else float
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise S3ConfigError(f"{name}={raw!r}: must be {'an integer' if kind is int else 'a number of seconds'}") from None
+        if not low <= value <= high:
+            raise S3ConfigError(f"{name}={raw!r}: must lie in {low}..{high}")
+        settings[name] = value
+    return settings
+
+
+def http_client(cert_check: bool = True, environ=None, maxsize: int = 16) -> urllib3.PoolManager:
+    """minio's HTTP client with bounded timeouts and logged, bounded retries with back-off."""
+    settings = network_settings(environ)
+    retries = int(settings[RETRIES_ENV])
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=settings[CONNECT_TIMEOUT_ENV], read=settings[READ_TIMEOUT_ENV]),
+        maxsize=maxsize,
+        cert_reqs="CERT_REQUIRED" if cert_check else "CERT_NONE",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=_LoggedRetry(
+            total=retries, connect=retries, read=retries, status=retries,
+            backoff_factor=settings[BACKOFF_ENV], status_forcelist=[500, 502, 503, 504], raise_on_status=False,
+        ),
+    )
 
 
 def _split_endpoint(endpoint: str) -> tuple[str, bool]:
@@ -240,6 +315,7 @@ class S3Store(Store):
             secure=secure,
             region=region,
             cert_check=cert_check,
+            http_client=http_client(cert_check, maxsize=max(10, self.range_read_concurrency)),
         )
         self._bucket_exists = False  # known to exist (cached after the first check)
 

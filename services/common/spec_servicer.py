@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import grpc
-import yaml
 
 from flatland.v1 import common_pb2, common_pb2_grpc
 from services.common.errors import SpecError
 from services.common.spec import DatasetSpec, ExperimentSpec, content_hash, json_schema, parse_spec
+from services.common.spec.experiment import preview
+from services.common.spec.loading import parse_document
 from services.common.store import Store
 
 
@@ -17,11 +18,8 @@ def spec_from_text(spec_text: common_pb2.SpecText) -> ExperimentSpec:
     """Parse and validate a SpecText message (YAML by default, or JSON)."""
     fmt = (spec_text.format or "yaml").lower()
     if fmt not in ("yaml", "json"):
-        raise SpecError(f"spec.format: must be 'yaml' or 'json', got {spec_text.format!r}")
-    try:
-        data = json.loads(spec_text.text) if fmt == "json" else yaml.safe_load(spec_text.text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(f"spec.text: not valid {fmt.upper()}: {exc}") from None
+        raise SpecError(f"spec.format: must be 'yaml' or 'json', got {preview(spec_text.format)}")
+    data = parse_document(spec_text.text, fmt, "spec.text")  # bounded: no alias bombs, no deep nesting
     return parse_spec(data, "spec")
 
 

@@ -40,16 +40,32 @@ def status_for_exception(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+#: Status messages travel in a header that gRPC caps at 16 KiB, percent-encoding every byte
+#: outside printable ASCII (3 bytes each): longer ones reach the client as an unrelated
+#: RESOURCE_EXHAUSTED ("metadata size exceeds hard limit"), so they are cut to this many.
+MAX_STATUS_BYTES = 8 * 1024
+
+
+def bounded_message(text: str, limit: int = MAX_STATUS_BYTES) -> str:
+    """``text`` cut so its encoded size in the grpc-message header stays under ``limit`` bytes."""
+    size = 0
+    for i, ch in enumerate(text):
+        size += 1 if " " <= ch <= "~" and ch != "%" else 3 * len(ch.encode("utf-8", "surrogatepass"))
+        if size > limit - 40:
+            return text[:i] + f" ... ({len(text) - i} more characters)"
+    return text
+
+
 def message_for(exc: BaseException) -> str:
-    """A message a person can act on (field paths for validation errors)."""
+    """A message a person can act on (field paths for validation errors), bounded in size."""
     if isinstance(exc, ValidationError):
         from services.common.spec import format_validation_error
 
-        return format_validation_error(exc)
+        return bounded_message(format_validation_error(exc))
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else (str(exc) or type(exc).__name__)
     if status_for_exception(exc) == grpc.StatusCode.INTERNAL:
-        return f"internal error: {type(exc).__name__}: {text}"
-    return text
+        return bounded_message(f"internal error: {type(exc).__name__}: {text}")
+    return bounded_message(text)
 
 
 def abort_with(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:

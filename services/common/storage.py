@@ -23,13 +23,19 @@ from services.common.errors import InvalidKeyError, ObjectNotFoundError
 _CHUNK = 1 << 20
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TMP_PREFIX = ".flatland-tmp-"  # in-flight atomic writes; never a valid key segment
+#: Longest key segment: a file name in a local store (the temporary name of an atomic write
+#: adds about 30 bytes to it, within the usual 255-byte limit).
+MAX_SEGMENT_BYTES = 200
+#: Longest key: S3's limit.
+MAX_KEY_BYTES = 1024
 
 
 def validate_key(key: str) -> str:
     """Return ``key`` unchanged if it is a safe store key, else raise :class:`InvalidKeyError`.
 
     Refused: empty keys, absolute paths, backslashes, ``.`` or ``..`` segments,
-    empty segments (``a//b``, trailing ``/``) and control characters.
+    empty segments (``a//b``, trailing ``/``), control characters, segments longer than
+    :data:`MAX_SEGMENT_BYTES` and keys longer than :data:`MAX_KEY_BYTES` (UTF-8).
     """
     if not isinstance(key, str) or not key:
         raise InvalidKeyError(f"store key must be a non-empty string, got {key!r}")
@@ -39,7 +45,14 @@ def validate_key(key: str) -> str:
         raise InvalidKeyError(f"store key {key!r} is absolute; keys are relative like 'meshes/x/manifest.json'")
     if "\\" in key:
         raise InvalidKeyError(f"store key {key!r} contains a backslash; use '/' between segments")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise InvalidKeyError(f"store key {key[:60]!r}... is longer than {MAX_KEY_BYTES} bytes (UTF-8), the most S3 allows")
     for segment in key.split("/"):
+        if len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
+            raise InvalidKeyError(
+                f"store key {key[:60]!r}...: segment {segment[:20]!r}... is longer than {MAX_SEGMENT_BYTES} bytes "
+                "(UTF-8), the most a file name may have"
+            )
         if segment == "":
             raise InvalidKeyError(f"store key {key!r} has an empty segment")
         if segment in (".", ".."):

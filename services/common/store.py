@@ -28,14 +28,25 @@ class LocalStore(Store):
 
     def __init__(self, root: str | os.PathLike = DEFAULT_LOCAL_ROOT):
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise InvalidKeyError(f"store root {str(root)!r} exists and is not a directory; give a directory path")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidKeyError(f"cannot create the store directory {str(root)!r}: {exc.strerror or exc}") from None
         self.url = f"file://{self.root}"
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
 
     def _path(self, key: str) -> Path:
-        return self.root.joinpath(*validate_key(key).split("/"))
+        path = self.root.joinpath(*validate_key(key).split("/"))
+        # Keys cannot escape the root by name; a symlink inside it could point anywhere, so
+        # refuse any key whose real location (links followed) is outside the store.
+        real = path.resolve()
+        if real != self.root and self.root not in real.parents:
+            raise InvalidKeyError(f"store key {key!r} leads outside the store through a symbolic link (to {str(real)!r})")
+        return path
 
     def _atomic_write(self, key: str, write) -> None:
         target = self._path(key)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.common.cancel import check_cancelled
 from services.common.errors import SpecError
 from services.common.seeds import rng_from_seed
 from services.common.spec.meshgen import Fractal2DParams
@@ -240,6 +241,7 @@ def search_ifs(params: Fractal2DParams, seed: int) -> IFSClass:
     rng = rng_from_seed(seed)
     best = 0.0
     for attempt in range(params.max_attempts):
+        check_cancelled("fractal2d")  # a served call whose client left stops here
         n = int(rng.integers(params.maps_range.low, params.maps_range.high + 1))
         maps = rng.uniform(params.coefficient_range.low, params.coefficient_range.high, (n, 6))
         probs = map_probabilities(maps)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import trimesh
 
+from services.common.cancel import check_cancelled
 from services.common.errors import SpecError
 from services.common.spec.meshgen import ProcSynthParams
 from services.common.seeds import rng_from_seed
@@ -260,6 +261,7 @@ def generate_base(params: ProcSynthParams, seed: int) -> ProcSynthShape:
     too_large = empty = 0
     largest = 0.0
     while too_large + empty < params.max_rejections:
+        check_cancelled("procsynth")  # a served call whose client left stops here
         vertices, faces, records = draw_candidate(params, rng)
         if not records:
             empty += 1

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from flatland.v1 import common_pb2, meshgen_pb2, meshgen_pb2_grpc
 from services.common.errors import SpecError
 from services.common.spec.experiment import format_validation_error
+from services.common.spec.loading import parse_json_field
 from services.common.spec_servicer import dataset_from_item
 from services.common.status import abort_with
 from services.common.store import Store
@@ -26,10 +27,7 @@ def generate_mesh(family_name: str, params_json: str, seed: int, class_index: in
     The family comes from ``family_name`` or, when that is empty, from the
     ``"family"`` field of ``params_json``; when both are given they must agree.
     """
-    try:
-        params = json.loads(params_json) if params_json.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"params_json: not valid JSON: {exc}") from None
+    params = parse_json_field(params_json, "params_json", default={})  # bounded: no deep nesting
     if not isinstance(params, dict):
         raise ValueError("params_json: must be a JSON object of the family's parameters")
     named = params.get("family")

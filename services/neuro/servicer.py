@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 
 import grpc
 
 from flatland.v1 import common_pb2, neuro_pb2, neuro_pb2_grpc
+from services.common.cancel import check_cancelled
 from services.common.spec_servicer import spec_from_text
 from services.common.status import abort_with
 from services.common.store import Store
@@ -60,6 +62,10 @@ class NeuroServicer(neuro_pb2_grpc.NeuroServicer):
         outcome: dict = {}
         pairs = [(r, b) for r in runs for b in benchmarks]
 
+        def report(event) -> None:
+            check_cancelled("Score")  # between units of work: stop once the client is gone
+            events.put(event)
+
         def work():
             try:
                 records = []
@@ -68,8 +74,8 @@ class NeuroServicer(neuro_pb2_grpc.NeuroServicer):
                     events.put(common_pb2.ProgressEvent(task=task, done=i, total=len(pairs), message="scoring"))
                     records.append(score_run(
                         spec, self.store, scoring, run, benchmark, force=request.force,
-                        progress=lambda t, d, n, task=task: events.put(
-                            common_pb2.ProgressEvent(task=task, done=d, total=n, message=t)),
+                        progress=lambda t, d, n, task=task: report(common_pb2.ProgressEvent(
+                            task=task, done=d, total=n, message=t)),
                     ))
                 outcome["records"] = records
             except BaseException as exc:  # noqa: BLE001 - reported to the client below
@@ -77,7 +83,8 @@ class NeuroServicer(neuro_pb2_grpc.NeuroServicer):
             finally:
                 events.put(None)
 
-        worker = threading.Thread(target=work, name="neuro-score", daemon=True)
+        # The worker runs in a copy of this call's context, so it sees the call's cancellation scope.
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), name="neuro-score", daemon=True)
         worker.start()
         while (event := events.get()) is not None:
             if not context.is_active():

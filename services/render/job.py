@@ -8,6 +8,7 @@ from collections.abc import Callable
 from services.common.spec.experiment import ExperimentSpec
 from services.common.store import Store
 from services.render.plan import shards_for_index
+from services.render.scratch import clean_stale_scratch
 
 
 def run_job(spec: ExperimentSpec, store: Store, *, index: int = 0, count: int = 1,
@@ -27,6 +28,7 @@ def run_job(spec: ExperimentSpec, store: Store, *, index: int = 0, count: int = 
     from services.render.output import render_shards
 
     started = time.monotonic()
+    clean_stale_scratch()  # tars a killed worker left in the temporary directory
     tasks = shards_for_index(spec, index, count)
     summary = render_shards(spec, store, tasks, progress)
     sheets = []

@@ -9,8 +9,10 @@ import grpc
 from pydantic import ValidationError
 
 from flatland.v1 import common_pb2, render_pb2, render_pb2_grpc
+from services.common.cancel import check_cancelled
 from services.common.errors import ResourceLimitError, SpecError
 from services.common.spec.experiment import format_validation_error
+from services.common.spec.loading import parse_json_field
 from services.common.spec.render import RenderSettings
 from services.common.spec_servicer import dataset_from_item
 from services.common.status import abort_with
@@ -25,10 +27,9 @@ _GL_LOCK = threading.Lock()
 
 
 def parse_settings(settings_json: str) -> RenderSettings:
-    try:
-        data = json.loads(settings_json) if settings_json.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"settings_json: not valid JSON: {exc}") from None
+    data = parse_json_field(settings_json, "settings_json", default={})  # bounded: no deep nesting
+    if not isinstance(data, dict):
+        raise ValueError(f"settings_json: must be a JSON object of render settings, got {type(data).__name__}")
     try:
         return RenderSettings.model_validate(data)
     except ValidationError as exc:
@@ -42,11 +43,13 @@ def render_images(store: Store, request) -> tuple[list[dict], str]:
     from services.render.views import encode_npy, encode_png, get_renderer, load_glb, load_mesh
 
     records = []
+    if len(request.records_json) > MAX_VIEWS:
+        raise ResourceLimitError(f"records_json: {len(request.records_json)} records, at most {MAX_VIEWS} per request")
     for i, text in enumerate(request.records_json):
-        try:
-            records.append(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"records_json[{i}]: not valid JSON: {exc}") from None
+        record = parse_json_field(text, f"records_json[{i}]")
+        if not isinstance(record, dict):
+            raise ValueError(f"records_json[{i}]: must be a JSON object (a render record), got {type(record).__name__}")
+        records.append(record)
     for i, record in enumerate(records):  # all of them before any is drawn
         validate_record(record, f"records_json[{i}]")
     settings = parse_settings(request.settings_json)
@@ -77,6 +80,7 @@ def render_images(store: Store, request) -> tuple[list[dict], str]:
     images = []
     with _GL_LOCK:
         for record in records:
+            check_cancelled("RenderImages")  # stop between views once the client is gone
             renderer = get_renderer(int(record["image_size"]), record.get("backend", "auto"))
             renderer.set_mesh(mesh, record["material"])
             view = renderer.render(record)
@@ -107,12 +111,14 @@ class RenderServicer(render_pb2_grpc.RenderServicer):
         from services.render.plan import shard_plan
         from services.render.keys import dataset_manifest_key
         from services.render.output import render_shards
+        from services.render.scratch import clean_stale_scratch
 
         try:
             spec, dataset = dataset_from_item(request.dataset)
             name = dataset.name
             dataset_id = spec.dataset_id(name)
             tasks = shard_plan(spec, name)
+            clean_stale_scratch()  # tars a killed worker left in the temporary directory
             skipped = 0
             for done, task in enumerate(tasks, start=1):
                 if not context.is_active():

@@ -83,6 +83,13 @@ def load_glb(data: bytes) -> trimesh.Trimesh:
         raise ValueError(f"not a readable GLB mesh: {type(exc).__name__}: {exc}") from exc
     if not isinstance(loaded, trimesh.Trimesh):
         raise ValueError(f"GLB did not contain a triangle mesh (got {type(loaded).__name__})")
+    faces = np.asarray(loaded.faces)
+    if faces.size and (faces.min() < 0 or faces.max() >= len(loaded.vertices)):
+        # trimesh loads these unchecked (process=False); the first use would be an IndexError.
+        raise ValueError(
+            f"glb: face indices must lie in 0..{len(loaded.vertices) - 1} (the mesh has {len(loaded.vertices)} "
+            f"vertices); found {int(faces.min())}..{int(faces.max())}"
+        )
     return loaded
 
 

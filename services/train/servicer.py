@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 import grpc
 
 from flatland.v1 import common_pb2, train_pb2, train_pb2_grpc
+from services.common.cancel import server_stopping
 from services.common.errors import ObjectNotFoundError, SpecError
 from services.common.spec.experiment import ExperimentSpec
 from services.common.spec_servicer import spec_from_text
-from services.common.status import message_for, status_for_exception
+from services.common.status import bounded_message, message_for, status_for_exception
 from services.common.store import Store
 from services.train.loop import DistContext, PretrainRun
 from services.train.mixes import mix_for_run
@@ -101,13 +102,18 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
                 return train_pb2.RunRef(run_id=run_id)
             handle = RunHandle(run_id, kind, result_key=result_key)
             self._runs[run_id] = handle
-        thread = threading.Thread(target=self._execute, args=(handle, spec, request.name), name=f"train-{run_id}", daemon=True)
+        stopping = server_stopping()  # a stopping server cancels its runs (they resume from checkpoints)
+        thread = threading.Thread(target=self._execute, args=(handle, spec, request.name, stopping),
+                                  name=f"train-{run_id}", daemon=True)
         thread.start()
         return train_pb2.RunRef(run_id=run_id)
 
-    def _execute(self, handle: RunHandle, spec: ExperimentSpec, name: str) -> None:
+    def _execute(self, handle: RunHandle, spec: ExperimentSpec, name: str, stopping: threading.Event) -> None:
         def progress(task: str, done: int, total: int) -> None:
             handle.update(progress=(task, done, total))
+
+        def should_stop() -> bool:
+            return handle.cancel.is_set() or stopping.is_set()
 
         try:
             if handle.kind == "pretrain":
@@ -115,15 +121,15 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
 
                 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
                 run = PretrainRun(spec, name, self.store, ctx=DistContext(device=device))
-                run.execute(progress=progress, should_stop=handle.cancel.is_set,
+                run.execute(progress=progress, should_stop=should_stop,
                             on_epoch=lambda record: handle.update(metrics=handle.metrics + [record]))
                 records = self._stored_metrics(handle.run_id)
                 handle.update(metrics=records or handle.metrics, state=train_pb2.RUN_STATE_SUCCEEDED)
             else:
-                summary = run_transfer(spec, name, self.store, progress=progress, should_stop=handle.cancel.is_set)
+                summary = run_transfer(spec, name, self.store, progress=progress, should_stop=should_stop)
                 handle.update(transfer_results=summary["results"], state=train_pb2.RUN_STATE_SUCCEEDED)
         except Exception as exc:  # noqa: BLE001 - reported through GetRun / WatchRun
-            cancelled = handle.cancel.is_set()
+            cancelled = should_stop()
             handle.update(error=exc, state=train_pb2.RUN_STATE_CANCELLED if cancelled else train_pb2.RUN_STATE_FAILED)
 
     # -- reading ------------------------------------------------------------------------
@@ -148,8 +154,8 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
                 return RunHandle(run_id, "pretrain", train_pb2.RUN_STATE_SUCCEEDED,
                                  metrics=self._stored_metrics(run_id), result_key=f"runs/{run_id}/done.json")
         except Exception as exc:  # noqa: BLE001 - e.g. an invalid key in run_id
-            context.abort(status_for_exception(exc), f"run_id: {message_for(exc)}")
-        context.abort(grpc.StatusCode.NOT_FOUND, f"run_id: no run '{run_id}' on this server or in the store")
+            context.abort(status_for_exception(exc), bounded_message(f"run_id: {message_for(exc)}"))
+        context.abort(grpc.StatusCode.NOT_FOUND, bounded_message(f"run_id: no run {run_id!r} on this server or in the store"))
 
     def _status(self, handle: RunHandle) -> train_pb2.RunStatus:
         status = train_pb2.RunStatus(
@@ -184,7 +190,8 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
         sent_metrics = 0
         seen_version = -1
         last_progress = None
-        while context.is_active():
+        stopping = server_stopping()
+        while context.is_active() and not stopping.is_set():
             with handle.changed:
                 if handle.version == seen_version and handle.state not in _TERMINAL:
                     handle.changed.wait(timeout=1.0)

@@ -8,13 +8,17 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+#: Largest seed (seeds are unsigned 64-bit integers in the gRPC API).
+SEED_MAX = 2**64 - 1
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="Lower-case letters, digits and '-', 1-63 characters.")]
 
 
 class StrictModel(BaseModel):
     """Unknown fields are errors (a typo in a spec must not be silently ignored)."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=False)
+    # NaN and infinities are refused everywhere: no spec field means them, and they would
+    # surface later as an internal error (NaN IFS coefficients, an infinite light intensity).
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=False, allow_inf_nan=False)
 
 
 class Fixed(StrictModel):
@@ -65,7 +69,7 @@ class Normal(StrictModel):
 
 class Choice(StrictModel):
     dist: Literal["choice"] = "choice"
-    values: list[float] = Field(min_length=1, description="Values drawn with equal probability (or `weights`).")
+    values: list[float] = Field(min_length=1, max_length=10_000, description="Values drawn with equal probability (or `weights`).")
     weights: list[float] | None = Field(default=None, description="Optional relative weights, one per value.")
 
     @model_validator(mode="after")

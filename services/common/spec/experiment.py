@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from services.common.errors import SpecError
-from services.common.spec.base import Name, StrictModel
+from services.common.spec.base import SEED_MAX, Name, StrictModel
+from services.common.spec.loading import parse_document, read_spec_text
 from services.common.spec.local import LocalSpec
 from services.common.spec.meshgen import Fractal2DParams, MorphSynthParams, ProcSynthParams
 from services.common.spec.neuro import NeuralDataSpec, ScoringSpec
@@ -35,7 +38,7 @@ class DatasetSpec(StrictModel):
     )
     render: RenderSettings = Field(default_factory=RenderSettings, description="3D families: how images are rendered.")
     fractal_render: FractalRenderSettings = Field(default_factory=FractalRenderSettings, description="fractal2d: how images are drawn.")
-    seed: int | None = Field(default=None, ge=0, description="Root seed; default: the experiment's seed.")
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX, description="Root seed; default: the experiment's seed.")
     meshes_from: Name | None = Field(
         default=None,
         description="Render the meshes of this other dataset instead of generating new ones "
@@ -128,10 +131,10 @@ class ClusterSpec(StrictModel):
     render_parallelism: int = Field(default=8, ge=1, le=1000, description="Pods of the render Indexed Job (capped by the number of shards).")
     gpu: bool = Field(default=False, description="Run render (EGL) and train on GPU nodes.")
     train_nodes: int = Field(default=1, ge=1, le=64, description="Nodes for multi-node torchrun training.")
-    active_deadline_seconds: int = Field(default=86_400, ge=60, description="Default per-stage deadline (see each stage's deadline_seconds).")
+    active_deadline_seconds: int = Field(default=86_400, ge=60, le=2**31 - 1, description="Default per-stage deadline (see each stage's deadline_seconds).")
     wait_timeout_seconds: int = Field(default=604_800, ge=60, description="jobs engine: how long a stage's release step waits for its inputs.")
     backoff_limit: int = Field(default=3, ge=0, le=100, description="Retries of a failed pod of a non-indexed Job (single-pod stages, multi-node train).")
-    ttl_seconds_after_finished: int = Field(default=86_400, ge=0, description="Finished Jobs are deleted after this many seconds.")
+    ttl_seconds_after_finished: int = Field(default=86_400, ge=0, le=2**31 - 1, description="Finished Jobs are deleted after this many seconds.")
     node: NodeShape | None = Field(default=None, description="Node size; when given, `flatland k8s manifests` refuses pods that cannot fit.")
     # Defaults fit the dev overlay's one 2-CPU / 8 GiB node next to the base install (k8s/README.md).
     meshgen: StageCluster = _stage("500m", "1Gi")
@@ -149,28 +152,38 @@ class ClusterSpec(StrictModel):
         return self.stage(name).deadline_seconds or self.active_deadline_seconds
 
 
+#: Most datasets in one experiment (validation is linear in their number: 20,000 take about a second).
+MAX_DATASETS = 20_000
+#: Most entries in each of pretrain, targets, transfer, neural_data and scoring.
+MAX_ENTRIES = 1000
+#: Most (run, benchmark) pairs scored in one experiment.
+MAX_SCORED_PAIRS = 100_000
+
+
 class ExperimentSpec(StrictModel):
     name: Name = Field(description="Experiment name.")
     description: str = Field(default="", description="Free text for people.")
-    seed: int = Field(default=0, ge=0, description="Root seed; every random choice derives from it.")
+    seed: int = Field(default=0, ge=0, le=SEED_MAX, description="Root seed; every random choice derives from it.")
     store: StoreSpec = Field(default_factory=StoreSpec, description="Where every stage reads and writes.")
-    datasets: list[DatasetSpec] = Field(default_factory=list, description="Synthetic datasets to generate and render.")
-    pretrain: list[PretrainSpec] = Field(default_factory=list, description="Networks pre-trained on one dataset or a mix.")
-    targets: list[TargetSpec] = Field(default_factory=list, description="Transfer targets (user-provided data sets, or the offline digits).")
-    transfer: list[TransferSpec] = Field(default_factory=list, description="Fine-tuning and linear probes of pre-trained networks.")
-    neural_data: list[NeuralDataSpec] = Field(default_factory=list, description="Neural benchmarks (user files, or the planted synthetic one).")
-    scoring: list[ScoringSpec] = Field(default_factory=list, description="Neural predictivity and RSA of pre-trained networks.")
+    datasets: list[DatasetSpec] = Field(default_factory=list, max_length=MAX_DATASETS, description="Synthetic datasets to generate and render.")
+    pretrain: list[PretrainSpec] = Field(default_factory=list, max_length=MAX_ENTRIES, description="Networks pre-trained on one dataset or a mix.")
+    targets: list[TargetSpec] = Field(default_factory=list, max_length=MAX_ENTRIES, description="Transfer targets (user-provided data sets, or the offline digits).")
+    transfer: list[TransferSpec] = Field(default_factory=list, max_length=MAX_ENTRIES, description="Fine-tuning and linear probes of pre-trained networks.")
+    neural_data: list[NeuralDataSpec] = Field(default_factory=list, max_length=MAX_ENTRIES, description="Neural benchmarks (user files, or the planted synthetic one).")
+    scoring: list[ScoringSpec] = Field(default_factory=list, max_length=MAX_ENTRIES, description="Neural predictivity and RSA of pre-trained networks.")
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="How `flatland k8s manifests` runs this experiment as Kubernetes Jobs.")
     local: LocalSpec = Field(default_factory=LocalSpec, description="How `flatland run` uses the local machine (worker processes).")
+    _dataset_index: dict[str, int] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _references(self):
+        # Linear in the number of entries: a spec with 20,000 datasets validates in about a second.
         def unique(items, what):
-            names = [i.name for i in items]
-            dup = sorted({n for n in names if names.count(n) > 1})
+            counts = Counter(i.name for i in items)
+            dup = sorted(n for n, c in counts.items() if c > 1)
             if dup:
-                raise ValueError(f"{what} names must be unique; repeated: {', '.join(dup)}")
-            return set(names)
+                raise ValueError(f"{what} names must be unique; repeated: {_few(dup)}")
+            return set(counts)
 
         datasets = unique(self.datasets, "dataset")
         runs = unique(self.pretrain, "pretrain")
@@ -178,12 +191,13 @@ class ExperimentSpec(StrictModel):
         neural = unique(self.neural_data, "neural_data")
         unique(self.transfer, "transfer")
         unique(self.scoring, "scoring")
+        by_name = {d.name: d for d in self.datasets}
         for i, d in enumerate(self.datasets):
             if d.meshes_from is None:
                 continue
             if d.meshes_from not in datasets or d.meshes_from == d.name:
                 raise ValueError(f"datasets[{i}].meshes_from: '{d.meshes_from}' is not another dataset of this experiment")
-            source = self.dataset(d.meshes_from)
+            source = by_name[d.meshes_from]
             if source.meshes_from is not None:
                 raise ValueError(f"datasets[{i}].meshes_from: '{d.meshes_from}' itself borrows meshes; name the original")
             if source.family != d.family or source.classes != d.classes or source.instances_per_class != d.instances_per_class:
@@ -194,23 +208,26 @@ class ExperimentSpec(StrictModel):
         for i, p in enumerate(self.pretrain):
             for d in p.datasets:
                 if d not in datasets:
-                    raise ValueError(f"pretrain[{i}].datasets: unknown dataset '{d}' (known: {sorted(datasets)})")
+                    raise ValueError(f"pretrain[{i}].datasets: unknown dataset '{d}' (known: {_few_list(sorted(datasets))})")
         for i, t in enumerate(self.transfer):
             for r in t.pretrained:
                 if r not in runs:
-                    raise ValueError(f"transfer[{i}].pretrained: unknown pretrain run '{r}' (known: {sorted(runs)})")
+                    raise ValueError(f"transfer[{i}].pretrained: unknown pretrain run '{r}' (known: {_few_list(sorted(runs))})")
             for g in t.targets:
                 if g not in targets:
-                    raise ValueError(f"transfer[{i}].targets: unknown target '{g}' (known: {sorted(targets)})")
+                    raise ValueError(f"transfer[{i}].targets: unknown target '{g}' (known: {_few_list(sorted(targets))})")
         for i, s in enumerate(self.scoring):
             for r in s.runs:
                 if r not in runs:
-                    raise ValueError(f"scoring[{i}].runs: unknown pretrain run '{r}' (known: {sorted(runs)})")
+                    raise ValueError(f"scoring[{i}].runs: unknown pretrain run '{r}' (known: {_few_list(sorted(runs))})")
             for b in s.benchmarks:
                 if b not in neural:
-                    raise ValueError(f"scoring[{i}].benchmarks: unknown neural_data '{b}' (known: {sorted(neural)})")
+                    raise ValueError(f"scoring[{i}].benchmarks: unknown neural_data '{b}' (known: {_few_list(sorted(neural))})")
         # Scores live at scores/<run_id>/<benchmark>.json: two entries scoring the same pair
         # would overwrite each other's results on every run.
+        pairs = sum(len(s.runs) * len(s.benchmarks) for s in self.scoring)
+        if pairs > MAX_SCORED_PAIRS:
+            raise ValueError(f"scoring: {pairs:,} (run, benchmark) pairs; at most {MAX_SCORED_PAIRS:,} per experiment")
         scored: dict[tuple[str, str], int] = {}
         for i, s in enumerate(self.scoring):
             for r in s.runs:
@@ -225,9 +242,16 @@ class ExperimentSpec(StrictModel):
         return self
 
     def dataset(self, name: str) -> DatasetSpec:
-        for d in self.datasets:
-            if d.name == name:
-                return d
+        # An index (name -> position), checked on every use and rebuilt when the list changed,
+        # so looking every dataset up stays linear overall (Validate does, for 20,000 datasets).
+        i = self._dataset_index.get(name)
+        if i is None or i >= len(self.datasets) or self.datasets[i].name != name:
+            self._dataset_index = {}
+            for j, d in enumerate(self.datasets):
+                self._dataset_index.setdefault(d.name, j)
+            i = self._dataset_index.get(name)
+        if i is not None:
+            return self.datasets[i]
         raise KeyError(f"no dataset named '{name}' in experiment '{self.name}'")
 
     def dataset_seed(self, dataset: DatasetSpec) -> int:
@@ -270,10 +294,39 @@ def content_hash(obj: Any, length: int = 10) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:length]
 
 
+# Error messages show a bounded preview of a bad value: never the whole value, whose repr
+# could be gigabytes (a YAML alias bomb) or recurse without end.
+_PREVIEW = reprlib.Repr()
+_PREVIEW.maxlevel = 3
+_PREVIEW.maxdict = _PREVIEW.maxlist = _PREVIEW.maxtuple = _PREVIEW.maxset = 4
+_PREVIEW.maxstring = _PREVIEW.maxother = 60
+_PREVIEW.maxlong = 40
+#: Problems listed in one error message; the rest are counted.
+MAX_ERRORS_SHOWN = 20
+
+
+def _few(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(str(n) for n in names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _few_list(names: list[str], limit: int = 10) -> str:
+    if len(names) <= limit:
+        return repr(names)
+    return repr(names[:limit])[:-1] + f", ...] ({len(names) - limit} more)"
+
+
+def preview(value: Any, limit: int = 80) -> str:
+    """A repr of ``value`` of at most ``limit`` characters, in time bounded by ``limit``."""
+    shown = _PREVIEW.repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
 def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem: ``path: why (got value)``."""
+    """One line per problem: ``path: why (got value)``; at most :data:`MAX_ERRORS_SHOWN` lines."""
     lines = []
-    for err in exc.errors():
+    errors = exc.errors(include_url=False, include_context=False)
+    for err in errors[:MAX_ERRORS_SHOWN]:
         loc = ""
         for part in err["loc"]:
             if isinstance(part, int):
@@ -282,20 +335,23 @@ def format_validation_error(exc: ValidationError) -> str:
                 loc += f".{part}" if loc else str(part)
         loc = loc or "(spec)"
         msg = err["msg"].removeprefix("Value error, ")
+        if len(msg) > 500:
+            msg = msg[:497] + "..."
         if err["type"] in ("missing",):
             lines.append(f"{loc}: field required")
         elif err["type"] == "extra_forbidden":
             lines.append(f"{loc}: unknown field (check the spelling; `flatland schema` lists the fields)")
         else:
             value = err.get("input")
-            shown = repr(value)
-            if isinstance(value, dict) and len(shown) > 80:
+            if isinstance(value, dict):
                 # A whole section failed a cross-field check; its message names the fields.
-                lines.append(f"{loc}: {msg}")
-                continue
-            if len(shown) > 80:
-                shown = shown[:77] + "..."
-            lines.append(f"{loc}: {msg} (got {shown})")
+                shown = preview(value, 81)
+                if len(shown) > 80:
+                    lines.append(f"{loc}: {msg}")
+                    continue
+            lines.append(f"{loc}: {msg} (got {preview(value)})")
+    if len(errors) > MAX_ERRORS_SHOWN:
+        lines.append(f"... and {len(errors) - MAX_ERRORS_SHOWN} more problems")
     return "\n".join(lines)
 
 
@@ -309,16 +365,9 @@ def parse_spec(data: Any, source: str = "spec") -> ExperimentSpec:
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:
-    """Read and validate a YAML (or JSON) experiment spec."""
+    """Read and validate a YAML (or JSON) experiment spec (bounded: see :mod:`.loading`)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"spec file not found: {path}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    data = parse_document(read_spec_text(path), "yaml", str(path))
     return parse_spec(data, str(path))
 
 

@@ -8,6 +8,10 @@ from pydantic import Field, model_validator
 
 from services.common.spec.base import StrictModel
 
+#: Upper bound of ``max_rejections`` and ``max_attempts``: tries for one class before giving up
+#: (100,000 fractal systems are about 25 minutes of search on one core).
+MAX_TRIES = 100_000
+
 PRIMITIVES = ("cube", "sphere", "cone", "cylinder", "torus")
 
 
@@ -61,7 +65,7 @@ class ProcSynthParams(StrictModel):
         "With the default ranges about a quarter of the draws are (median candidate extent ≈ 1.85·position_range.high + 2.5 ≈ 9.7).",
     )
     primitives: list[Literal["cube", "sphere", "cone", "cylinder", "torus"]] = Field(
-        default_factory=lambda: list(PRIMITIVES), min_length=1, description="Primitive types used."
+        default_factory=lambda: list(PRIMITIVES), min_length=1, max_length=100, description="Primitive types used."
     )
     size_range: Range = Field(
         default_factory=lambda: Range(low=0.5, high=3.0),
@@ -82,9 +86,9 @@ class ProcSynthParams(StrictModel):
     wire_thickness_range: Range = Field(default_factory=lambda: Range(low=0.02, high=0.08), description="Radius of wireframe tubes (world units).")
     wire_sides: int = Field(default=6, ge=3, le=32, description="Facets around each wireframe tube.")
     stretch_factors: list[float] = Field(
-        default_factory=lambda: [1.5, 2.0], description="Variants: the base mesh stretched by each factor along one random axis."
+        default_factory=lambda: [1.5, 2.0], max_length=100, description="Variants: the base mesh stretched by each factor along one random axis."
     )
-    max_rejections: int = Field(default=1000, ge=1, description="Give up (with an error) after this many rejected draws for one class.")
+    max_rejections: int = Field(default=1000, ge=1, le=MAX_TRIES, description="Give up (with an error) after this many rejected draws for one class.")
 
     @model_validator(mode="after")
     def _check(self):
@@ -168,21 +172,21 @@ class MorphSynthParams(StrictModel):
     family: Literal["morphsynth"] = "morphsynth"
     base: ProcSynthParams = Field(default_factory=ProcSynthParams, description="The procsynth family the base meshes come from.")
     base_classes: int = Field(
-        default=100, ge=1,
+        default=100, ge=1, le=100_000,
         description="Use the first N procsynth classes as bases: class c morphs procsynth class c % N (the proposal: 100).",
     )
     max_vertices: int = Field(default=5000, ge=100, le=200_000, description="Quadric decimation bound on base-mesh vertices.")
     nystrom_points: int = Field(default=300, ge=10, le=5000, description="Surface points for the Nyström approximation.")
-    eigen_components: int = Field(default=50, ge=1, description="Leading eigenfunctions kept in the KL expansion.")
+    eigen_components: int = Field(default=50, ge=1, le=5000, description="Leading eigenfunctions kept in the KL expansion.")
     shape_kernel: list[GPKernelTerm] = Field(
         default_factory=lambda: [GPKernelTerm(scale=0.05, length_scale=0.3)],
-        min_length=1,
+        min_length=1, max_length=100,
         description="Class-level deformation kernel terms (sum), applied per xyz component. Default: the proposal's "
         "b_s=50, c_s=300 (mm on an object of D ≈ 1 m) as scale 0.05, length-scale 0.3 of the mesh size "
         "(derivation in the MorphSynthParams docstring and docs/morphsynth.md).",
     )
     albedo_kernel: list[GPKernelTerm] = Field(
-        default_factory=lambda: [GPKernelTerm(scale=0.05, length_scale=0.2)], min_length=1,
+        default_factory=lambda: [GPKernelTerm(scale=0.05, length_scale=0.2)], min_length=1, max_length=100,
         description="Class-level albedo offset kernel terms (sum), per RGB channel. Default: the proposal's b_a=0.05 as the "
         "RGB standard deviation and c_a=0.2 as the length-scale in units of the mesh size.",
     )
@@ -233,7 +237,7 @@ class Fractal2DParams(StrictModel):
     weight_step: float = Field(default=0.4, gt=0, lt=1, description="w: instances scale one coefficient by 1±w, 1±2w.")
     flips: int = Field(default=4, ge=1, le=4, description="Flip variants per instance (none, horizontal, vertical, both).")
     max_attempts: int = Field(
-        default=1000, ge=1,
+        default=1000, ge=1, le=MAX_TRIES,
         description="Give up (with an error) after this many rejected systems for one class. At the defaults one "
         "system in 30 to 50 is accepted, so 1,000 rejections in a row (~10-15 s of search per core) mean the "
         "threshold is out of reach; raise it with filling_rate.",

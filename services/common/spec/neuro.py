@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from services.common.spec.base import Name, StrictModel
+from services.common.spec.base import SEED_MAX, Name, StrictModel
 
 Pooling = Literal["avg", "grid", "flatten"]
 
@@ -32,7 +32,7 @@ class NeuralDataSpec(StrictModel):
     planted_model: str = Field(default="resnet18", description="Planted: torchvision model of the fixed, seeded network.")
     image_size: int = Field(default=64, ge=16, le=1024, description="Planted: stimulus image side in pixels.")
     pooling: Pooling = Field(default="avg", description="Planted: how the planted layer's activations are reduced to features.")
-    seed: int = Field(default=0, ge=0, description="Planted: seed of the stimuli, the fixed network's weights, the linear map and the noise.")
+    seed: int = Field(default=0, ge=0, le=SEED_MAX, description="Planted: seed of the stimuli, the fixed network's weights, the linear map and the noise.")
     time_window_ms: tuple[float, float] | None = Field(
         default=None,
         description="Kind 'file' with time-binned responses: [start, end] in ms after stimulus onset; the responses are the "
@@ -72,8 +72,8 @@ def check_layers(layers: list[str], field: str = "layers") -> list[str]:
 
 class ScoringSpec(StrictModel):
     name: Name
-    runs: list[Name] = Field(min_length=1, description="Pre-training runs to score (names from `pretrain`).")
-    benchmarks: list[Name] = Field(min_length=1, description="Neural data sets to score against (names from `neural_data`).")
+    runs: list[Name] = Field(min_length=1, max_length=1000, description="Pre-training runs to score (names from `pretrain`).")
+    benchmarks: list[Name] = Field(min_length=1, max_length=1000, description="Neural data sets to score against (names from `neural_data`).")
     layers: list[str] = Field(
         default_factory=lambda: ["layer1", "layer2", "layer3", "layer4", "avgpool"], min_length=1,
         max_length=MAX_LAYERS,
@@ -89,9 +89,9 @@ class ScoringSpec(StrictModel):
     batch_size: int = Field(default=64, ge=1, le=4096, description="Stimuli per forward pass.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where activations are computed; 'auto': the GPU when there is one.")
     mapping: Literal["pls", "ridge"] = Field(default="pls", description="Features-to-responses mapping: PLS regression (no scaling) or ridge.")
-    pls_components: int = Field(default=25, ge=1, description="PLS components (clipped to the features and training stimuli available).")
+    pls_components: int = Field(default=25, ge=1, le=1000, description="PLS components (clipped to the features and training stimuli available).")
     ridge_alphas: list[float] = Field(
-        default_factory=lambda: [10.0 ** k for k in range(-2, 7)], min_length=1,
+        default_factory=lambda: [10.0 ** k for k in range(-2, 7)], min_length=1, max_length=100,
         description="Ridge: penalties tried per neuroid by efficient leave-one-out on the training stimuli.",
     )
     splits: Literal["stratified_kfold", "brainscore", "file"] = Field(
@@ -106,14 +106,14 @@ class ScoringSpec(StrictModel):
         description="splits 'file': a JSON split file ({\"format\": \"flatland-splits\", \"splits\": [{\"train\": [...], \"test\": [...]}]}, "
         "stimulus ids or 0-based indices; docs/neuro-scoring.md); a local path, or a store key when no such local file exists.",
     )
-    n_splits: int = Field(default=10, ge=2, description="Folds or shuffle splits (Brain-Score: 10); ignored for 'file'.")
+    n_splits: int = Field(default=10, ge=2, le=1000, description="Folds or shuffle splits (Brain-Score: 10); ignored for 'file'.")
     test_fraction: float = Field(default=0.1, gt=0, lt=1, description="'brainscore' splits: held-out fraction (Brain-Score: 0.1).")
-    pca_components: int | None = Field(default=1000, ge=1, description="Reduce features with PCA first (Brain-Score uses 1000). None: off.")
+    pca_components: int | None = Field(default=1000, ge=1, le=100_000, description="Reduce features with PCA first (Brain-Score uses 1000). None: off.")
     bootstrap: int = Field(default=1000, ge=0, le=100_000, description="Bootstrap resamples of neuroids for confidence intervals (0: off).")
     rdm_metric: Literal["correlation", "euclidean"] = Field(default="correlation", description="RDM dissimilarity: 1 - Pearson r, or Euclidean distance.")
     rsa_compare: Literal["spearman", "kendall_tau_a"] = Field(default="spearman", description="How RDMs are compared: Spearman rho or Kendall's tau-a.")
     compare_models: bool = Field(default=True, description="Also compute model–model RSA between the scored runs.")
-    seed: int = Field(default=0, ge=0, description="Seed of the 'stratified_kfold' splits, PCA, bootstrap and the Kendall RSA ceiling's pair sample.")
+    seed: int = Field(default=0, ge=0, le=SEED_MAX, description="Seed of the 'stratified_kfold' splits, PCA, bootstrap and the Kendall RSA ceiling's pair sample.")
 
     @field_validator("layers")
     @classmethod

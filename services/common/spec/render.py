@@ -61,7 +61,7 @@ class LightSpec(StrictModel):
 
 class IlluminationSpec(StrictModel):
     count: Distribution = Field(default_factory=lambda: _f(2), description="Number of lights drawn per image (rounded, >= 1).")
-    lights: list[LightSpec] = Field(default_factory=lambda: [LightSpec()], min_length=1, description="Light templates, used in turn.")
+    lights: list[LightSpec] = Field(default_factory=lambda: [LightSpec()], min_length=1, max_length=100, description="Light templates, used in turn.")
     ambient: Distribution = Field(default_factory=lambda: _u(0.1, 0.4), description="Ambient light level in [0,1].")
 
 
@@ -141,7 +141,7 @@ class RenderSettings(StrictModel):
 class FractalRenderSettings(StrictModel):
     image_size: int = Field(default=362, ge=16, le=2048, description="Square image side (pixels); FractalDB uses 362.")
     points: int = Field(default=200_000, ge=1000, le=10_000_000, description="Chaos-game points per image.")
-    drawings_per_variant: int = Field(default=10, ge=1, description="Images per (weight variant, flip).")
+    drawings_per_variant: int = Field(default=10, ge=1, le=100_000, description="Images per (weight variant, flip).")
     patch: int = Field(default=3, ge=1, le=9, description="Each point is drawn as a random patch of this size.")
     pad: int = Field(
         default=6, ge=0, le=256,
@@ -177,7 +177,7 @@ class NoiseSceneParams(StrictModel):
     elongation_std: float = Field(default=0.2, ge=0, description="Per-object elongation spread around the class mean.")
     noise_scale_std: float = Field(default=0.2, ge=0, description="Per-object relative spread of the noise scale around the class mean.")
     image_size: int = Field(default=224, ge=16, le=2048, description="Square image side (pixels).")
-    scenes: int = Field(default=100, ge=1, description="Scenes in the dataset.")
+    scenes: int = Field(default=100, ge=1, le=10_000_000, description="Scenes in the dataset.")
     shard_size: int = Field(default=1000, ge=1, le=100_000, description="Samples per WebDataset shard.")
     val_fraction: float = Field(default=0.1, ge=0, lt=1, description="Fraction of the scenes held out as the validation split (the last ones).")
     outputs: list[Output] = Field(default_factory=lambda: ["rgb", "seg"], description="What each sample stores besides its record: rgb (always), seg (the label map).")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from services.common.spec.base import Name, StrictModel
+from services.common.spec.base import SEED_MAX, Name, StrictModel
 
 
 class AugmentSpec(StrictModel):
@@ -37,7 +37,7 @@ class OptimSpec(StrictModel):
     weight_decay: float = Field(default=1e-4, ge=0, description="L2 weight decay.")
     schedule: Literal["cosine", "step"] = Field(default="cosine", description="Learning-rate schedule after warm-up: cosine to zero, or step decay.")
     warmup_epochs: float = Field(default=1.0, ge=0, description="Linear warm-up length (epochs, may be fractional).")
-    step_size: int = Field(default=30, ge=1, description="Step schedule: epochs between decays.")
+    step_size: int = Field(default=30, ge=1, le=10_000, description="Step schedule: epochs between decays.")
     step_gamma: float = Field(default=0.1, gt=0, le=1, description="Step schedule: factor applied at each decay.")
     label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
     grad_clip_norm: float | None = Field(default=None, gt=0, description="Clip gradients to this global norm.")
@@ -53,9 +53,9 @@ class PretrainSearchSpec(StrictModel):
     """
 
     folds: int = Field(default=3, ge=2, le=20, description="Cross-validation folds of the training split.")
-    lr: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2], min_length=1, description="Peak learning rates to try.")
-    weight_decay: list[float] = Field(default_factory=lambda: [5e-5, 1e-4, 2e-4], min_length=1, description="Weight decays to try.")
-    epochs: int = Field(default=5, ge=1, description="Epochs of each trial (short: trials rank settings, they do not finish a run).")
+    lr: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2], min_length=1, max_length=100, description="Peak learning rates to try.")
+    weight_decay: list[float] = Field(default_factory=lambda: [5e-5, 1e-4, 2e-4], min_length=1, max_length=100, description="Weight decays to try.")
+    epochs: int = Field(default=5, ge=1, le=10_000, description="Epochs of each trial (short: trials rank settings, they do not finish a run).")
     fraction: float = Field(default=1.0, gt=0, le=1, description="Share of every class's training samples the search uses (cost control).")
 
     @model_validator(mode="after")
@@ -120,7 +120,7 @@ class PretrainSpec(StrictModel):
             return _with_preset(PRESETS[data["preset"]], data)
         return data
 
-    datasets: list[Name] = Field(default_factory=list, description="Datasets to mix (uniformly); names from `datasets` (synthetic runs: at least one).")
+    datasets: list[Name] = Field(default_factory=list, max_length=1000, description="Datasets to mix (uniformly); names from `datasets` (synthetic runs: at least one).")
 
     @model_validator(mode="after")
     def _distinct_datasets(self):
@@ -139,13 +139,13 @@ class PretrainSpec(StrictModel):
                                  "e.g. ResNet50_Weights.IMAGENET1K_V1")
         return self
 
-    class_budget: int | None = Field(default=None, ge=1, description="Total classes, split evenly across datasets (Table 2). None: all classes.")
+    class_budget: int | None = Field(default=None, ge=1, le=1_000_000, description="Total classes, split evenly across datasets (Table 2). None: all classes.")
     model: str = Field(default="resnet50", description="torchvision classification model name.")
     input_size: int = Field(default=224, ge=16, le=1024, description="Side of the square network input (pixels); images are resized to it.")
-    epochs: int = Field(default=90, ge=1, description="Passes over the training split.")
+    epochs: int = Field(default=90, ge=1, le=10_000, description="Passes over the training split.")
     batch_size: int = Field(default=64, ge=1, le=8192, description="Samples per optimisation step (per process under DDP).")
     workers: int = Field(default=2, ge=0, le=64, description="Data loader worker processes.")
-    shuffle_buffer: int = Field(default=1000, ge=1, description=(
+    shuffle_buffer: int = Field(default=1000, ge=1, le=1_000_000, description=(
         "Ignored (kept so older specs validate): training reads each epoch in one global random order "
         "over every sample of the run's datasets, by random access (see docs/train-stage.md)."))
     augment: AugmentSpec = Field(default_factory=AugmentSpec, description="Training-time augmentation.")
@@ -162,7 +162,7 @@ class PretrainSpec(StrictModel):
     train_split: str = Field(default="train", pattern=r"^[a-z0-9-]+$", description="Shard split used for training.")
     val_split: str | None = Field(default="val", pattern=r"^[a-z0-9-]+$", description="Shard split evaluated each epoch (None: none).")
     max_corrupt_fraction: float = Field(default=0.01, ge=0, le=1, description="Fail when more samples than this are corrupt.")
-    seed: int = Field(default=0, ge=0, description="Seed of initialisation, data order and augmentation.")
+    seed: int = Field(default=0, ge=0, le=SEED_MAX, description="Seed of initialisation, data order and augmentation.")
 
 
 #: Pascal VOC's 20 classes in the devkit's order (VOCdevkit/VOCcode/VOCinit.m).
@@ -193,7 +193,7 @@ class TargetSpec(StrictModel):
         "folder name of path/train/ or its index in sorted order (places365_val.txt is such a file).")
     test_fraction: float = Field(default=0.25, gt=0, lt=1, description="Held-out split, fixed by seed.")
     train_per_class: int | None = Field(
-        default=None, ge=1,
+        default=None, ge=1, le=1_000_000,
         description="Few-shot transfer: keep this many training images per class (seeded); None keeps all. "
         "The held-out split is unchanged.",
     )
@@ -224,8 +224,8 @@ class TargetSpec(StrictModel):
 
 class HyperSearchSpec(StrictModel):
     folds: int = Field(default=3, ge=2, le=20, description="Cross-validation folds on the training split.")
-    lr: list[float] = Field(default_factory=lambda: [0.01, 0.1], min_length=1, description="Learning rates to try.")
-    weight_decay: list[float] = Field(default_factory=lambda: [0.0, 1e-4], min_length=1, description="Weight decays to try.")
+    lr: list[float] = Field(default_factory=lambda: [0.01, 0.1], min_length=1, max_length=100, description="Learning rates to try.")
+    weight_decay: list[float] = Field(default_factory=lambda: [0.0, 1e-4], min_length=1, max_length=100, description="Weight decays to try.")
 
 
 class TransferAugmentSpec(StrictModel):
@@ -282,11 +282,11 @@ class TransferSpec(StrictModel):
             return _with_preset(TRANSFER_PRESETS[data["preset"]], data)
         return data
 
-    pretrained: list[Name] = Field(description="Pre-training runs to start from (names from `pretrain`); from-scratch is always added.")
-    targets: list[Name] = Field(min_length=1, description="Target names from `targets`.")
+    pretrained: list[Name] = Field(max_length=1000, description="Pre-training runs to start from (names from `pretrain`); from-scratch is always added.")
+    targets: list[Name] = Field(min_length=1, max_length=1000, description="Target names from `targets`.")
     modes: list[Literal["finetune", "linear_probe"]] = Field(default_factory=lambda: ["finetune", "linear_probe"], min_length=1, description="Fine-tune all layers, and/or train a linear probe on frozen features.")
-    epochs: int = Field(default=10, ge=1, description="Passes over the target training split.")
-    batch_size: int = Field(default=64, ge=1, description="Samples per step.")
+    epochs: int = Field(default=10, ge=1, le=10_000, description="Passes over the target training split.")
+    batch_size: int = Field(default=64, ge=1, le=8192, description="Samples per step.")
     optim: OptimSpec = Field(default_factory=lambda: OptimSpec(lr=0.01, warmup_epochs=0), description="Optimiser and schedule of the transfer runs.")
     augment: TransferAugmentSpec = Field(
         default_factory=TransferAugmentSpec,
@@ -307,7 +307,7 @@ class TransferSpec(StrictModel):
     amp: bool = Field(default=True, description="Mixed precision (GPU only; ignored on the CPU).")
     amp_dtype: Literal["bfloat16", "float16"] = Field(default="bfloat16", description="Autocast dtype on the GPU; float16 adds a GradScaler.")
     channels_last: bool = Field(default=True, description="channels-last memory format (GPU only).")
-    seed: int = Field(default=0, ge=0, description="Seed of the head initialisation, data order and the split.")
+    seed: int = Field(default=0, ge=0, le=SEED_MAX, description="Seed of the head initialisation, data order and the split.")
 
     @model_validator(mode="after")
     def _sizes(self):
