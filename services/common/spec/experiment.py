@@ -241,6 +241,12 @@ class ExperimentSpec(StrictModel):
                     scored[r, b] = i
         return self
 
+    def __eq__(self, other) -> bool:
+        # Fields only: the private dataset index is a lookup cache, not part of the spec.
+        if isinstance(other, ExperimentSpec):
+            return type(self) is type(other) and self.__dict__ == other.__dict__
+        return NotImplemented
+
     def dataset(self, name: str) -> DatasetSpec:
         # An index (name -> position), checked on every use and rebuilt when the list changed,
         # so looking every dataset up stays linear overall (Validate does, for 20,000 datasets).
