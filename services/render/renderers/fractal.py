@@ -287,8 +287,8 @@ def _to_pixels(v: np.ndarray, image_size: int, pad: int, with_origin: bool = Fal
         u = np.clip(np.nan_to_num(u, nan=float(pad), posinf=float(image_size - 1), neginf=0.0), 0, image_size - 1)
         origin = float(np.clip(np.nan_to_num(origin, nan=float(pad), posinf=image_size - 1, neginf=0.0), 0, image_size - 1))
         pixels = u.astype(np.intp)
-    else:  # three passes in float64 (FractalDB's arithmetic), no copies beyond the result
-        u = np.subtract(v, lo, dtype=np.float64)
+    else:  # three passes in the points' own precision, no copies beyond the result
+        u = np.subtract(v, lo, dtype=np.result_type(v.dtype, np.float32))
         u *= scale
         u += float(pad)
         if pad == 0:  # the maximum lands on image_size itself
