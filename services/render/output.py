@@ -47,10 +47,11 @@ class DeterministicTarWriter:
     def __init__(self, fileobj):
         self._tar = tarfile.open(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT)
         self.samples = 0
-        self.index: list[list] = []  # per sample: [key, class, rgb offset, rgb size, rgb sha256] (see shard_index)
+        self.index: list[list] = []  # per sample: [key, class, rgb offset, rgb size, rgb sha256(, seg ...)] (see shard_index)
 
     def write(self, key: str, files: dict[str, bytes]) -> None:
-        rgb_at, rgb_name = None, find_rgb(files)
+        rgb_name = find_rgb(files)
+        data_at: dict[str, int] = {}  # member -> where its bytes start in the tar
         for extension in files:
             data = files[extension]
             info = tarfile.TarInfo(f"{key}.{extension}")
@@ -58,11 +59,15 @@ class DeterministicTarWriter:
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             self._tar.addfile(info, io.BytesIO(data))
-            if extension == rgb_name:  # the data follows its header block(s)
-                rgb_at = self._tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-        if rgb_at is not None and "cls" in files:
+            if extension in (rgb_name, "seg.png"):  # the data follows its header block(s)
+                data_at[extension] = self._tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        if rgb_name in data_at and "cls" in files:
             rgb = files[rgb_name]
-            self.index.append([key, int(files["cls"]), rgb_at, len(rgb), hashlib.sha256(rgb).hexdigest()])
+            row = [key, int(files["cls"]), data_at[rgb_name], len(rgb), hashlib.sha256(rgb).hexdigest()]
+            if "seg.png" in data_at:
+                seg = files["seg.png"]
+                row += [data_at["seg.png"], len(seg), hashlib.sha256(seg).hexdigest()]
+            self.index.append(row)
         self.samples += 1
 
     def shard_index(self, shard_key: str, shard_sha256: str) -> dict:
@@ -71,6 +76,8 @@ class DeterministicTarWriter:
         ``{"format": 1, "shard": key, "sha256": the tar's digest, "samples": [[sample key,
         class, rgb offset, rgb size, rgb sha256], ...]}`` in tar order; the rgb member is
         ``rgb.png``, ``rgb.webp`` or ``rgb.jpg`` (the decoder tells them apart by their bytes).
+        Samples with a label map add three columns: ``seg.png`` offset, size and sha256
+        (readers that know only the first five columns read such indexes unchanged).
         """
         return {"format": 1, "shard": shard_key, "sha256": shard_sha256, "samples": self.index}
 

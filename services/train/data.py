@@ -79,6 +79,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _SHARD_KEY = re.compile(r"^datasets/[^/]+/(?P<split>[a-z0-9-]+)-(?P<shard>\d{5})\.tar$")
 #: Only these members of a sample are read; depth, segmentation etc. stream past unparsed.
 _WANTED = (*RGB_MEMBERS, "cls")
+#: ... and these when the run also needs each sample's label map (segmentation).
+_WANTED_WITH_SEG = (*_WANTED, "seg.png")
+#: Label-map pixels of classes a mix leaves out: cross-entropy and the metrics skip them.
+IGNORE_INDEX = -100
 
 
 class EmptySplitError(FlatlandError):
@@ -198,7 +202,7 @@ class _HashingReader(io.RawIOBase):
         super().close()
 
 
-def iter_shard_samples(store: Store, shard: ShardRef) -> Iterator[dict]:
+def iter_shard_samples(store: Store, shard: ShardRef, wanted: tuple[str, ...] = _WANTED) -> Iterator[dict]:
     """Raw samples (``__key__``, the rgb member — ``rgb.png``, ``rgb.webp`` or ``rgb.jpg`` — and ``cls`` bytes) of one shard, verified as it streams.
 
     Raises :class:`IntegrityError` naming the shard when its size or checksum disagrees
@@ -211,7 +215,7 @@ def iter_shard_samples(store: Store, shard: ShardRef) -> Iterator[dict]:
     buffered = io.BufferedReader(reader, 1 << 20)
     try:
         try:
-            yield from group_by_keys(_tar_members(buffered, shard.key))
+            yield from group_by_keys(_tar_members(buffered, shard.key, wanted))
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
             raise IntegrityError(f"shard {shard.key}: not a readable tar ({exc.args[0] if exc.args else exc})") from None
         buffered.read()  # the tar end blocks and padding count towards the checksum
@@ -234,49 +238,67 @@ class ShardIndex:
     offsets: np.ndarray  # (n,) int64: where the rgb image's bytes start in the tar
     sizes: np.ndarray  # (n,) int64
     digests: np.ndarray  # (n,) bytes: the rgb image's sha256 (hex)
-    unusable: int = 0  # samples without an image or a readable class
+    unusable: int = 0  # samples without an image or a readable class (or a label map, for with_seg indexes)
+    seg_offsets: np.ndarray | None = None  # (n,) int64: where seg.png's bytes start (indexes made with_seg only)
+    seg_sizes: np.ndarray | None = None
+    seg_digests: np.ndarray | None = None
 
     @classmethod
-    def from_rows(cls, rows: list, unusable: int = 0) -> ShardIndex:
-        return cls(np.array([r[0] for r in rows], dtype="S"), np.array([r[1] for r in rows], dtype=np.int64),
-                   np.array([r[2] for r in rows], dtype=np.int64), np.array([r[3] for r in rows], dtype=np.int64),
-                   np.array([r[4] for r in rows], dtype="S64"), unusable)
+    def from_rows(cls, rows: list, unusable: int = 0, *, with_seg: bool = False) -> ShardIndex:
+        """From index rows ``[key, class, rgb offset, rgb size, rgb sha256(, seg offset, seg size, seg sha256)]``;
+        ``with_seg`` keeps only the rows with a label map (the others count as unusable)."""
+        if with_seg:
+            kept = [r for r in rows if len(r) >= 8]
+            unusable, rows = unusable + len(rows) - len(kept), kept
+        index = cls(np.array([r[0] for r in rows], dtype="S"), np.array([r[1] for r in rows], dtype=np.int64),
+                    np.array([r[2] for r in rows], dtype=np.int64), np.array([r[3] for r in rows], dtype=np.int64),
+                    np.array([r[4] for r in rows], dtype="S64"), unusable)
+        if with_seg:
+            index = replace(index, seg_offsets=np.array([r[5] for r in rows], dtype=np.int64),
+                            seg_sizes=np.array([r[6] for r in rows], dtype=np.int64),
+                            seg_digests=np.array([r[7] for r in rows], dtype="S64"))
+        return index
 
 
-_INDEXES: dict[tuple[str, str, str], ShardIndex] = {}  # per process: (store, shard, sha256) -> index
+_INDEXES: dict[tuple[str, str, str, bool], ShardIndex] = {}  # per process: (store, shard, sha256, with_seg) -> index
 
 
-def shard_index(store: Store, shard: ShardRef) -> ShardIndex:
-    """The shard's sample index: render's ``….index.json`` when it names this shard's digest,
-    otherwise one pass over the tar (checksum verified, like streaming). Cached per process.
+def shard_index(store: Store, shard: ShardRef, *, with_seg: bool = False) -> ShardIndex:
+    """The shard's sample index: render's ``….index.json`` when it names this shard's digest
+    (and, ``with_seg``, lists the label maps' offsets too), otherwise one pass over the tar
+    (checksum verified, like streaming). Cached per process.
 
     Raises :class:`IntegrityError` naming the shard when its size disagrees with the manifest.
     """
     stored = store.size(shard.key)
     if stored != shard.size:
         raise IntegrityError(f"shard {shard.key}: {stored} bytes in the store, manifest says {shard.size} (corrupt or truncated)")
-    cache_key = (store.url, shard.key, shard.sha256)
+    cache_key = (store.url, shard.key, shard.sha256, with_seg)
     if cache_key not in _INDEXES:
         try:
             document = store.get_json(shard_index_key(shard.key))
         except (ObjectNotFoundError, ValueError):
             document = None
-        if isinstance(document, dict) and document.get("format") == 1 and document.get("sha256") == shard.sha256:
-            rows = document["samples"]
-            _INDEXES[cache_key] = ShardIndex.from_rows(rows, unusable=max(0, shard.samples - len(rows)))
+        rows = document.get("samples") if isinstance(document, dict) else None
+        usable = (isinstance(document, dict) and document.get("format") == 1 and document.get("sha256") == shard.sha256
+                  # an index written before label maps were indexed: no seg columns at all
+                  and not (with_seg and rows and not any(len(r) >= 8 for r in rows)))
+        if usable:
+            _INDEXES[cache_key] = ShardIndex.from_rows(rows, unusable=max(0, shard.samples - len(rows)),
+                                                       with_seg=with_seg)
         else:
-            _INDEXES[cache_key] = _scan_index(store, shard)
+            _INDEXES[cache_key] = _scan_index(store, shard, with_seg=with_seg)
     return _INDEXES[cache_key]
 
 
-def _scan_index(store: Store, shard: ShardRef) -> ShardIndex:
-    """Index a shard by reading it once (for shards rendered before indexes existed)."""
+def _scan_index(store: Store, shard: ShardRef, *, with_seg: bool = False) -> ShardIndex:
+    """Index a shard by reading it once (for shards rendered before indexes, or label-map indexes, existed)."""
     reader = _HashingReader(store.open_read(shard.key))
     buffered = io.BufferedReader(reader, 1 << 20)
     samples: dict[str, dict] = {}
     try:
         try:
-            for member in _tar_members(buffered, shard.key):
+            for member in _tar_members(buffered, shard.key, _WANTED_WITH_SEG if with_seg else _WANTED):
                 key, _, extension = member["fname"].partition(".")
                 samples.setdefault(key, {})[extension] = member
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
@@ -297,8 +319,12 @@ def _scan_index(store: Store, shard: ShardRef) -> ShardIndex:
         except (KeyError, ValueError, UnicodeDecodeError):
             unusable += 1
             continue
-        rows.append([key, cls, rgb["offset"], len(rgb["data"]), hashlib.sha256(rgb["data"]).hexdigest()])
-    return ShardIndex.from_rows(rows, unusable)
+        row = [key, cls, rgb["offset"], len(rgb["data"]), hashlib.sha256(rgb["data"]).hexdigest()]
+        if "seg.png" in members:
+            seg = members["seg.png"]
+            row += [seg["offset"], len(seg["data"]), hashlib.sha256(seg["data"]).hexdigest()]
+        rows.append(row)
+    return ShardIndex.from_rows(rows, unusable, with_seg=with_seg)
 
 
 @dataclass(frozen=True)
@@ -382,7 +408,7 @@ def _read_exact(stream: BinaryIO, size: int) -> bytes:
     return data
 
 
-def _tar_members(stream: BinaryIO, url: str) -> Iterator[dict]:
+def _tar_members(stream: BinaryIO, url: str, wanted: tuple[str, ...] = _WANTED) -> Iterator[dict]:
     """``{"fname", "data", "__url__"}`` per wanted member, for webdataset's ``group_by_keys``.
 
     A sequential tar reader: headers are parsed by ``tarfile.TarInfo.frombuf`` (checksum
@@ -416,7 +442,7 @@ def _tar_members(stream: BinaryIO, url: str) -> Iterator[dict]:
             continue
         name = pax.get("path") or long_name or info.name
         long_name, pax = None, {}
-        if info.isreg() and name.endswith(_WANTED):
+        if info.isreg() and name.endswith(wanted):
             yield {"fname": name, "data": data, "__url__": url, "offset": offset}
 
 
@@ -471,27 +497,62 @@ def decode_image(
     -------
     (size, size, 3) uint8 tensor
     """
+    return decode_pair(png, None, size, augment, rng)[0]
+
+
+def decode_label_map(png: bytes) -> torch.Tensor:
+    """A ``seg.png`` (8- or 16-bit greyscale PNG) as an (H, W) int64 tensor of its values."""
+    labels = decode_encoded(torch.frombuffer(bytearray(png), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
+    if labels.shape[0] != 1:
+        raise ValueError(f"label map has {labels.shape[0]} channels, expected 1 (a greyscale seg.png)")
+    return labels[0].to(torch.int64)
+
+
+def decode_pair(
+    png: bytes, seg_png: bytes | None, size: int, augment: AugmentSpec | None, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`decode_image`, and with ``seg_png`` its label map under the same crop, resize and flip
+    (nearest neighbour, so labels stay labels): ((size, size, 3) uint8, (size, size) int64 or None).
+    """
     # PNG, WebP or JPEG (the render stage's rgb_format), told apart by their first bytes
     image = decode_encoded(torch.frombuffer(bytearray(png), dtype=torch.uint8), mode=ImageReadMode.RGB)  # (3, H, W)
     height, width = image.shape[1:]
+    seg = None
+    if seg_png is not None:
+        seg = decode_label_map(seg_png)
+        if tuple(seg.shape) != (height, width):
+            raise ValueError(f"label map is {tuple(seg.shape)}, its image {(height, width)}")
     if augment is not None and augment.random_resized_crop:
         left, top, right, bottom = random_resized_crop_box(width, height, augment.crop_scale, augment.crop_ratio, rng)
         image = image[:, top:bottom, left:right]
+        seg = None if seg is None else seg[top:bottom, left:right]
     elif augment is not None and augment.random_crop:
         if min(height, width) < size:  # too small to crop: scale up first (FractalDB's images are larger)
             scale = size / min(height, width)
             height, width = max(size, round(height * scale)), max(size, round(width * scale))
             image = nn_functional.interpolate(image[None].float(), size=(height, width), mode="bilinear",
                                               align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+            seg = None if seg is None else _resize_labels(seg, height, width)
         top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
         image = image[:, top:top + size, left:left + size]
+        seg = None if seg is None else seg[top:top + size, left:left + size]
     if image.shape[1:] != (size, size):
         batch = image[None].contiguous(memory_format=torch.channels_last)
         image = nn_functional.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    if seg is not None and tuple(seg.shape) != (size, size):
+        seg = _resize_labels(seg, size, size)
     if augment is not None and augment.horizontal_flip and rng.random() < 0.5:
         image = image.flip(2)
+        seg = None if seg is None else seg.flip(1)
     # For a channels-last result this permute is already contiguous (no copy).
-    return image.permute(1, 2, 0).contiguous()
+    return image.permute(1, 2, 0).contiguous(), None if seg is None else seg.contiguous()
+
+
+def _resize_labels(labels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Nearest-neighbour resize of an (H, W) int64 label map ("nearest-exact": pixel centres, as PIL's NEAREST)."""
+    # float32 holds every uint16 label exactly
+    resized = nn_functional.interpolate(labels[None, None].float(), size=(height, width), mode="nearest-exact")
+    return resized[0, 0].to(torch.int64)
 
 
 class ShardStream(IterableDataset):
@@ -515,6 +576,11 @@ class ShardStream(IterableDataset):
     folds : Folds, optional
         Only these cross-validation folds of the split (read by random access; shuffled
         when ``augment`` is given, in index order otherwise).
+    with_seg : bool
+        Also read each sample's label map (``seg.png``: 0 background, class + 1 on objects) and
+        yield it as ``"seg"``, an (input_size, input_size) int64 tensor under the image's crop,
+        resize and flip, its classes renumbered by the label table (0 stays background, classes a
+        mix leaves out become :data:`IGNORE_INDEX`). Samples without one count as corrupt.
 
     Training streams (``augment`` given) index every shard when created (render's indexes
     or one pass over each shard; cached per process) and read samples by random access in
@@ -536,12 +602,17 @@ class ShardStream(IterableDataset):
         world_size: int = 1,
         max_corrupt_fraction: float = 0.01,
         folds: Folds | None = None,
+        with_seg: bool = False,
     ):
         super().__init__()
+        self.with_seg = with_seg
         self.store_url = store_url
         self.shards = list(shards)
         self.units = split_units([WorkUnit(s) for s in shards], world_size, rank)
         self.label_tables = [np.asarray(t, dtype=np.int64) for t in label_tables]
+        # label-map value (original class + 1, 0 background) -> target (new class + 1, 0, or IGNORE_INDEX)
+        self.seg_tables = [torch.from_numpy(np.concatenate([[0], np.where(t >= 0, t + 1, IGNORE_INDEX)]))
+                           for t in self.label_tables]
         self.input_size = input_size
         self.augment = augment
         self.seed = seed
@@ -553,7 +624,7 @@ class ShardStream(IterableDataset):
         self.random_access = augment is not None or folds is not None
         if self.random_access:  # training (a global random order) or a cross-validation fold
             store = open_store(store_url)
-            self.indexes = [shard_index(store, s) for s in self.shards]
+            self.indexes = [shard_index(store, s, with_seg=with_seg) for s in self.shards]
             self.order = epoch_order(self.indexes, [s.source for s in self.shards], self.label_tables, seed=seed,
                                      split=self.split, epoch=epoch, rank=rank, world_size=world_size, folds=folds,
                                      shuffle=augment is not None)
@@ -562,7 +633,8 @@ class ShardStream(IterableDataset):
         """(raw sample, label) for the worker's units; counts and skips bad ones."""
         for unit in units:
             table = self.label_tables[unit.shard.source]
-            for index, sample in enumerate(iter_shard_samples(store, unit.shard)):
+            wanted = _WANTED_WITH_SEG if self.with_seg else _WANTED
+            for index, sample in enumerate(iter_shard_samples(store, unit.shard, wanted)):
                 if index % unit.stride != unit.offset:
                     continue
                 try:
@@ -571,11 +643,14 @@ class ShardStream(IterableDataset):
                         raise KeyError("no rgb image (" + ", ".join(RGB_MEMBERS) + ")")
                     if not 0 <= original < len(table):
                         raise ValueError(f"class {original} outside 0..{len(table) - 1}")
+                    if self.with_seg and "seg.png" not in sample:
+                        raise KeyError("no label map (seg.png)")
                 except (KeyError, ValueError, UnicodeDecodeError) as exc:
                     self._count_corrupt(sample, exc, allowed)
                     continue
                 label = int(table[original])
                 if label >= 0:
+                    sample["__source__"] = unit.shard.source  # selects its label-map table
                     yield sample, label
 
     def _count_corrupt(self, sample: dict, exc: Exception, allowed: float) -> None:
@@ -599,24 +674,43 @@ class ShardStream(IterableDataset):
             raise IntegrityError(f"{self.corrupt} corrupt samples in split '{self.split}' (samples without an image "
                                  f"or class), more than max_corrupt_fraction={self.max_corrupt_fraction}")
 
-        def fetch(row) -> bytes:
+        def fetch(row) -> tuple[bytes, bytes | None]:
             shard, index = self.shards[row[0]], self.indexes[row[0]]
-            return store.read_range(shard.key, int(index.offsets[row[1]]), int(index.sizes[row[1]]))
+            data = store.read_range(shard.key, int(index.offsets[row[1]]), int(index.sizes[row[1]]))
+            if not self.with_seg:
+                return data, None
+            return data, store.read_range(shard.key, int(index.seg_offsets[row[1]]), int(index.seg_sizes[row[1]]))
 
         reported = 0
-        for row, data in _prefetched(fetch, rows, store.range_read_concurrency):
+        for row, (data, seg_data) in _prefetched(fetch, rows, store.range_read_concurrency):
             shard, index = self.shards[row[0]], self.indexes[row[0]]
             key = index.keys[row[1]].decode()
             if hashlib.sha256(data).hexdigest().encode() != index.digests[row[1]]:
                 raise IntegrityError(f"shard {shard.key}: sample {key}: its rgb image does not match its sha256 in the "
                                      "shard index (the shard changed after it was rendered; re-render it)")
+            if seg_data is not None and hashlib.sha256(seg_data).hexdigest().encode() != index.seg_digests[row[1]]:
+                raise IntegrityError(f"shard {shard.key}: sample {key}: its seg.png does not match its sha256 in the "
+                                     "shard index (the shard changed after it was rendered; re-render it)")
             try:
-                image = decode_image(data, self.input_size, self.augment, rng)
+                image, seg = self._decode(data, seg_data, shard.source, rng)
             except (RuntimeError, ValueError) as exc:  # libpng reports a bad image as RuntimeError
                 self._count_corrupt({"__key__": key, "__url__": shard.key}, exc, allowed)
                 continue
-            yield {"image": image, "label": int(row[2]), "key": f"{shard.key}#{key}", "corrupt": self.corrupt - reported}
+            sample = {"image": image, "label": int(row[2]), "key": f"{shard.key}#{key}", "corrupt": self.corrupt - reported}
+            if seg is not None:
+                sample["seg"] = seg
+            yield sample
             reported = self.corrupt
+
+    def _decode(self, data: bytes, seg_data: bytes | None, source: int,
+                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        image, seg = decode_pair(data, seg_data, self.input_size, self.augment, rng)
+        if seg is not None:
+            table = self.seg_tables[source]
+            if int(seg.max()) >= len(table):
+                raise ValueError(f"label map value {int(seg.max())} outside 0..{len(table) - 1} (class + 1)")
+            seg = table[seg]
+        return image, seg
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -632,12 +726,16 @@ class ShardStream(IterableDataset):
         reported = 0
         for sample, label in self._samples(store, units, allowed):
             try:
-                image = decode_image(sample[find_rgb(sample)], self.input_size, self.augment, rng)
+                image, seg = self._decode(sample[find_rgb(sample)], sample.get("seg.png") if self.with_seg else None,
+                                          sample["__source__"], rng)
             except (RuntimeError, ValueError) as exc:  # libpng reports a bad image as RuntimeError
                 self._count_corrupt(sample, exc, allowed)
                 continue
-            yield {"image": image, "label": label, "key": f"{sample['__url__']}#{sample['__key__']}",
+            out = {"image": image, "label": label, "key": f"{sample['__url__']}#{sample['__key__']}",
                    "corrupt": self.corrupt - reported}
+            if seg is not None:
+                out["seg"] = seg
+            yield out
             reported = self.corrupt
 
 

@@ -258,7 +258,8 @@ class PretrainRun:
         run, ctx, store = self.run, self.ctx, self.store
         started = time.time()
         label_map = mix_for_run(self.spec, run, store)
-        self.num_classes = label_map.num_classes
+        objective = self.objective
+        self.num_classes = objective.output_classes(label_map.num_classes)  # segmentation: + background
         if ctx.is_main:
             store.put_json(self.key("label_map.json"), label_map.to_json())
         train_shards, val_shards, tables = self._shards(label_map)
@@ -269,8 +270,7 @@ class PretrainRun:
         steps_per_epoch = max(1, expected_train // (run.batch_size * ctx.world_size))
 
         torch.manual_seed(derive_seed(run.seed, "torch", "init"))
-        objective = self.objective
-        model = objective.build_model(label_map.num_classes).to(ctx.device)
+        model = objective.build_model(self.num_classes).to(ctx.device)
         self.model = model
         use_cuda = ctx.device.type == "cuda"
         channels_last = use_cuda and run.channels_last
@@ -311,11 +311,11 @@ class PretrainRun:
             stream = ShardStream(store.url, train_shards, tables, input_size=run.input_size, augment=run.augment,
                                  shuffle_buffer=run.shuffle_buffer, seed=run.seed, epoch=epoch, rank=ctx.rank,
                                  world_size=ctx.world_size, max_corrupt_fraction=run.max_corrupt_fraction,
-                                 folds=self.trial.train_folds if self.trial else None)
+                                 folds=self.trial.train_folds if self.trial else None,
+                                 with_seg=objective.reads_label_maps)
             loader = make_loader(stream, batch_size=run.batch_size, workers=run.workers, train=True, pin_memory=use_cuda)
             train_model.train()
-            metric_names = objective.metrics
-            sums = np.zeros(3 + len(metric_names))  # loss*n, n, corrupt, then the objective's metric sums
+            sums = np.zeros(3 + objective.sum_width)  # loss*n, n, corrupt, then the objective's metric sums
             batches = iter(loader)
             while True:
                 if should_stop is not None and should_stop():
@@ -357,11 +357,11 @@ class PretrainRun:
                     f"run {self.run_id}: epoch {epoch} saw no training batches (fewer samples than batch_size "
                     f"{run.batch_size} per loader worker?)")
             record = {"epoch": epoch, "train_loss": loss_sum / seen,
-                      **{f"train_{m}": value / seen for m, value in zip(metric_names, metric_sums)},
+                      **{f"train_{m}": value for m, value in objective.summarize(metric_sums, seen).items()},
                       "train_samples": int(seen), "corrupt_samples": int(corrupt),
                       "lr": optimizer.param_groups[0]["lr"]}
             if val_shards:
-                record.update(self.evaluate(model, val_shards, tables, channels_last, use_amp, amp_dtype))
+                record.update(self.evaluate(model, val_shards, tables, channels_last, use_amp, amp_dtype, epoch=epoch))
             record["seconds"] = time.time() - epoch_start
             record["images_per_s"] = seen / record["seconds"]
             records.append(record)
@@ -375,7 +375,7 @@ class PretrainRun:
             if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch + 1 < run.epochs:
                 return {"run_id": self.run_id, "stopped_after_epoch": epoch, "finished": False}
         summary = {"run_id": self.run_id, "finished": True, "epochs": run.epochs, "model": run.model,
-                   "num_classes": label_map.num_classes, "final": records[-1] if records else {},
+                   "task": run.task, "num_classes": self.num_classes, "final": records[-1] if records else {},
                    "checkpoint": self.key("checkpoints/final.pt"), "label_map": self.key("label_map.json"),
                    "seconds_this_session": time.time() - started}
         if search is not None:
@@ -413,16 +413,20 @@ class PretrainRun:
         return int(total)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, shards, tables, channels_last: bool, use_amp: bool, amp_dtype) -> dict:
-        """Loss and the objective's metrics over the rank's share of ``shards``, summed across ranks."""
+    def evaluate(self, model: nn.Module, shards, tables, channels_last: bool, use_amp: bool, amp_dtype,
+                 epoch: int = 0) -> dict:
+        """Loss and the objective's metrics over the rank's share of ``shards``, summed across ranks
+        (and the objective's confidence intervals, over the samples of every rank)."""
         run, ctx, objective = self.run, self.ctx, self.objective
         model = unwrap(model)
         model.eval()
         stream = ShardStream(self.store.url, shards, tables, input_size=run.input_size, augment=None,
                              seed=run.seed, rank=ctx.rank, world_size=ctx.world_size,
                              max_corrupt_fraction=run.max_corrupt_fraction,
-                             folds=self.trial.val_folds if self.trial else None)
-        sums = np.zeros(2 + len(objective.metrics))  # loss*n, n, then the objective's metric sums
+                             folds=self.trial.val_folds if self.trial else None,
+                             with_seg=objective.reads_label_maps)
+        sums = np.zeros(2 + objective.sum_width)  # loss*n, n, then the objective's metric sums
+        per_sample = []
         for batch in make_loader(stream, batch_size=run.batch_size, workers=run.workers, train=False):
             x = to_model_input(batch["image"], ctx.device, channels_last=channels_last, mean=run.mean, std=run.std)
             y = objective.targets(batch, ctx.device)
@@ -430,11 +434,22 @@ class PretrainRun:
                 output = model(x)
             output = output.float() if isinstance(output, torch.Tensor) else output
             sums += [float(objective.loss(output, y)) * len(y), len(y), *objective.metric_sums(output, y)]
+            rows = objective.per_sample(output, y)
+            if rows is not None:
+                per_sample.append(rows)
         loss_sum, seen, *metric_sums = _sum_across_ranks(sums.tolist(), ctx)
         seen = max(seen, 1)
-        return {"val_loss": loss_sum / seen,
-                **{f"val_{m}": value / seen for m, value in zip(objective.metrics, metric_sums)},
-                "val_samples": int(seen)}
+        result = {"val_loss": loss_sum / seen,
+                  **{f"val_{m}": value for m, value in objective.summarize(metric_sums, seen).items()},
+                  "val_samples": int(seen)}
+        if per_sample:
+            rows = np.concatenate(per_sample)
+            if ctx.distributed:
+                gathered = [None] * ctx.world_size
+                dist.all_gather_object(gathered, rows)
+                rows = np.concatenate(gathered)
+            result.update({f"val_{m}_ci": ci for m, ci in objective.intervals(rows, epoch).items()})
+        return result
 
     def search(self, progress: Progress | None = None) -> dict:
         """The cross-validated search of ``optim.lr`` and ``optim.weight_decay`` (``run.search``).
@@ -505,7 +520,7 @@ class PretrainRun:
             self.store.delete(key)
 
     def _finish(self, model, records: list[dict], label_map: LabelMap, summary: dict) -> None:
-        ckpt = self._checkpoint(model, self.run.epochs - 1, num_classes=label_map.num_classes,
+        ckpt = self._checkpoint(model, self.run.epochs - 1, num_classes=self.num_classes,
                                 label_map=label_map.to_json())
         size, digest = save_checkpoint(self.store, self.key("checkpoints/final.pt"), ckpt)
         # consumers (transfer, neuro) verify final.pt against these before using it

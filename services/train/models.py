@@ -36,18 +36,27 @@ def classification_models() -> tuple[str, ...]:
     return tuple(torchvision.models.list_models(module=torchvision.models))
 
 
-def check_model_name(name: str) -> str:
-    """``name`` if torchvision has such a classification model, else :class:`SpecError` with close matches."""
-    known = classification_models()
+@functools.cache
+def segmentation_models() -> tuple[str, ...]:
+    """Names of torchvision's semantic-segmentation models (``fcn_resnet50``, ``deeplabv3_resnet50``, ``lraspp_*``)."""
+    return tuple(torchvision.models.list_models(module=torchvision.models.segmentation))
+
+
+def check_model_name(name: str, task: str = "classification") -> str:
+    """``name`` if torchvision has such a model for ``task``, else :class:`SpecError` with close matches."""
+    known = segmentation_models() if task == "segmentation" else classification_models()
     if name in known:
         return name
     close = difflib.get_close_matches(name.lower(), known, n=5, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; known models include {', '.join(known[:8])}, ..."
-    raise SpecError(f"model: unknown torchvision classification model '{name}'{hint}")
+    raise SpecError(f"model: unknown torchvision {task} model '{name}'{hint}")
 
 
 def model_kwargs(name: str, input_size: int) -> dict[str, Any]:
-    """Builder options beyond ``num_classes``: the input size for models that fix it (ViT)."""
+    """Builder options beyond ``num_classes``: the input size for models that fix it (ViT); for segmentation
+    models no backbone weights (torchvision would otherwise download ImageNet weights for the backbone)."""
+    if name in segmentation_models():
+        return {"weights_backbone": None}
     check_model_name(name)
     if input_size == 224:
         return {}

@@ -73,7 +73,7 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
         name = request.name
         if any(p.name == name for p in spec.pretrain):
             run = next(p for p in spec.pretrain if p.name == name)
-            check_model_name(run.model)
+            check_model_name(run.model, run.task)
             if run.kind == "torchvision_pretrained":
                 file = weights_file(run, weights_enum(run))  # weights match the model? file there?
                 if not file.is_file():

@@ -58,14 +58,22 @@ def test_shards_follow_the_contract(shapes):
     assert np.array_equal(np.isfinite(again.depth), seen)
     assert np.abs(again.depth[seen] - depth[seen]).max() <= DEPTH_PRECISION_M + 1e-6  # millimetres, rounded
     # each shard's index says where every sample's image lies in the tar, its class and digest
+    indexed_label_maps = 0
     for entry in manifest.entries:
         index = store.get_json(shard_index_key(entry.key))
         assert index["sha256"] == entry.sha256 and len(index["samples"]) == entry.samples
         files = members(store, entry.key)
-        for key, cls, offset, size, digest in index["samples"]:
+        for key, cls, offset, size, digest, *seg in index["samples"]:
             image = store.read_range(entry.key, offset, size)
             assert image == files[f"{key}.rgb.png"] and hashlib.sha256(image).hexdigest() == digest
             assert str(cls).encode() == files[f"{key}.cls"]
+            # ... and where its label map lies, when it has one
+            assert len(seg) == (3 if f"{key}.seg.png" in files else 0)
+            if seg:
+                labels = store.read_range(entry.key, seg[0], seg[1])
+                assert labels == files[f"{key}.seg.png"] and hashlib.sha256(labels).hexdigest() == seg[2]
+                indexed_label_maps += 1
+    assert indexed_label_maps > 0  # this spec's outputs include seg
 
 
 def test_same_spec_gives_byte_identical_shards(shapes, tmp_path):

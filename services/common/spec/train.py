@@ -113,11 +113,21 @@ class PretrainSpec(StrictModel):
         "FractalDB's pre-training (RandomCrop 224, no flip, Normalize(0.2, 0.5), SGD lr 0.1, weight decay 1e-4, "
         "batch 256, 90 epochs, step decay x0.1 at epochs 30 and 60).")
 
+    task: Literal["classification", "segmentation"] = Field(
+        default="classification",
+        description="What the network learns. 'classification': the class of each image (cross-entropy, top-1/top-5). "
+        "'segmentation': the label map of each image (each sample's seg.png: class + 1 on objects, 0 background), "
+        "per-pixel cross-entropy over classes + 1 outputs, pixel accuracy / IoU / F1 micro- and macro-averaged; "
+        "`model` is then a torchvision segmentation model (default fcn_resnet50; deeplabv3_resnet50, "
+        "lraspp_mobilenet_v3_large, ...), built from scratch (no backbone weights).")
+
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data):
         if isinstance(data, dict) and data.get("preset") in PRESETS:
-            return _with_preset(PRESETS[data["preset"]], data)
+            data = _with_preset(PRESETS[data["preset"]], data)
+        if isinstance(data, dict) and data.get("task") == "segmentation" and "model" not in data:
+            data = {**data, "model": "fcn_resnet50"}  # the published noise-scene study's network
         return data
 
     datasets: list[Name] = Field(default_factory=list, max_length=1000, description="Datasets to mix (uniformly); names from `datasets` (synthetic runs: at least one).")
@@ -137,10 +147,14 @@ class PretrainSpec(StrictModel):
             if not self.weights:
                 raise ValueError("weights: a torchvision_pretrained run names its torchvision weights enum, "
                                  "e.g. ResNet50_Weights.IMAGENET1K_V1")
+            if self.task != "classification":
+                raise ValueError(f"task: a torchvision_pretrained run is an ImageNet classifier; task {self.task!r} "
+                                 "needs kind: synthetic")
         return self
 
     class_budget: int | None = Field(default=None, ge=1, le=1_000_000, description="Total classes, split evenly across datasets (Table 2). None: all classes.")
-    model: str = Field(default="resnet50", description="torchvision classification model name.")
+    model: str = Field(default="resnet50", description="torchvision classification model name (task segmentation: a "
+                       "torchvision segmentation model name, default fcn_resnet50).")
     input_size: int = Field(default=224, ge=16, le=1024, description="Side of the square network input (pixels); images are resized to it.")
     epochs: int = Field(default=90, ge=1, le=10_000, description="Passes over the training split.")
     batch_size: int = Field(default=64, ge=1, le=8192, description="Samples per optimisation step (per process under DDP).")

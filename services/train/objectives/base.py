@@ -7,8 +7,12 @@ files and Prometheus gauges. An objective owns the rest:
 - :meth:`Objective.build_model` — the network with its head or decoder;
 - :meth:`Objective.targets` — what in a batch the output is compared with;
 - :meth:`Objective.loss` — the scalar loss of one batch (under autocast when AMP is on);
-- :meth:`Objective.metric_sums` — per-batch sums of the objective's :attr:`~Objective.metrics`
-  (reported per epoch as ``train_<metric>`` / ``val_<metric>``, divided by the samples seen);
+- :meth:`Objective.metric_sums` — per-batch sums (:attr:`~Objective.sum_width` numbers, added over the
+  epoch and across ranks) that :meth:`Objective.summarize` turns into the :attr:`~Objective.metrics`
+  (reported per epoch as ``train_<metric>`` / ``val_<metric>``; by default the sums divided by the samples seen);
+- :meth:`Objective.per_sample` and :meth:`Objective.intervals` — optional confidence intervals of the
+  validation metrics (``val_<metric>_ci``);
+- :meth:`Objective.output_classes` — the network's outputs for the run's classes (segmentation adds background);
 - :meth:`Objective.checkpoint_extras` — what a checkpoint needs besides the weights.
 
 A new objective is one module in this package whose class is decorated with
@@ -20,6 +24,7 @@ from __future__ import annotations
 import abc
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,6 +36,8 @@ class Objective(abc.ABC):
 
     name: ClassVar[str]
     metrics: ClassVar[tuple[str, ...]] = ()
+    #: the loader also reads each sample's label map (``batch["seg"]``)
+    reads_label_maps: ClassVar[bool] = False
 
     def __init__(self, run: PretrainSpec):
         self.run = run
@@ -47,9 +54,30 @@ class Objective(abc.ABC):
     def loss(self, output: Any, targets: torch.Tensor) -> torch.Tensor:
         """Mean loss of one batch (a scalar tensor that can be back-propagated)."""
 
+    def output_classes(self, num_classes: int) -> int:
+        """Outputs of the network for a run of ``num_classes`` classes."""
+        return num_classes
+
+    @property
+    def sum_width(self) -> int:
+        """How many numbers :meth:`metric_sums` returns (fixed once the model is built)."""
+        return len(self.metrics)
+
     def metric_sums(self, output: Any, targets: torch.Tensor) -> list[float]:
         """Sums over the batch's samples of each of :attr:`metrics`, in that order."""
         return []
+
+    def summarize(self, sums: list[float], seen: float) -> dict[str, float]:
+        """The epoch's :attr:`metrics` from the summed :meth:`metric_sums` of ``seen`` samples."""
+        return {m: value / seen for m, value in zip(self.metrics, sums)}
+
+    def per_sample(self, output: Any, targets: torch.Tensor) -> np.ndarray | None:
+        """Per-sample statistics for :meth:`intervals` (rows: samples), or None when the objective has none."""
+        return None
+
+    def intervals(self, per_sample: np.ndarray, epoch: int) -> dict[str, list[float]]:
+        """Confidence intervals ``{metric: [low, high]}`` from the validation samples' :meth:`per_sample` rows."""
+        return {}
 
     def checkpoint_extras(self) -> dict:
         """Entries a checkpoint of this objective carries besides the common ones."""
