@@ -28,6 +28,12 @@ _VALUES = {  # record field -> (metric name, help, split label)
     "train_top5": ("flatland_train_top5", "Top-5 accuracy of the last epoch (0-1).", "train"),
     "val_top5": ("flatland_train_top5", "Top-5 accuracy of the last epoch (0-1).", "val"),
 }
+# segmentation runs (task: segmentation): pixel accuracy, IoU and F1 of the last epoch, micro and macro
+for _metric, _help in (("pixel_accuracy", "Pixel accuracy"), ("iou_macro", "Mean IoU over classes"),
+                       ("iou_micro", "IoU of the pooled pixel counts"), ("f1_macro", "Mean F1 over classes"),
+                       ("f1_micro", "F1 of the pooled pixel counts")):
+    for _split in ("train", "val"):
+        _VALUES[f"{_split}_{_metric}"] = (f"flatland_train_{_metric}", f"{_help} of the last epoch (0-1).", _split)
 
 
 def _metrics(registry: CollectorRegistry, labels: tuple[str, ...]) -> dict[str, object]:

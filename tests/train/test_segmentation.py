@@ -25,7 +25,7 @@ from tests.train.synthetic_shards import sample_members, write_dataset
 
 
 def make_spec(**run):
-    base = {"name": "s", "task": "segmentation", "datasets": ["shapes"], "input_size": 32, "epochs": 3,
+    base = {"name": "s", "task": "segmentation", "datasets": ["shapes"], "input_size": 32,
             "batch_size": 8, "workers": 0, "optim": {"lr": 0.02, "warmup_epochs": 0.5}}
     base.update(run)
     return parse_spec({"name": "t", "datasets": [{"name": "shapes", "family": {"family": "procsynth"}, "classes": 3}],
@@ -131,10 +131,14 @@ def test_an_index_without_label_map_columns_falls_back_to_scanning(local_store):
 
 def test_segmentation_spec_defaults_and_bad_models():
     run = make_spec().pretrain[0]
-    assert run.model == "fcn_resnet50" and objective_for(run).name == "segmentation"
+    assert run.model == "fcn_resnet50" and run.epochs == 10 and objective_for(run).name == "segmentation"
+    assert make_spec(epochs=4).pretrain[0].epochs == 4
     assert make_spec(task="classification").pretrain[0].model == "resnet50"
     with pytest.raises(SpecError, match="unknown torchvision segmentation model 'resnet18'"):
         objective_for(make_spec(model="resnet18").pretrain[0])
+    with pytest.raises(SpecError, match="task 'segmentation' needs kind: synthetic"):
+        parse_spec({"name": "t", "pretrain": [{"name": "p", "kind": "torchvision_pretrained", "task": "segmentation",
+                                               "weights": "FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1"}]})
     model = objective_for(make_spec(model="lraspp_mobilenet_v3_large").pretrain[0]).build_model(4)
     assert model(torch.zeros(1, 3, 32, 32))["out"].shape == (1, 4, 32, 32)
 
@@ -179,3 +183,20 @@ def test_segmentation_resumes_to_the_same_weights(tmp_path):
     metrics = [[{k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}
                 for line in s.get_bytes(f"{run}/metrics.jsonl").decode().splitlines()] for s in stores]
     assert metrics[0] == metrics[1] and "val_iou_macro_ci" in metrics[0][-1]
+
+
+def test_segmentation_metrics_reach_prometheus():
+    from prometheus_client import CollectorRegistry
+
+    from services.train import metrics as prom
+
+    registry = CollectorRegistry()
+    gauges = prom._metrics(registry, ("run",))
+    gauges["flatland_train_iou_macro"].labels("r", "val").set(0.42)
+    assert registry.get_sample_value("flatland_train_iou_macro", {"run": "r", "split": "val"}) == 0.42
+    record = {"epoch": 0, "val_iou_macro": 0.5, "train_pixel_accuracy": 0.9}
+    run = prom.RunGauges("t", "seg-run")
+    run.observe(record)
+    assert run.push_registry.get_sample_value("flatland_train_iou_macro", {"run": "seg-run", "split": "val"}) == 0.5
+    assert run.push_registry.get_sample_value("flatland_train_pixel_accuracy",
+                                              {"run": "seg-run", "split": "train"}) == 0.9

@@ -119,15 +119,16 @@ class PretrainSpec(StrictModel):
         "'segmentation': the label map of each image (each sample's seg.png: class + 1 on objects, 0 background), "
         "per-pixel cross-entropy over classes + 1 outputs, pixel accuracy / IoU / F1 micro- and macro-averaged; "
         "`model` is then a torchvision segmentation model (default fcn_resnet50; deeplabv3_resnet50, "
-        "lraspp_mobilenet_v3_large, ...), built from scratch (no backbone weights).")
+        "lraspp_mobilenet_v3_large, ...), built from scratch (no backbone weights), and `epochs` defaults to 10.")
 
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data):
         if isinstance(data, dict) and data.get("preset") in PRESETS:
             data = _with_preset(PRESETS[data["preset"]], data)
-        if isinstance(data, dict) and data.get("task") == "segmentation" and "model" not in data:
-            data = {**data, "model": "fcn_resnet50"}  # the published noise-scene study's network
+        if isinstance(data, dict) and data.get("task") == "segmentation":
+            # the published noise-scene study: FCN-ResNet50, 10 epochs
+            data = {"model": "fcn_resnet50", "epochs": 10, **data}
         return data
 
     datasets: list[Name] = Field(default_factory=list, max_length=1000, description="Datasets to mix (uniformly); names from `datasets` (synthetic runs: at least one).")
