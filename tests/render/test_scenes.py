@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from services.common.seeds import rng_from_seed
 from services.common.spec.render import NoiseSceneParams
 from services.render.renderers.noise import noise_image, radial_power_centroid
-from services.render.renderers.scenes import dominant_class, draw_scene, ray_cast_ellipsoid, sample_scene
+from services.render.renderers.scenes import (dominant_class, draw_scene, elongation_axes, hsl_colour,
+                                            ray_cast_ellipsoid, sample_scene)
 
 
 @pytest.mark.parametrize("kind", ["perlin", "sparse_convolution"])
@@ -68,12 +70,79 @@ def test_ellipsoid_normals_face_the_camera():
     assert z[32, 32] == pytest.approx(0.5 + 0.3 * np.sqrt(1 - (d / 0.2) ** 2 - (d / 0.1) ** 2), abs=1e-9)
 
 
-def test_objects_follow_their_class_means():
-    params = NoiseSceneParams(image_size=32, objects_range=(20, 20), hue_std=0.01, elongation_std=0.01)
-    objects = [o for s in range(10) for o in sample_scene(params, 3, root_seed=1, dataset_id="n", scene=s)["objects"]]
-    by_class = {c: [o for o in objects if o["class_index"] == c] for c in range(3)}
-    hues = [np.median([o["hue"] for o in objs]) for objs in by_class.values()]
-    for objs, hue in zip(by_class.values(), hues):
-        spread = np.abs(((np.array([o["hue"] for o in objs]) - hue + 0.5) % 1.0) - 0.5)
-        assert spread.max() < 0.06
-        assert all(o["elongation"] >= 1 for o in objs)
+def _objects(params: NoiseSceneParams, scenes: int, classes: int = 3) -> list[dict]:
+    return [o for s in range(scenes) for o in sample_scene(params, classes, root_seed=1, dataset_id="n", scene=s)["objects"]]
+
+
+def test_objects_follow_the_published_class_priors():
+    params = NoiseSceneParams(image_size=32, objects_range=(20, 20))
+    objects = _objects(params, 400)  # 8,000 objects, ~2,700 per class
+    assert [(p.hue, p.rho, p.noise_scale) for p in params.class_priors] == [(150, 0.55, 5), (250, 0.45, 17.5), (20, 0.5, 30)]
+    for cls, prior in enumerate(params.class_priors):
+        mine = [o for o in objects if o["class_index"] == cls]
+        assert len(mine) > 2400
+        # hue: N(h_k, 50^2) mod 360 (deviations beyond +-180 degrees, 3.6 sd, are negligible)
+        deviation = (np.array([o["hue"] for o in mine]) - prior.hue + 180.0) % 360.0 - 180.0
+        assert all(0 <= o["hue"] < 360 for o in mine)
+        assert stats.kstest(deviation, "norm", args=(0, 50)).pvalue > 1e-3
+        # rho: N(rho_k, 0.05^2) clamped to [0, 1] (the clamp is 9 sd away)
+        rho = np.array([o["rho"] for o in mine])
+        assert stats.kstest(rho, "norm", args=(prior.rho, 0.05)).pvalue > 1e-3
+        # r: N(r_k, 5^2) clamped to > 1: compare with the clamped normal's distribution function
+        r = np.array([o["noise_scale"] for o in mine])
+        assert r.min() > 1
+        clamped = stats.norm(prior.noise_scale, 5).cdf(1.0)
+        assert np.mean(r <= 1 + 1e-5) == pytest.approx(clamped, abs=4 * np.sqrt(clamped * (1 - clamped) / len(r)) + 1e-3)
+        above = r[r > 1 + 1e-5]
+        truncated = stats.truncnorm((1 - prior.noise_scale) / 5, np.inf, loc=prior.noise_scale, scale=5)
+        assert stats.kstest(above, truncated.cdf).pvalue > 1e-3
+        # colour: HSL(h, 1, 0.5)
+        assert np.allclose([o["colour"] for o in mine[:50]], [hsl_colour(o["hue"]) for o in mine[:50]])
+    # the per-object parameters are uniform over their spec ranges
+    for field, (low, high) in (("scale", (0.1, 0.7)), ("kd", (0.25, 0.75)), ("ks", (0.0, 0.5)), ("shininess", (10, 100))):
+        values = np.array([o[field] for o in objects])
+        assert stats.kstest(values, "uniform", args=(low, high - low)).pvalue > 1e-3, field
+    xy = np.array([o["position"][:2] for o in objects]).ravel()
+    assert stats.kstest(xy, "uniform", args=(-1.5, 3.0)).pvalue > 1e-3
+    # scenes: N ~ U{1..20}, background scale r_bg ~ U(1, 20)
+    records = [sample_scene(NoiseSceneParams(image_size=32), 3, root_seed=2, dataset_id="n", scene=s) for s in range(400)]
+    counts = np.bincount([len(r["objects"]) for r in records], minlength=21)
+    assert counts[0] == 0 and len(counts) == 21 and stats.chisquare(counts[1:]).pvalue > 1e-3
+    backgrounds = np.array([r["background"]["noise_scale"] for r in records])
+    assert stats.kstest(backgrounds, "uniform", args=(1, 19)).pvalue > 1e-3
+
+
+def test_classes_beyond_the_listed_priors_draw_seeded_means():
+    params = NoiseSceneParams(image_size=32, objects_range=(20, 20), hue_std=0, rho_std=0, noise_scale_std=0)
+    objects = _objects(params, 20, classes=5)
+    for cls in (3, 4):
+        mine = [o for o in objects if o["class_index"] == cls]
+        assert len({(o["hue"], o["rho"], o["noise_scale"]) for o in mine}) == 1  # no spread: the class mean
+    assert _objects(params, 20, classes=5) == objects  # seeded
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.2, 0.45, 0.5, 0.55, 0.9, 1.0])
+def test_elongation_is_axis_parallel_and_normalised(rho):
+    sx, sy = elongation_axes(rho)
+    assert sx**2 + sy**2 == pytest.approx(2.0)
+    assert sx * (1 - rho) == pytest.approx(sy * rho)  # sx : sy = rho : 1 - rho
+    if rho == 0.5:
+        assert (sx, sy) == pytest.approx((1.0, 1.0))  # a sphere
+    # the scene's ellipsoids are built with it, axis-parallel, in image units of the [-2, 2] view
+    params = NoiseSceneParams(image_size=32, objects_range=(5, 5), rho_std=0)
+    for obj in _objects(params, 2):
+        ex, ey = elongation_axes(obj["rho"])
+        assert obj["semi_axes"] == pytest.approx([obj["scale"] * ex / 4, obj["scale"] * ey / 4, obj["scale"] / 4])
+        assert obj["rotation"] == np.eye(3).tolist()
+
+
+def test_hsl_colours_and_a_black_and_white_background():
+    assert hsl_colour(0) == pytest.approx([1, 0, 0]) and hsl_colour(120) == pytest.approx([0, 1, 0])
+    assert hsl_colour(240) == pytest.approx([0, 0, 1]) and hsl_colour(60) == pytest.approx([1, 1, 0])
+    record = sample_scene(NoiseSceneParams(image_size=64, objects_range=(3, 3)), 3, root_seed=0, dataset_id="n", scene=1)
+    rgb, labels = draw_scene(record)
+    background = rgb[labels == 0].astype(int)
+    assert (labels == 0).any() and np.array_equal(background[:, 0], background[:, 1])
+    assert np.array_equal(background[:, 1], background[:, 2]) and background.std() > 20  # grey noise, not flat
+    coloured = rgb[labels > 0].astype(int)
+    assert np.mean(coloured.max(axis=1) - coloured.min(axis=1)) > 30  # objects are saturated colours

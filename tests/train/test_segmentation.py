@@ -200,3 +200,30 @@ def test_segmentation_metrics_reach_prometheus():
     assert run.push_registry.get_sample_value("flatland_train_iou_macro", {"run": "seg-run", "split": "val"}) == 0.5
     assert run.push_registry.get_sample_value("flatland_train_pixel_accuracy",
                                               {"run": "seg-run", "split": "train"}) == 0.9
+
+
+def test_noise_scenes_render_and_train_a_segmentation_run(local_store):
+    from services.render.output import render_dataset
+    from services.render.renderers.scenes import draw_scene, sample_scene
+
+    spec = parse_spec({"name": "t", "datasets": [
+        {"name": "noise", "family": {"family": "noisescenes", "scenes": 24, "image_size": 32, "val_fraction": 0.25},
+         "classes": 3}],
+        "pretrain": [{"name": "s", "task": "segmentation", "datasets": ["noise"], "input_size": 32, "epochs": 1,
+                      "batch_size": 6, "workers": 0, "optim": {"lr": 0.01, "warmup_epochs": 0}}]})
+    render_dataset(spec, local_store, "noise", contact_sheet=False)
+    dataset_id = spec.dataset_id("noise")
+    # the loader hands over each scene's label map as drawn (no augmentation at evaluation)
+    val = list(ShardStream(local_store.url, dataset_shards(local_store, dataset_id, "val"), [np.arange(3)],
+                           input_size=32, augment=None, with_seg=True))
+    assert len(val) == 6
+    scenes = {int(s["key"].rsplit("_", 1)[1]) for s in val}
+    redrawn = {}
+    for scene in scenes:
+        record = sample_scene(spec.datasets[0].family, 3, root_seed=spec.seed, dataset_id=dataset_id, scene=scene)
+        redrawn[scene] = torch.from_numpy(draw_scene(record)[1].astype(np.int64))
+    for sample in val:
+        assert torch.equal(sample["seg"], redrawn[int(sample["key"].rsplit("_", 1)[1])])
+    summary = pretrain(spec, "s", local_store)
+    assert summary["finished"] and summary["num_classes"] == 4 and summary["model"] == "fcn_resnet50"
+    assert summary["final"]["val_samples"] == 6 and 0 <= summary["final"]["val_iou_macro"] <= 1

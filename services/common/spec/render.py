@@ -167,15 +167,43 @@ class FractalRenderSettings(StrictModel):
         return self
 
 
+class NoiseClassPrior(StrictModel):
+    """One class of the noise-scene generator: the means of its objects' hue, elongation and noise scale."""
+
+    hue: float = Field(ge=0, lt=360, description="Mean hue h_k (degrees); objects draw h ~ N(h_k, hue_std^2) mod 360 and are coloured HSL(h, 1, 0.5).")
+    rho: float = Field(ge=0, le=1, description="Mean elongation rho_k; objects draw rho ~ N(rho_k, rho_std^2) clamped to [0, 1] (0.5: a sphere).")
+    noise_scale: float = Field(gt=1, le=1000, description="Mean texture noise scale r_k; objects draw r ~ N(r_k, noise_scale_std^2) clamped to > 1.")
+
+
+#: The published generator's three classes. The paper gives (150, 0.55, 5) and (250, 0.45, 17.5); the third
+#: hue is ours: 20 degrees lies in the middle of the largest gap of the hue circle (130 degrees from both).
+PUBLISHED_NOISE_CLASSES = ((150.0, 0.55, 5.0), (250.0, 0.45, 17.5), (20.0, 0.5, 30.0))
+
+
 class NoiseSceneParams(StrictModel):
-    """Abstract scenes: 1-20 ellipsoids on a noise background, with per-pixel labels."""
+    """Abstract scenes: 1-20 ellipsoids on a noise background, with per-pixel labels (the published generator's
+    defaults; see docs/render-stage.md)."""
 
     family: Literal["noisescenes"] = "noisescenes"
-    objects_range: tuple[int, int] = Field(default=(1, 20), description="Objects per scene (inclusive range).")
+    objects_range: tuple[int, int] = Field(default=(1, 20), description="Objects per scene N ~ U{low..high}.")
     noise: Literal["perlin", "sparse_convolution"] = Field(default="perlin", description="Texture noise kind.")
-    hue_std: float = Field(default=0.05, ge=0, le=0.5, description="Per-object hue spread around the class mean (fraction of the hue circle).")
-    elongation_std: float = Field(default=0.2, ge=0, description="Per-object elongation spread around the class mean.")
-    noise_scale_std: float = Field(default=0.2, ge=0, description="Per-object relative spread of the noise scale around the class mean.")
+    class_priors: list[NoiseClassPrior] = Field(
+        default_factory=lambda: [NoiseClassPrior(hue=h, rho=r, noise_scale=s) for h, r, s in PUBLISHED_NOISE_CLASSES],
+        max_length=100_000,
+        description="Per class (in class order) the means of hue, elongation and noise scale; the published three "
+        "by default. Classes beyond the list draw their means from the seed (hue U(0, 360), rho U(0.3, 0.7), "
+        "noise scale U(5, 30)).")
+    hue_std: float = Field(default=50.0, ge=0, le=360, description="Per-object hue spread around the class mean (degrees).")
+    rho_std: float = Field(default=0.05, ge=0, le=1, description="Per-object elongation spread around the class mean.")
+    noise_scale_std: float = Field(default=5.0, ge=0, le=1000, description="Per-object noise-scale spread around the class mean.")
+    scale_range: tuple[float, float] = Field(default=(0.1, 0.7), description="Object scale ~ U(low, high) (scene units).")
+    position_range: tuple[float, float] = Field(default=(-1.5, 1.5), description="Object centre x, y ~ U(low, high) (scene units).")
+    view_half_width: float = Field(default=2.0, gt=0, le=100, description="The orthographic camera sees [-w, w]^2 of the scene.")
+    diffuse_range: tuple[float, float] = Field(default=(0.25, 0.75), description="Phong diffuse kd ~ U(low, high) per object.")
+    specular_range: tuple[float, float] = Field(default=(0.0, 0.5), description="Phong specular ks ~ U(low, high) per object.")
+    shininess_range: tuple[float, float] = Field(default=(10.0, 100.0), description="Phong shininess ~ U(low, high) per object.")
+    ambient: float = Field(default=0.1, ge=0, le=1, description="Ambient term (not among the published parameters; keeps rims from going black).")
+    background_noise_scale_range: tuple[float, float] = Field(default=(1.0, 20.0), description="Background noise scale r_bg ~ U(low, high); the background is black-and-white noise.")
     image_size: int = Field(default=224, ge=16, le=2048, description="Square image side (pixels).")
     scenes: int = Field(default=100, ge=1, le=10_000_000, description="Scenes in the dataset.")
     shard_size: int = Field(default=1000, ge=1, le=100_000, description="Samples per WebDataset shard.")
@@ -186,6 +214,13 @@ class NoiseSceneParams(StrictModel):
     @model_validator(mode="after")
     def _check(self):
         _check_outputs(self.outputs, ("rgb", "seg"), "noisescenes")
+        for name in ("scale_range", "position_range", "diffuse_range", "specular_range", "shininess_range",
+                     "background_noise_scale_range"):
+            low, high = getattr(self, name)
+            if not low <= high:
+                raise ValueError(f"{name} must satisfy low <= high, got {(low, high)}")
+        if self.scale_range[0] <= 0 or self.background_noise_scale_range[0] <= 0 or self.shininess_range[0] < 0:
+            raise ValueError("scale_range and background_noise_scale_range must be > 0, shininess_range >= 0")
         lo, hi = self.objects_range
         if not 1 <= lo <= hi <= 200:
             raise ValueError(f"objects_range must satisfy 1 <= low <= high <= 200, got {self.objects_range}")

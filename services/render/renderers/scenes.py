@@ -1,13 +1,18 @@
 """Noise-textured abstract scenes: 1-20 ellipsoids on a noise background, with per-pixel labels.
 
-Each class fixes the *means* of three object properties: hue, elongation
-(longest semi-axis over the others) and texture noise scale. Every object draws
-its own values from normal distributions around its class's means (hue wrapped
-on the colour circle, elongation clamped to >= 1, noise scale clamped to > 0).
-Objects are ray-cast analytically (orthographic camera looking down -z), shaded
-with Phong's model (ambient + diffuse + specular, one directional light), and
-textured with Perlin or sparse-convolution noise; the nearest object wins each
-pixel, and the label map holds ``class + 1`` there (0 = background).
+The published generator (every value a :class:`NoiseSceneParams` field). Each class fixes
+the *means* (h_k, rho_k, r_k) of three object properties (:class:`NoiseClassPrior`; the
+published three by default): every object draws its hue h ~ N(h_k, 50^2) mod 360 (colour
+HSL(h, 1, 0.5)), elongation rho ~ N(rho_k, 0.05^2) clamped to [0, 1] and texture noise
+scale r ~ N(r_k, 5^2) clamped to > 1. Elongation is axis-parallel (:func:`elongation_axes`:
+rho = 0.5 is a sphere). Per object: scale ~ U(0.1, 0.7), centre x, y ~ U(-1.5, 1.5), Phong
+kd ~ U(0.25, 0.75), ks ~ U(0, 0.5), shininess ~ U(10, 100), lit by one light behind the
+camera. The background is black-and-white noise of scale r_bg ~ U(1, 20).
+
+Objects are ray-cast analytically (orthographic camera looking down -z at [-w, w]^2 of
+the scene), textured with Perlin or sparse-convolution noise (2-D, in image space: features
+per image side = the noise scale); the nearest object wins each pixel, and the label map
+holds ``class + 1`` there (0 = background).
 
 Pure numpy: no OpenGL needed.
 """
@@ -23,28 +28,35 @@ from services.common.seeds import derive_seed, rng_from_seed
 from services.common.spec.render import NoiseSceneParams
 from services.render.renderers.noise import noise_image
 
-HUE_RANGE = (0.0, 1.0)
-ELONGATION_RANGE = (1.0, 3.0)
-NOISE_SCALE_RANGE = (2.0, 24.0)  # texture features per image side; class means are log-uniform in it
+#: Means of classes beyond the spec's ``class_priors``, drawn from the seed.
+EXTRA_HUE_RANGE = (0.0, 360.0)
+EXTRA_RHO_RANGE = (0.3, 0.7)
+EXTRA_NOISE_SCALE_RANGE = (5.0, 30.0)
 
 
-def class_means(root_seed: int, dataset_id: str, class_index: int) -> dict:
-    """The means that define class ``class_index``: hue in [0,1), elongation >= 1, noise scale > 0."""
+def class_means(root_seed: int, dataset_id: str, class_index: int, params: NoiseSceneParams | None = None) -> dict:
+    """The means (hue in degrees, rho, noise scale) of class ``class_index``: the spec's prior for it, or
+    (for classes beyond the listed priors) means drawn from the seed."""
+    params = params or NoiseSceneParams()
+    if class_index < len(params.class_priors):
+        prior = params.class_priors[class_index]
+        return {"hue": prior.hue, "rho": prior.rho, "noise_scale": prior.noise_scale}
     rng = rng_from_seed(derive_seed(root_seed, dataset_id, "class-means", class_index))
-    return {
-        "hue": float(rng.uniform(*HUE_RANGE)),
-        "elongation": float(rng.uniform(*ELONGATION_RANGE)),
-        "noise_scale": float(math.exp(rng.uniform(math.log(NOISE_SCALE_RANGE[0]), math.log(NOISE_SCALE_RANGE[1])))),
-    }
+    return {"hue": float(rng.uniform(*EXTRA_HUE_RANGE)), "rho": float(rng.uniform(*EXTRA_RHO_RANGE)),
+            "noise_scale": float(rng.uniform(*EXTRA_NOISE_SCALE_RANGE))}
 
 
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """(3, 3) uniformly random rotation (QR of a Gaussian matrix, sign-fixed)."""
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q *= np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
+def elongation_axes(rho: float) -> tuple[float, float]:
+    """Axis-parallel elongation: sx = rho, sy = 1 - rho, both scaled by sqrt(2) / sqrt(sx^2 + sy^2)
+    (so rho = 0.5 gives (1, 1): a sphere, and every rho the same sx^2 + sy^2 = 2)."""
+    sx, sy = rho, 1.0 - rho
+    factor = math.sqrt(2.0) / math.sqrt(sx * sx + sy * sy)
+    return sx * factor, sy * factor
+
+
+def hsl_colour(hue_degrees: float) -> list[float]:
+    """RGB in [0, 1] of HSL(h, 1, 0.5): the fully saturated hue."""
+    return list(colorsys.hls_to_rgb((hue_degrees % 360.0) / 360.0, 0.5, 1.0))
 
 
 def sample_scene(params: NoiseSceneParams, classes: int, *, root_seed: int, dataset_id: str, scene: int) -> dict:
@@ -53,30 +65,36 @@ def sample_scene(params: NoiseSceneParams, classes: int, *, root_seed: int, data
     rng = rng_from_seed(seed)
     lo, hi = params.objects_range
     count = int(rng.integers(lo, hi + 1))
+    half = params.view_half_width
     objects = []
-    for depth_rank in range(count):
+    for _ in range(count):
         cls = int(rng.integers(0, classes))
-        means = class_means(root_seed, dataset_id, cls)
-        hue = float((means["hue"] + rng.normal(0.0, params.hue_std)) % 1.0)
-        elongation = float(max(1.0, means["elongation"] + rng.normal(0.0, params.elongation_std)))
-        noise_scale = float(max(0.5, means["noise_scale"] * (1.0 + rng.normal(0.0, params.noise_scale_std))))
-        size = float(rng.uniform(0.06, 0.22))  # shortest semi-axis, in image widths
+        means = class_means(root_seed, dataset_id, cls, params)
+        hue = float((means["hue"] + rng.normal(0.0, params.hue_std)) % 360.0)
+        rho = float(np.clip(means["rho"] + rng.normal(0.0, params.rho_std), 0.0, 1.0))
+        # clamped to > 1: just above 1, as a draw at or below 1 has no texture to speak of
+        noise_scale = float(max(1.0 + 1e-6, means["noise_scale"] + rng.normal(0.0, params.noise_scale_std)))
+        scale = float(rng.uniform(*params.scale_range))
+        x, y = (float(v) for v in rng.uniform(*params.position_range, size=2))
+        depth = float(rng.uniform(-1.0, 1.0))
+        sx, sy = elongation_axes(rho)
         objects.append({
-            "class_index": cls,
-            "hue": hue, "elongation": elongation, "noise_scale": noise_scale,
-            "centre": [float(rng.uniform(0.1, 0.9)), float(rng.uniform(0.1, 0.9)), float(rng.uniform(0.0, 1.0))],
-            "semi_axes": [size * elongation, size, size],
-            "rotation": random_rotation(rng).tolist(),
+            "class_index": cls, "hue": hue, "rho": rho, "noise_scale": noise_scale, "scale": scale,
+            "position": [x, y, depth], "colour": hsl_colour(hue),
+            "kd": float(rng.uniform(*params.diffuse_range)), "ks": float(rng.uniform(*params.specular_range)),
+            "shininess": float(rng.uniform(*params.shininess_range)),
+            # the same ellipsoid in image units ([0, 1] across the view) for the ray caster
+            "centre": [(x + half) / (2 * half), (y + half) / (2 * half), (depth + half) / (2 * half)],
+            "semi_axes": [scale * sx / (2 * half), scale * sy / (2 * half), scale / (2 * half)],
+            "rotation": np.eye(3).tolist(),
             "texture_seed": int(rng.integers(0, 2**31)),
         })
-    light = rng.normal(size=3)
-    light[2] = abs(light[2]) + 0.5  # from the camera's side
     return {
         "kind": "noisescene", "scene": int(scene), "seed": int(seed), "dataset_id": dataset_id, "image_size": params.image_size,
         "noise": params.noise, "objects": objects,
-        "light_direction": (light / np.linalg.norm(light)).tolist(),
-        "ambient": 0.25, "diffuse": 0.75, "specular": 0.35, "shininess": 20.0,
-        "background": {"hue": float(rng.uniform()), "noise_scale": float(rng.uniform(2.0, 12.0)),
+        "light_direction": [0.0, 0.0, 1.0],  # behind the camera
+        "ambient": params.ambient,
+        "background": {"noise_scale": float(rng.uniform(*params.background_noise_scale_range)),
                        "texture_seed": int(rng.integers(0, 2**31))},
     }
 
@@ -130,7 +148,10 @@ def draw_scene(record: dict) -> tuple[np.ndarray, np.ndarray]:
     kind = record["noise"]
     bg = record["background"]
     bg_noise = noise_image(size, bg["noise_scale"], rng_from_seed(bg["texture_seed"]), kind)
-    rgb = bg_noise[..., None] * _hsv_to_rgb(bg["hue"], 0.25, 0.6)
+    if "hue" in bg:  # records written before the published generator: a tinted background
+        rgb = bg_noise[..., None] * _hsv_to_rgb(bg["hue"], 0.25, 0.6)
+    else:  # black and white
+        rgb = np.repeat(bg_noise[..., None], 3, axis=-1)
     labels = np.zeros((size, size), dtype=np.uint16)
     zbuffer = np.full((size, size), -np.inf)
     light = np.asarray(record["light_direction"])
@@ -143,10 +164,13 @@ def draw_scene(record: dict) -> tuple[np.ndarray, np.ndarray]:
         if not front.any():
             continue
         texture = noise_image(size, obj["noise_scale"], rng_from_seed(obj["texture_seed"]), kind)
-        albedo = (0.45 + 0.55 * texture)[..., None] * _hsv_to_rgb(obj["hue"], 0.8, 1.0)
+        colour = np.asarray(obj["colour"]) if "colour" in obj else _hsv_to_rgb(obj["hue"], 0.8, 1.0)
+        albedo = (0.45 + 0.55 * texture)[..., None] * colour
+        kd, ks = obj.get("kd", record.get("diffuse")), obj.get("ks", record.get("specular"))
+        shininess = obj.get("shininess", record.get("shininess"))
         lambert = np.clip(normal @ light, 0.0, None)[..., None]
-        specular = (np.clip(normal @ half, 0.0, None) ** record["shininess"])[..., None]
-        shaded = albedo * (record["ambient"] + record["diffuse"] * lambert) + record["specular"] * specular
+        specular = (np.clip(normal @ half, 0.0, None) ** shininess)[..., None]
+        shaded = albedo * (record["ambient"] + kd * lambert) + ks * specular
         rgb = np.where(front[..., None], shaded, rgb)
         labels[front] = obj["class_index"] + 1
         zbuffer = np.where(front, z, zbuffer)
