@@ -4,7 +4,8 @@
 
 Writes render-procsynth.png (pose and illumination vary), render-flatworld.png (neither: 2D variants of
 one canonical render), render-pose-only.png and render-illumination-only.png, all of the same meshes;
-then render-morphsynth.png (one GP morph per class) and render-fractal2d.png (FractalDB classes).
+then render-morphsynth.png (one GP morph per class), render-fractal2d.png (FractalDB classes) and
+render-noisescenes.png (the published noise-scene generator's three classes).
 """
 
 from __future__ import annotations
@@ -40,13 +41,15 @@ def spec():
                      "render": RENDER})
     datasets.append({"name": "fractal2d", "family": {"family": "fractal2d"}, "classes": 5,
                      "fractal_render": {"image_size": 128, "points": 20000, "shard_size": 100}})
+    datasets.append({"name": "noisescenes", "family": {"family": "noisescenes", "image_size": 128, "scenes": 60},
+                     "classes": 3})
     return parse_spec({"name": "contact-sheets", "seed": 0, "datasets": datasets})
 
 
 def main(store_dir: str, out_dir: str = "docs") -> None:
     experiment, store = spec(), LocalStore(store_dir)
     meshgen(experiment, store)
-    for name in [*VARIANTS, "morphsynth", "fractal2d"]:
+    for name in [*VARIANTS, "morphsynth", "fractal2d", "noisescenes"]:
         path = Path(out_dir) / f"render-{name}.png"
         Image.fromarray(contact_sheet(experiment, store, name)).save(path, format="PNG", optimize=True)
         print(path)
