@@ -163,17 +163,18 @@ class ServerInterceptor(grpc.ServerInterceptor):
                 admit(context, started)
                 gauge = metrics.in_flight.labels(service, method)
                 gauge.inc()
-                try:
-                    with cancel_scope(context.is_active, stopping):
-                        response = behavior(request, context)
-                except Exception as exc:  # noqa: BLE001 - mapped to a status code
-                    finish(context, started, exc)
-                    raise
+                try:  # the call is counted before it leaves in_flight, so a reader never sees neither
+                    try:
+                        with cancel_scope(context.is_active, stopping):
+                            response = behavior(request, context)
+                    except Exception as exc:  # noqa: BLE001 - mapped to a status code
+                        finish(context, started, exc)
+                        raise
+                    finish(context, started, None)
+                    return response
                 finally:
                     gauge.dec()
                     release()
-                finish(context, started, None)
-                return response
 
             return wrapped
 
@@ -183,20 +184,21 @@ class ServerInterceptor(grpc.ServerInterceptor):
                 admit(context, started)
                 gauge = metrics.in_flight.labels(service, method)
                 gauge.inc()
-                try:
-                    with cancel_scope(context.is_active, stopping):
-                        yield from behavior(request, context)
-                except GeneratorExit:
-                    # gRPC closes the response iterator when the client cancels mid-stream.
-                    metrics.observe(service, method, _gone_code(context), time.perf_counter() - started)
-                    raise
-                except Exception as exc:  # noqa: BLE001
-                    finish(context, started, exc)
-                    raise
+                try:  # counted before it leaves in_flight (as for unary calls)
+                    try:
+                        with cancel_scope(context.is_active, stopping):
+                            yield from behavior(request, context)
+                    except GeneratorExit:
+                        # gRPC closes the response iterator when the client cancels mid-stream.
+                        metrics.observe(service, method, _gone_code(context), time.perf_counter() - started)
+                        raise
+                    except Exception as exc:  # noqa: BLE001
+                        finish(context, started, exc)
+                        raise
+                    finish(context, started, None)
                 finally:
                     gauge.dec()
                     release()
-                finish(context, started, None)
 
             return wrapped
 
