@@ -130,20 +130,14 @@ def build_workflow(spec: ExperimentSpec, spec_text: str, *, store_url: str | Non
     def job_args(stage: str, *extra: str) -> list[str]:
         return ["job", stage, "--spec", spec_path, *extra]
 
-    meshgen = workplan.meshgen_completions(spec)
-    if meshgen:
-        args = job_args("meshgen", "--index", "{{inputs.parameters.index}}", "--count", str(meshgen))
-        templates.append(_step_template(spec, "meshgen", "meshgen",
-                                        _container(spec, "meshgen", args, store_url, configmap, image_digests), indexed=True))
-        tasks.append(_fanout("meshgen", "meshgen", meshgen, done_before))
-        done_before = ["meshgen"]
-    render = workplan.render_completions(spec)
-    if render:
-        args = job_args("render", "--index", "{{inputs.parameters.index}}", "--count", str(render))
-        templates.append(_step_template(spec, "render", "render",
-                                        _container(spec, "render", args, store_url, configmap, image_digests), indexed=True))
-        tasks.append(_fanout("render", "render", render, done_before))
-        done_before = ["render"]
+    for stage, completions in (("meshgen", workplan.meshgen_completions(spec)),
+                               ("render", workplan.render_completions(spec))):
+        if completions:  # a fan-out stage: one parallel step per Indexed-job completion
+            args = job_args(stage, "--index", "{{inputs.parameters.index}}", "--count", str(completions))
+            templates.append(_step_template(spec, stage, stage,
+                                            _container(spec, stage, args, store_url, configmap, image_digests), indexed=True))
+            tasks.append(_fanout(stage, stage, completions, done_before))
+            done_before = [stage]
     gpus = spec.cluster.train.gpus if k8s.uses_gpu(spec, "train") else 0
     if spec.pretrain:
         runs = len(spec.pretrain)

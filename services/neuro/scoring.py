@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import logging
 import os
 import time
@@ -20,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.errors import IntegrityError, InvalidKeyError, ObjectNotFoundError
-from services.common.manifest import ManifestEntry, verify_bytes
+from services.common.errors import InvalidKeyError, ObjectNotFoundError
 from services.common.spec.experiment import ExperimentSpec, content_hash
 from services.common.spec.neuro import NeuralDataSpec, ScoringSpec, check_layers
 from services.common.store import Store
@@ -29,6 +27,7 @@ from services.neuro.dataformat import NeuralData, read_neural_data
 from services.neuro.features import Checkpoint, cached_features, checkpoint_from_bytes
 from services.neuro.planted import ensure_planted
 from services.neuro.plots import model_model_figure, predictivity_figure, rdm_figure
+from services.train.api import verified_final_checkpoint
 from services.neuro.predictivity import (
     NORMALISATION,
     Split,
@@ -109,25 +108,9 @@ def require_finished_run(store: Store, spec: ExperimentSpec, run_name: str) -> s
 
 
 def load_run_checkpoint(store: Store, run_id: str) -> Checkpoint:
-    """A finished run's ``final.pt``, verified against the ``checkpoint_size``/``checkpoint_sha256`` its
-    ``done.json`` lists (the train stage's documented format) before use.
-
-    :class:`IntegrityError` naming the key when the checkpoint (or ``done.json``) is damaged; a run
-    finished before those fields existed is loaded with a warning.
-    """
-    key, done_key = checkpoint_key(run_id), f"runs/{run_id}/done.json"
-    raw = store.get_bytes(done_key)
-    try:
-        done = json.loads(raw)
-    except ValueError as exc:
-        raise IntegrityError(f"{done_key}: damaged ({len(raw)} bytes, not JSON: {exc})") from None
-    data = store.get_bytes(key)
-    if isinstance(done, dict) and "checkpoint_sha256" in done:
-        verify_bytes(ManifestEntry(key=key, size=done["checkpoint_size"], sha256=done["checkpoint_sha256"]), data,
-                     listed_in=f"{done_key} (the checkpoint is damaged: re-run train for this run to re-make it)")
-    else:
-        log.warning("%s: %s lists no checkpoint_sha256 (an older run); scoring it unverified", key, done_key)
-    return checkpoint_from_bytes(data, key)
+    """A finished run's ``final.pt``, verified against its ``done.json`` by the train stage's reader
+    (:class:`IntegrityError` naming the key when damaged) before use."""
+    return checkpoint_from_bytes(verified_final_checkpoint(store, f"runs/{run_id}"), checkpoint_key(run_id))
 
 
 def _local_or_store_bytes(store: Store, path: str, what: str) -> tuple[bytes, str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import functools
 import io
-import json
 import logging
 from typing import Any
 
@@ -23,9 +22,9 @@ import torch
 import torchvision
 from torch import nn
 
-from services.common.errors import IntegrityError, SpecError
-from services.common.manifest import ManifestEntry, verify_bytes
+from services.common.errors import SpecError
 from services.common.store import Store, sha256_bytes
+from services.train.api import read_done, verified_final_checkpoint  # noqa: F401  (read_done re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -124,32 +123,9 @@ def save_checkpoint(store: Store, key: str, checkpoint: dict) -> tuple[int, str]
 
 
 def load_verified_checkpoint(store: Store, run_prefix: str) -> dict:
-    """``<run_prefix>/checkpoints/final.pt`` after checking it against the run's ``done.json``.
-
-    :class:`IntegrityError` naming the key when its size or SHA-256 differ from ``checkpoint_size`` /
-    ``checkpoint_sha256`` in ``done.json`` (runs finished before those fields existed are loaded with a warning).
-    """
-    done_key, key = f"{run_prefix}/done.json", f"{run_prefix}/checkpoints/final.pt"
-    done = read_done(store, done_key)
-    data = store.get_bytes(key)
-    if "checkpoint_sha256" in done:
-        verify_bytes(ManifestEntry(key=key, size=done["checkpoint_size"], sha256=done["checkpoint_sha256"]), data,
-                     listed_in=f"{done_key} (the checkpoint is damaged: re-run train for this run to re-make it)")
-    else:
-        log.warning("%s: %s has no checkpoint_sha256 (an older run); loading it unverified", key, done_key)
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-
-
-def read_done(store: Store, key: str) -> dict:
-    """A run's ``done.json``; :class:`IntegrityError` naming it when it is not a JSON object."""
-    data = store.get_bytes(key)
-    try:
-        done = json.loads(data)
-    except ValueError as exc:
-        raise IntegrityError(f"{key}: damaged ({len(data)} bytes, not JSON: {exc})") from None
-    if not isinstance(done, dict):
-        raise IntegrityError(f"{key}: damaged (a JSON {type(done).__name__}, expected an object)")
-    return done
+    """``<run_prefix>/checkpoints/final.pt`` after checking it against the run's ``done.json``
+    (:func:`services.train.api.verified_final_checkpoint`)."""
+    return torch.load(io.BytesIO(verified_final_checkpoint(store, run_prefix)), map_location="cpu", weights_only=False)
 
 
 def load_checkpoint(store: Store, key: str) -> dict:
