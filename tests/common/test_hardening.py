@@ -228,10 +228,14 @@ def test_deadline_stops_a_runaway_call(tmp_path):
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             deadline = time.monotonic() + 10
             labels = {"service": "flatland.v1.Meshgen", "method": "GenerateMesh"}
-            while _metric(running, "flatland_rpc_in_flight", labels) > 0:
-                assert time.monotonic() < deadline, "the handler kept computing past the deadline"
+            # On a loaded machine the handler may start only after the client gave up: wait until it has
+            # both run and been counted, then check it stopped at once and was counted once.
+            counted = {**labels, "code": "DEADLINE_EXCEEDED"}
+            while (_metric(running, "flatland_rpc_in_flight", labels) > 0
+                   or _metric(running, "flatland_rpc_requests_total", counted) < 1):
+                assert time.monotonic() < deadline, "the handler kept computing past the deadline, or was never counted"
                 time.sleep(0.05)
-            assert _metric(running, "flatland_rpc_requests_total", {**labels, "code": "DEADLINE_EXCEEDED"}) == 1
+            assert _metric(running, "flatland_rpc_requests_total", counted) == 1
     finally:
         running.stop(grace=0.5)
 
