@@ -3,7 +3,7 @@
 Jobs are short-lived, so Prometheus cannot count on scraping them: :meth:`JobMetrics.publish`
 pushes the job's registry to the Pushgateway named by ``FLATLAND_PUSHGATEWAY`` under the
 grouping key ``{experiment, stage, index}`` (one group per Indexed-Job completion index, so
-parallel pods never overwrite each other). Without a Pushgateway, ``publish`` does nothing and
+parallel pods never overwrite each other), plus ``rank`` in each process of a torchrun job. Without a Pushgateway, ``publish`` does nothing and
 the caller may expose the same registry on its metrics port with :meth:`JobMetrics.serve`.
 
 Metric names (the Grafana dashboard in ``k8s/base/monitoring`` reads these):
@@ -55,19 +55,27 @@ class JobMetrics:
         Pushgateway URL; default: env ``FLATLAND_PUSHGATEWAY`` (unset or empty: no pushing).
     min_push_interval : float
         :meth:`progress` pushes at most this often (seconds); the final item always pushes.
+    rank : int, optional
+        Rank of this process in a distributed (torchrun) job; default: env ``RANK`` when set.
+        Becomes part of the grouping key, so every rank pushes its own group (``rank`` label).
     """
 
     def __init__(self, stage: str, experiment: str, index: int = 0, *, pushgateway: str | None = None,
-                 min_push_interval: float = 5.0):
+                 min_push_interval: float = 5.0, rank: int | None = None):
         if not stage or not re.fullmatch(r"[a-z][a-z0-9-]*", stage):
             raise ValueError(f"stage must be a lower-case name like 'render', got {stage!r}")
         if not experiment:
             raise ValueError("experiment must be a non-empty name")
         if not isinstance(index, int) or index < 0:
             raise ValueError(f"index must be a non-negative int, got {index!r}")
+        if rank is None and os.environ.get("RANK", "").isdigit():
+            rank = int(os.environ["RANK"])
+        if rank is not None and (not isinstance(rank, int) or rank < 0):
+            raise ValueError(f"rank must be a non-negative int, got {rank!r}")
         self.stage = stage
         self.experiment = experiment
         self.index = index
+        self.rank = rank
         self.pushgateway = pushgateway if pushgateway is not None else os.environ.get(PUSHGATEWAY_ENV, "")
         self.min_push_interval = min_push_interval
         self.registry = CollectorRegistry()
@@ -92,7 +100,10 @@ class JobMetrics:
 
     @property
     def grouping_key(self) -> dict[str, str]:
-        return {"experiment": self.experiment, "stage": self.stage, "index": str(self.index)}
+        key = {"experiment": self.experiment, "stage": self.stage, "index": str(self.index)}
+        if self.rank is not None:
+            key["rank"] = str(self.rank)
+        return key
 
     def _gauge(self, name: str, help_text: str | None = None) -> Gauge:
         with self._lock:

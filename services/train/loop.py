@@ -301,7 +301,7 @@ class PretrainRun:
             train_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[ctx.device.index] if use_cuda else None)
 
-        gauges = prom.RunGauges(self.spec.name, self.run_id, self.index)
+        gauges = prom.RunGauges(self.spec.name, self.run_id, self.index, rank=ctx.rank if ctx.distributed else None)
         task = f"train:{run.name}"
         if progress:
             progress(task, start_epoch, run.epochs)
@@ -367,7 +367,7 @@ class PretrainRun:
             records.append(record)
             if ctx.is_main:
                 self._save_epoch(model, optimizer, scheduler, scaler, epoch, records)
-                gauges.observe(record)
+            gauges.observe(record)  # every rank, under its own rank label (the values are summed across ranks)
             if on_epoch:
                 on_epoch(record)
             if progress:

@@ -59,9 +59,11 @@ def _default_metrics() -> dict[str, object]:
 class RunGauges:
     """Per-run metrics; :meth:`observe` takes one ``metrics.jsonl`` record."""
 
-    def __init__(self, experiment: str, run_id: str, index: int = 0):
+    def __init__(self, experiment: str, run_id: str, index: int = 0, rank: int | None = None):
         self.run_id = run_id
         self.grouping_key = {"experiment": experiment, "stage": "train", "index": str(index)}
+        if rank is not None:  # one group per rank of a distributed run: ranks never overwrite each other
+            self.grouping_key["rank"] = str(rank)
         self.push_registry = CollectorRegistry()
         self.pushed = _metrics(self.push_registry, ("run",))
         self.gateway = os.environ.get(PUSHGATEWAY_ENV) or None

@@ -94,3 +94,18 @@ def test_serve_exposes_the_registry():
         m.stop_serving()
     assert 'flatland_job_items_done_total{stage="neuro"} 1.0' in body
     assert 'flatland_job_items_total{stage="neuro"} 4.0' in body
+
+
+def test_each_rank_pushes_its_own_group(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    assert "rank" not in JobMetrics("train", "exp", 0, pushgateway="").grouping_key
+    monkeypatch.setenv("RANK", "5")  # set by torchrun in every process of a distributed job
+    assert JobMetrics("train", "exp", 0, pushgateway="").grouping_key == {
+        "experiment": "exp", "stage": "train", "index": "0", "rank": "5"}
+    assert JobMetrics("train", "exp", 0, pushgateway="", rank=1).grouping_key["rank"] == "1"
+    with pytest.raises(ValueError, match="rank"):
+        JobMetrics("train", "exp", 0, pushgateway="", rank=-1)
+    from services.train.metrics import RunGauges
+
+    assert RunGauges("exp", "run-1", 0, rank=2).grouping_key == {"experiment": "exp", "stage": "train", "index": "0", "rank": "2"}
+    assert "rank" not in RunGauges("exp", "run-1", 0).grouping_key
