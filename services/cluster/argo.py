@@ -57,7 +57,7 @@ def _container(spec: ExperimentSpec, stage: str, args: list[str], store_url: str
     body: dict[str, Any] = {
         "name": "main",
         "image": k8s.image_for(spec, stage, gpu=gpu, digests=digests),
-        "imagePullPolicy": "IfNotPresent",
+        "imagePullPolicy": k8s.pull_policy(k8s.image_for(spec, stage, gpu=gpu, digests=digests)),
         "args": args,
         "env": k8s.stage_env(spec, stage, store_url),
         "volumeMounts": mounts,

@@ -124,6 +124,16 @@ def image_for(spec: ExperimentSpec, stage: str, *, gpu: bool | None = None,
     return f"{repo}:{spec.cluster.image_tag}"
 
 
+def pull_policy(image: str) -> str:
+    """``IfNotPresent`` for an image pinned by digest (its content cannot change), else ``Always``.
+
+    A tag can be pushed again with other content; ``Always`` makes the kubelet resolve it on
+    every pod start (a manifest request; cached layers are not pulled again), so no node runs
+    a stale image under a reused tag. Pin with ``--image-digests`` to skip even that.
+    """
+    return "IfNotPresent" if "@sha256:" in image else "Always"
+
+
 def load_image_digests(text: str) -> dict[str, str]:
     """Parse an ``--image-digests`` file: YAML/JSON mapping ``name: sha256:<64 hex>``."""
     try:
@@ -252,10 +262,11 @@ def _pod_spec(spec: ExperimentSpec, stage: str, store_url: str, spec_configmap: 
               command: list[str] | None = None, args: list[str] | None = None,
               digests: dict[str, str] | None = None) -> dict[str, Any]:
     mounts, volumes = stage_volumes(spec, stage, spec_configmap)
+    image = image_for(spec, stage, digests=digests)
     main = {
         "name": stage,
-        "image": image_for(spec, stage, digests=digests),
-        "imagePullPolicy": "IfNotPresent",
+        "image": image,
+        "imagePullPolicy": pull_policy(image),
         "args": args or ["job", stage, "--spec", SPEC_PATH],
         "env": _env(spec, stage, store_url) + list(extra_env or []),
         "volumeMounts": mounts,
@@ -472,7 +483,7 @@ def _release_objects(spec: ExperimentSpec, stages: list[str], store_url: str, co
             "name": "release",
             # The stage's CPU image has what `flatland wait <stage>` reads; no GPU image, no GPU.
             "image": image_for(spec, stage, gpu=False, digests=digests),
-            "imagePullPolicy": "IfNotPresent",
+            "imagePullPolicy": pull_policy(image_for(spec, stage, gpu=False, digests=digests)),
             "args": ["k8s", "release", stage, "--spec", SPEC_PATH, "--job", f"{SPEC_MOUNT_DIR}/{released_key(stage)}",
                      "--timeout", str(spec.cluster.wait_timeout_seconds)],
             "env": _env(spec, "meshgen", store_url),

@@ -125,8 +125,10 @@ class ClusterSpec(StrictModel):
         description="Kueue LocalQueue: every Job (pod, with argo) is labelled kueue.x-k8s.io/queue-name and admitted by Kueue.",
     )
     namespace: str = Field(default="flatland", description="Kubernetes namespace for the experiment's Jobs.")
-    image_registry: str = Field(default="ghcr.io/beyond-flatland", description="Where the service images are pulled from.")
-    image_tag: str = Field(default="0.1.0", description="Tag of the service images.")
+    image_registry: str = Field(default="ghcr.io/beyond-flatland",
+                                description="Where the service images are pulled from (`make images REGISTRY=...` pushes there).")
+    image_tag: str = Field(default="0.1.0", description="Tag of the service images: the project version `make images` builds "
+                           "(a version is pushed once; pin by digest with `flatland k8s manifests --image-digests`).")
     meshgen_parallelism: int = Field(default=4, ge=1, le=1000, description="Pods of the meshgen Indexed Job (capped by the number of classes).")
     render_parallelism: int = Field(default=8, ge=1, le=1000, description="Pods of the render Indexed Job (capped by the number of shards).")
     gpu: bool = Field(default=False, description="Run render (EGL) and train on GPU nodes.")
