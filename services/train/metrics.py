@@ -2,18 +2,20 @@
 
 Two destinations for the same numbers:
 
-- the process's default registry (labelled by run), which a ``flatland serve train``
-  server exposes on its metrics port;
+- the registry a ``flatland serve train`` server exposes on its metrics port (passed down
+  from :func:`services.common.server.start_server` through the servicer), labelled by run;
 - when the environment variable ``FLATLAND_PUSHGATEWAY`` (``host:port`` or URL) is
   set, a per-run registry pushed after every epoch, grouping key
-  ``{experiment, stage="train", index}`` — how a Kubernetes Job reports.
+  ``{experiment, stage="train", index}`` (plus ``rank`` in a distributed run) — how a
+  Kubernetes Job reports.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
+import threading
+import weakref
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
 
@@ -49,18 +51,28 @@ def _metrics(registry: CollectorRegistry, labels: tuple[str, ...]) -> dict[str, 
     return gauges
 
 
-@functools.cache
-def _default_metrics() -> dict[str, object]:
-    from prometheus_client import REGISTRY
+_served: "weakref.WeakKeyDictionary[CollectorRegistry, dict[str, object]]" = weakref.WeakKeyDictionary()
+_served_lock = threading.Lock()
 
-    return _metrics(REGISTRY, ("run",))
+
+def served_metrics(registry: CollectorRegistry) -> dict[str, object]:
+    """The run metrics in ``registry`` (a server's), created once per registry and shared by its runs."""
+    with _served_lock:
+        if registry not in _served:
+            _served[registry] = _metrics(registry, ("run",))
+        return _served[registry]
 
 
 class RunGauges:
-    """Per-run metrics; :meth:`observe` takes one ``metrics.jsonl`` record."""
+    """Per-run metrics; :meth:`observe` takes one ``metrics.jsonl`` record.
 
-    def __init__(self, experiment: str, run_id: str, index: int = 0, rank: int | None = None):
+    ``served``: the registry of the server running this run (its metrics port shows them).
+    """
+
+    def __init__(self, experiment: str, run_id: str, index: int = 0, rank: int | None = None,
+                 served: CollectorRegistry | None = None):
         self.run_id = run_id
+        self.served = served_metrics(served) if served is not None else None
         self.grouping_key = {"experiment": experiment, "stage": "train", "index": str(index)}
         if rank is not None:  # one group per rank of a distributed run: ranks never overwrite each other
             self.grouping_key["rank"] = str(rank)
@@ -69,7 +81,7 @@ class RunGauges:
         self.gateway = os.environ.get(PUSHGATEWAY_ENV) or None
 
     def observe(self, record: dict) -> None:
-        for target in (_default_metrics(), self.pushed):
+        for target in (self.pushed,) if self.served is None else (self.served, self.pushed):
             for field, (name, _help, split) in _VALUES.items():
                 if record.get(field) is not None:
                     target[name].labels(self.run_id, split).set(record[field])
