@@ -118,7 +118,7 @@ def test_the_server_metrics_port_exports_its_runs_loss_and_top1(local_store):
         running.stop(grace=1.0)
 
     def sample(name, split):
-        match = re.search(rf'^{name}{{run="{ref.run_id}",split="{split}"}} (\S+)$', text, re.M)
+        match = re.search(rf'^{name}{{experiment="{spec.name}",run="{ref.run_id}",split="{split}"}} (\S+)$', text, re.M)
         assert match, f"{name} split={split} not exported:\n" + "\n".join(l for l in text.splitlines() if "train" in l)
         return float(match.group(1))
 
