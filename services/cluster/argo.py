@@ -196,6 +196,8 @@ def build_workflow(spec: ExperimentSpec, spec_text: str, *, store_url: str | Non
     report_template.metadata.labels[k8s.LABEL_STAGE] = "report"
     templates.append(report_template)
     tasks.append(m.DAGTask(name="report", template="report", dependencies=done_before or None))
+    if spec.cluster.node is not None:
+        _check_fits_node(spec, templates)
     templates.insert(0, m.Template(name=ENTRYPOINT, dag=m.DAGTemplate(tasks=tasks, fail_fast=True)))
 
     pod_labels = {"app.kubernetes.io/part-of": k8s.PART_OF, k8s.LABEL_EXPERIMENT: spec.name}
@@ -218,6 +220,25 @@ def build_workflow(spec: ExperimentSpec, spec_text: str, *, store_url: str | Non
         ),
     )
     return workflow, extra_objects
+
+
+def _check_fits_node(spec: ExperimentSpec, templates: list[m.Template]) -> None:
+    """Refuse a step whose pod (or a created PyTorchJob's/JobSet's rank pod) cannot fit on ``cluster.node``."""
+    import yaml
+
+    node = spec.cluster.node
+    for template in templates:
+        pods = []
+        if template.container is not None:
+            pods.append({"containers": [template.container.model_dump(by_alias=True, exclude_none=True, mode="json")]})
+        if template.resource is not None:
+            pods.extend(k8s.workload_pods(yaml.safe_load(template.resource.manifest)))
+        for pod in pods:
+            problems = k8s.fit_problems(pod, node.cpu, node.memory, node.gpus)
+            if problems:
+                stage = TEMPLATE_STAGE.get(template.name, "train")
+                raise ValueError(f"cluster.{stage}: the {template.name} step's pod cannot fit on a node of cluster.node "
+                                 f"({node.cpu} CPU, {node.memory}, {node.gpus} GPU): {'; '.join(problems)}")
 
 
 def _operator_step(spec: ExperimentSpec, name: str, obj: dict[str, Any]) -> m.Template:

@@ -11,6 +11,7 @@ import yaml
 from services.cluster import release
 from services.cluster.argo import experiment_workflow
 from services.cluster.manifests import experiment_manifests, to_yaml
+from services.common.spec.experiment import parse_spec
 
 from .k8s_checks import check_job_bounded, check_no_secret_values, check_pod_security, env_of, pod_specs, validate_object
 from .test_argo_workflow import full, walk, workflow_of
@@ -235,3 +236,14 @@ def test_operator_pods_are_checked_against_the_node():
     with pytest.raises(ValueError, match="cluster.train.*nvidia.com/gpu request 4 > node's 2"):
         experiment_manifests(*multinode("pytorchjob", node={"cpu": "64", "memory": "480Gi", "gpus": 2}))
     experiment_manifests(*multinode("jobset", node={"cpu": "64", "memory": "480Gi", "gpus": 8}))
+
+
+@pytest.mark.parametrize("mode", [None, "pytorchjob", "jobset"])
+def test_argo_steps_are_checked_against_the_node(mode):
+    spec, text = full(mode)  # train: 2 GPUs and 32Gi per pod
+    node = {"cpu": "64", "memory": "480Gi", "gpus": 8}
+    ok = parse_spec({**yaml.safe_load(text), "cluster": {**yaml.safe_load(text)["cluster"], "node": node}})
+    experiment_workflow(ok, text)
+    small = parse_spec({**yaml.safe_load(text), "cluster": {**yaml.safe_load(text)["cluster"], "node": {**node, "gpus": 1}}})
+    with pytest.raises(ValueError, match=r"cluster.train: the train-run(-0)? step's pod cannot fit.*nvidia.com/gpu request 2 > node's 1"):
+        experiment_workflow(small, text)
