@@ -257,7 +257,8 @@ def _operator_step(spec: ExperimentSpec, name: str, obj: dict[str, Any]) -> m.Te
         success, failure, retry = "status.terminalState = Completed", "status.terminalState = Failed", None
     return m.Template(
         name=name,
-        metadata=m.Metadata(labels={**k8s._labels(spec, "train"), k8s.LABEL_ROLE: "stage"}),
+        # No store-access role: this pod only talks to the API server; the rank pods carry their own labels.
+        metadata=m.Metadata(labels=k8s._labels(spec, "train")),
         resource=m.ResourceTemplate(action="create", manifest=k8s.to_yaml([obj]), set_owner_reference=True,
                                     success_condition=success, failure_condition=failure),
         retry_strategy=retry,
