@@ -1,5 +1,5 @@
 # meshgen: procedural meshes and fractal IFS classes. CPU only, no OpenGL.
-# Build from the repository root: docker build -f Dockerfiles/meshgen.Dockerfile -t beyond-flatland/meshgen:0.1.0 .
+# Built by `make images` as ghcr.io/beyond-flatland/meshgen:<version> (Dockerfiles/README.md).
 
 # ---- build: a virtual environment with the pinned CPU torch wheels and the project ----
 FROM python:3.11.11-slim-bookworm AS build

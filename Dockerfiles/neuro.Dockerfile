@@ -1,5 +1,5 @@
 # neuro: feature extraction, PLS/RSA scoring. CPU (scoring is regression-bound).
-# Build from the repository root: docker build -f Dockerfiles/neuro.Dockerfile -t beyond-flatland/neuro:0.1.0 .
+# Built by `make images` as ghcr.io/beyond-flatland/neuro:<version> (Dockerfiles/README.md).
 
 # ---- build: a virtual environment with the pinned CPU torch wheels and the project ----
 FROM python:3.11.11-slim-bookworm AS build

@@ -1,5 +1,5 @@
 # render (CPU): pyrender through OSMesa (apt-packages.txt: libosmesa6; libgl1 because importing pyrender loads pyglet, which loads libGL). GPU nodes use render-gpu.Dockerfile.
-# Build from the repository root: docker build -f Dockerfiles/render.Dockerfile -t beyond-flatland/render:0.1.0 .
+# Built by `make images` as ghcr.io/beyond-flatland/render:<version> (Dockerfiles/README.md).
 
 # ---- build: a virtual environment with the pinned CPU torch wheels and the project ----
 FROM python:3.11.11-slim-bookworm AS build

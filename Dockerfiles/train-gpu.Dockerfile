@@ -1,37 +1,35 @@
 # train (GPU): torchvision models on CUDA. No OpenGL.
-# Build from the repository root: docker build -f Dockerfiles/train-gpu.Dockerfile -t beyond-flatland/train-gpu:0.1.0 .
+# Built by `make images` as ghcr.io/beyond-flatland/train-gpu:<version> (Dockerfiles/README.md).
 
-# ---- build: Python 3.11 (the project's version; Ubuntu 22.04 ships 3.10) from uv's standalone
-# builds, which need only glibc 2.17, then a venv with the pinned CUDA torch wheels and the project ----
-FROM ghcr.io/astral-sh/uv:0.6.14 AS uv
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04 AS build
-COPY --from=uv /uv /usr/local/bin/uv
-ENV UV_PYTHON_INSTALL_DIR=/opt/python \
-    UV_LINK_MODE=copy \
-    UV_NO_CACHE=1 \
-    UV_PYTHON_PREFERENCE=only-managed
-RUN uv python install 3.11.11 && uv venv --python 3.11.11 /opt/venv
-ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH
-# torch is pinned exactly in pyproject.toml; the default index's wheels are the CUDA builds.
-RUN uv pip install torch==2.14.1 torchvision==0.29.1
+# ---- build: a virtual environment with the pinned CUDA 13.0 torch wheels and the project ----
+# No CUDA base image: the cu130 wheels carry their CUDA 13.0 runtime, cuBLAS, cuDNN 9 and NCCL as
+# nvidia-* wheels; the NVIDIA container toolkit mounts the node's driver (>= 580, Dockerfiles/README.md).
+FROM python:3.11.11-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# torch is pinned exactly in pyproject.toml; cu130 = the CUDA build PyPI's default wheels are too.
+RUN pip install --index-url https://download.pytorch.org/whl/cu130 torch==2.14.1 torchvision==0.29.1
 WORKDIR /src
 COPY pyproject.toml ./
 COPY flatland/ flatland/
 COPY services/ services/
-RUN uv pip install . && rm -rf /src
+RUN pip install . && rm -rf /src
 
-# ---- runtime: CUDA runtime + cuDNN base, the standalone Python and the venv ----
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
+# ---- runtime: the venv (with its CUDA libraries) on a slim Python, nothing else from the build ----
+FROM python:3.11.11-slim-bookworm
 RUN groupadd --gid 10001 flatland \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin flatland
-COPY --from=build /opt/python /opt/python
 COPY --from=build /opt/venv /opt/venv
+# NVIDIA_REQUIRE_CUDA: the container toolkit refuses to start this image on a driver older than CUDA 13.0's (>= 580).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     MPLCONFIGDIR=/tmp/matplotlib \
     TORCH_HOME=/tmp/torch \
+    NVIDIA_REQUIRE_CUDA=cuda>=13.0 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 10001:10001
 WORKDIR /tmp

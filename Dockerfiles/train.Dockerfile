@@ -1,5 +1,5 @@
 # train (CPU): torchvision models on the CPU wheels. GPU nodes use train-gpu.Dockerfile.
-# Build from the repository root: docker build -f Dockerfiles/train.Dockerfile -t beyond-flatland/train:0.1.0 .
+# Built by `make images` as ghcr.io/beyond-flatland/train:<version> (Dockerfiles/README.md).
 
 # ---- build: a virtual environment with the pinned CPU torch wheels and the project ----
 FROM python:3.11.11-slim-bookworm AS build

@@ -2,6 +2,9 @@
 
     meshgen[0..n) -> render[0..m) -> train-<run> (one step per run, in parallel) -> transfer -> neuro -> report
 
+With ``cluster.train_nodes > 1`` a run step is a resource step that creates the run's
+PyTorchJob or JobSet (``cluster.multinode``; :mod:`services.cluster.training`) and waits for it.
+
 Fan-out stages are Argo parallel steps (``withSequence``): step ``i`` of ``n`` runs
 ``flatland job <stage> --index i --count n`` and does the share
 :mod:`services.experiment.workplan` gives index ``i``. A step's pod is created only when
@@ -54,7 +57,7 @@ def _container(spec: ExperimentSpec, stage: str, args: list[str], store_url: str
     body: dict[str, Any] = {
         "name": "main",
         "image": k8s.image_for(spec, stage, gpu=gpu, digests=digests),
-        "imagePullPolicy": "IfNotPresent",
+        "imagePullPolicy": k8s.pull_policy(k8s.image_for(spec, stage, gpu=gpu, digests=digests)),
         "args": args,
         "env": k8s.stage_env(spec, stage, store_url),
         "volumeMounts": mounts,
@@ -111,11 +114,15 @@ def _fanout(name: str, template: str, count: int, dependencies: list[str]) -> m.
 
 
 def build_workflow(spec: ExperimentSpec, spec_text: str, *, store_url: str | None = None,
-                   image_digests: dict[str, str] | None = None) -> m.Workflow:
-    """The typed Workflow (and nothing else): see :func:`experiment_workflow`."""
-    if spec.cluster.train_nodes > 1:
-        raise ValueError("cluster.train_nodes > 1 is not supported by the argo engine yet; "
-                         "use cluster.engine: jobs (an Indexed Job with c10d rendezvous) or one node with cluster.train.gpus")
+                   image_digests: dict[str, str] | None = None) -> tuple[m.Workflow, list[dict[str, Any]]]:
+    """The typed Workflow and the objects it needs beside it (NetworkPolicies of multi-node ranks).
+
+    See :func:`experiment_workflow`."""
+    multinode = spec.cluster.train_nodes > 1
+    if multinode and spec.cluster.multinode == "indexed":
+        raise ValueError("cluster.multinode: 'indexed' (an Indexed Job with a headless Service) runs only on the jobs engine; "
+                         "for cluster.train_nodes > 1 with the argo engine set cluster.multinode to pytorchjob or jobset, "
+                         "or use one node with cluster.train.gpus")
     store_url = store_url or k8s.default_store_url(spec)
     if not store_url.startswith("s3://"):
         raise ValueError(f"store_url must be an s3:// URL for the cluster (pods share no disk), got {store_url!r}")
@@ -139,7 +146,21 @@ def build_workflow(spec: ExperimentSpec, spec_text: str, *, store_url: str | Non
             tasks.append(_fanout(stage, stage, completions, done_before))
             done_before = [stage]
     gpus = spec.cluster.train.gpus if k8s.uses_gpu(spec, "train") else 0
-    if spec.pretrain:
+    extra_objects: list[dict[str, Any]] = []
+    if spec.pretrain and multinode:  # each run a PyTorchJob/JobSet, created by a resource step once its inputs are done
+        runs = len(spec.pretrain)
+        run_tasks = []
+        for i, run in enumerate(spec.pretrain):  # run i is index i of count runs (services/train/job.py)
+            tail = ["--part", "pretrain", "--index", str(i), "--count", str(runs)]
+            policy, obj = k8s.rank_group(spec, tail, store_url, configmap, suffix=f"train-{i}", for_argo=True,
+                                         digests=image_digests)
+            extra_objects.append(policy)
+            templates.append(_operator_step(spec, f"train-run-{i}", obj))
+            name = f"train-{run.name}"
+            tasks.append(m.DAGTask(name=name, template=f"train-run-{i}", dependencies=done_before or None))
+            run_tasks.append(name)
+        done_before = run_tasks
+    elif spec.pretrain:
         runs = len(spec.pretrain)
         tail = ["--part", "pretrain", "--index", "{{inputs.parameters.index}}", "--count", str(runs)]
         if gpus > 1:  # one pod per run with every GPU of it: torchrun on one node
@@ -175,6 +196,8 @@ def build_workflow(spec: ExperimentSpec, spec_text: str, *, store_url: str | Non
     report_template.metadata.labels[k8s.LABEL_STAGE] = "report"
     templates.append(report_template)
     tasks.append(m.DAGTask(name="report", template="report", dependencies=done_before or None))
+    if spec.cluster.node is not None:
+        _check_fits_node(spec, templates)
     templates.insert(0, m.Template(name=ENTRYPOINT, dag=m.DAGTemplate(tasks=tasks, fail_fast=True)))
 
     pod_labels = {"app.kubernetes.io/part-of": k8s.PART_OF, k8s.LABEL_EXPERIMENT: spec.name}
@@ -196,20 +219,68 @@ def build_workflow(spec: ExperimentSpec, spec_text: str, *, store_url: str | Non
             templates=templates,
         ),
     )
-    return workflow
+    return workflow, extra_objects
+
+
+def _check_fits_node(spec: ExperimentSpec, templates: list[m.Template]) -> None:
+    """Refuse a step whose pod (or a created PyTorchJob's/JobSet's rank pod) cannot fit on ``cluster.node``."""
+    import yaml
+
+    node = spec.cluster.node
+    for template in templates:
+        pods = []
+        if template.container is not None:
+            pods.append({"containers": [template.container.model_dump(by_alias=True, exclude_none=True, mode="json")]})
+        if template.resource is not None:
+            pods.extend(k8s.workload_pods(yaml.safe_load(template.resource.manifest)))
+        for pod in pods:
+            problems = k8s.fit_problems(pod, node.cpu, node.memory, node.gpus)
+            if problems:
+                stage = TEMPLATE_STAGE.get(template.name, "train")
+                raise ValueError(f"cluster.{stage}: the {template.name} step's pod cannot fit on a node of cluster.node "
+                                 f"({node.cpu} CPU, {node.memory}, {node.gpus} GPU): {'; '.join(problems)}")
+
+
+def _operator_step(spec: ExperimentSpec, name: str, obj: dict[str, Any]) -> m.Template:
+    """A resource step that creates ``obj`` (a PyTorchJob or JobSet) and waits for it to finish.
+
+    The object is owned by the Workflow (deleted with it). A PyTorchJob's failed rank fails
+    the step and Argo's retry creates a fresh job (its name is generated): the whole group
+    restarts. A JobSet restarts its group itself (``failurePolicy``), so its step is not retried.
+    """
+    if obj["kind"] == "PyTorchJob":
+        nodes = obj["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"]
+        success = f"status.replicaStatuses.Worker.succeeded = {nodes}"
+        failure = "status.replicaStatuses.Worker.failed > 0"
+        retry = m.RetryStrategy(limit=str(spec.cluster.backoff_limit), retry_policy="Always")
+    else:
+        success, failure, retry = "status.terminalState = Completed", "status.terminalState = Failed", None
+    return m.Template(
+        name=name,
+        # No store-access role: this pod only talks to the API server; the rank pods carry their own labels.
+        metadata=m.Metadata(labels=k8s._labels(spec, "train")),
+        resource=m.ResourceTemplate(action="create", manifest=k8s.to_yaml([obj]), set_owner_reference=True,
+                                    success_condition=success, failure_condition=failure),
+        retry_strategy=retry,
+        # The object's own deadline ends its pods; this bounds the step watching it.
+        active_deadline_seconds=spec.cluster.deadline("train") + 600,
+    )
 
 
 def experiment_workflow(spec: ExperimentSpec, spec_text: str, *, store_url: str | None = None,
                         image_digests: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """The spec ConfigMap and the Workflow that runs ``spec``, as plain dicts for :func:`manifests.to_yaml`.
+    """The spec ConfigMap, the NetworkPolicies of multi-node ranks, and the Workflow that runs ``spec``.
+
+    Plain dicts for :func:`manifests.to_yaml`. With ``cluster.train_nodes > 1`` every run is a
+    PyTorchJob or JobSet (``cluster.multinode``) that a resource step of the Workflow creates.
 
     Raises
     ------
     ValueError
-        Bad ``spec_text``/``store_url``, a missing image digest, or a multi-node train
-        (not supported by this engine yet).
+        Bad ``spec_text``/``store_url``, a missing image digest, or ``cluster.multinode:
+        indexed`` with several train nodes (jobs engine only).
     """
-    workflow = build_workflow(spec, spec_text, store_url=store_url, image_digests=image_digests)
+    workflow, extra = build_workflow(spec, spec_text, store_url=store_url, image_digests=image_digests)
     configmap = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -217,4 +288,4 @@ def experiment_workflow(spec: ExperimentSpec, spec_text: str, *, store_url: str 
                      "labels": k8s._labels(spec, None)},
         "data": {k8s.SPEC_FILE: spec_text},
     }
-    return [configmap, workflow.model_dump(by_alias=True, exclude_none=True, mode="json")]
+    return [configmap, *extra, workflow.model_dump(by_alias=True, exclude_none=True, mode="json")]

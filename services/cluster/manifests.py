@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from services.cluster import training
 from services.experiment import workplan
 from services.common.spec.experiment import ExperimentSpec
 
@@ -42,7 +43,7 @@ STORE_SECRET = "flatland-store"
 STORE_BUCKET = "flatland"
 RUN_AS_UID = 10001
 BAD_SPEC_EXIT_CODE = 2
-TORCHRUN_PORT = 29500
+TORCHRUN_PORT = training.TORCHRUN_PORT
 # User-provided data sets (transfer targets, neural recordings) are read from a PersistentVolumeClaim
 # the lab creates (k8s/README.md); specs name files under this directory.
 USER_DATA_DIR = "/data"
@@ -71,17 +72,17 @@ def default_store_url(spec: ExperimentSpec) -> str:
     return f"s3://{STORE_BUCKET}/{spec.name}"
 
 
-def object_name(experiment: str, suffix: str) -> str:
-    """``<experiment>-<suffix>``, shortened with a hash when over 52 characters.
+def object_name(experiment: str, suffix: str, limit: int = 52) -> str:
+    """``<experiment>-<suffix>``, shortened with a hash when over ``limit`` (52) characters.
 
     52 leaves room for the ``-<index>-<random>`` Kubernetes appends to Indexed Job pods
     (hostnames and label values are limited to 63).
     """
     name = f"{experiment}-{suffix}"
-    if len(name) <= 52:
+    if len(name) <= limit:
         return name
     digest = hashlib.sha256(experiment.encode()).hexdigest()[:6]
-    return f"{experiment[: 52 - len(suffix) - 8].rstrip('-')}-{digest}-{suffix}"
+    return f"{experiment[: limit - len(suffix) - 8].rstrip('-')}-{digest}-{suffix}"
 
 
 def _labels(spec: ExperimentSpec, stage: str | None) -> dict[str, str]:
@@ -121,6 +122,16 @@ def image_for(spec: ExperimentSpec, stage: str, *, gpu: bool | None = None,
             raise ValueError(f"image digests: no digest for {name!r} (have: {', '.join(sorted(digests)) or 'none'})")
         return f"{repo}@{digests[name]}"
     return f"{repo}:{spec.cluster.image_tag}"
+
+
+def pull_policy(image: str) -> str:
+    """``IfNotPresent`` for an image pinned by digest (its content cannot change), else ``Always``.
+
+    A tag can be pushed again with other content; ``Always`` makes the kubelet resolve it on
+    every pod start (a manifest request; cached layers are not pulled again), so no node runs
+    a stale image under a reused tag. Pin with ``--image-digests`` to skip even that.
+    """
+    return "IfNotPresent" if "@sha256:" in image else "Always"
 
 
 def load_image_digests(text: str) -> dict[str, str]:
@@ -251,10 +262,11 @@ def _pod_spec(spec: ExperimentSpec, stage: str, store_url: str, spec_configmap: 
               command: list[str] | None = None, args: list[str] | None = None,
               digests: dict[str, str] | None = None) -> dict[str, Any]:
     mounts, volumes = stage_volumes(spec, stage, spec_configmap)
+    image = image_for(spec, stage, digests=digests)
     main = {
         "name": stage,
-        "image": image_for(spec, stage, digests=digests),
-        "imagePullPolicy": "IfNotPresent",
+        "image": image,
+        "imagePullPolicy": pull_policy(image),
         "args": args or ["job", stage, "--spec", SPEC_PATH],
         "env": _env(spec, stage, store_url) + list(extra_env or []),
         "volumeMounts": mounts,
@@ -349,6 +361,8 @@ def _train_objects(spec: ExperimentSpec, store_url: str, spec_configmap: str,
                          args=["--standalone", "--nproc-per-node", str(gpus), "--module", "services.cli",
                                "job", "train", "--spec", SPEC_PATH, "--index", "0", "--count", "1"])]
         return [_job(spec, "train", store_url, spec_configmap, digests=digests)]
+    if spec.cluster.multinode != "indexed":  # a training operator runs the ranks
+        return rank_group(spec, ["--index", "0", "--count", "1"], store_url, spec_configmap, suffix="train", digests=digests)
     job_name = object_name(spec.name, "train")
     service_name = object_name(spec.name, "train-ranks")
     # Pod hostnames of an Indexed Job are <job>-<index>; with the subdomain they resolve as
@@ -397,9 +411,49 @@ def _train_objects(spec: ExperimentSpec, store_url: str, spec_configmap: str,
     return [service, ranks_policy, job]
 
 
+def rank_group(spec: ExperimentSpec, tail: list[str], store_url: str, configmap: str, *, suffix: str,
+               for_argo: bool = False, digests: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """``[NetworkPolicy, PyTorchJob | JobSet]`` of one multi-node train run, named ``<experiment>-<suffix>``.
+
+    ``tail`` ends the train job's command line (``--part``, ``--index``, ``--count``). Under
+    Argo (``for_argo``) a PyTorchJob gets a generated name (``<name>-xxxxx``) and Workers that
+    are not restarted: a failed rank fails the step, and Argo's retry creates a fresh job, so
+    the whole group restarts. See :mod:`services.cluster.training`.
+    """
+    mode = spec.cluster.multinode
+    name = object_name(spec.name, suffix, limit=training.GROUP_NAME_LIMIT)
+    procs = max(spec.cluster.train.gpus if uses_gpu(spec, "train") else 0, 1)  # one process per GPU (or one on CPU)
+    args = ["--module", "services.cli", "job", "train", "--spec", SPEC_PATH, *tail]
+    nodes_env = [{"name": "FLATLAND_TRAIN_NODES", "value": str(spec.cluster.train_nodes)}]
+    if mode == "pytorchjob":
+        pod = _pod_spec(spec, "train", store_url, configmap, nodes_env, command=["torchrun"], args=args, digests=digests)
+        metadata = _job_metadata(spec, "train", name)
+        if for_argo:
+            metadata = {"generateName": f"{name}-", **{k: v for k, v in metadata.items() if k != "name"}}
+        obj = training.pytorchjob(spec, pod, {**_labels(spec, "train"), LABEL_ROLE: "stage"}, metadata, group=name,
+                                  procs_per_pod=procs, restart_policy="Never" if for_argo else "ExitCode")
+    elif mode == "jobset":
+        job = _job(spec, "train", store_url, configmap, completions=spec.cluster.train_nodes,
+                   parallelism=spec.cluster.train_nodes, extra_env=training.jobset_env(spec, name, procs) + nodes_env,
+                   shard_by_index=False, digests=digests, command=["torchrun"], args=args)
+        obj = training.jobset(spec, job, _job_metadata(spec, "train", name), _labels(spec, "train"))
+    else:
+        raise ValueError(f"cluster.multinode: {mode!r} is not run by a training operator (use pytorchjob or jobset)")
+    return [training.ranks_policy(spec, name, object_name(spec.name, f"{suffix}-ranks"), _labels(spec, "train")), obj]
+
+
 def released_key(stage: str) -> str:
     """ConfigMap key holding the Job a release step creates for ``stage``."""
     return f"{stage}-job.yaml"
+
+
+def _release_rules(spec: ExperimentSpec, stages: list[str]) -> list[dict[str, Any]]:
+    """Create and read Jobs; and the training operator's kind when a released train runs on one."""
+    rules = [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get"]}]
+    if "train" in stages and spec.cluster.train_nodes > 1 and spec.cluster.multinode in training.OPERATOR_RESOURCES:
+        group, resource = training.OPERATOR_RESOURCES[spec.cluster.multinode]
+        rules.append({"apiGroups": [group], "resources": [resource], "verbs": ["create", "get"]})
+    return rules
 
 
 def _release_objects(spec: ExperimentSpec, stages: list[str], store_url: str, configmap: str,
@@ -416,7 +470,7 @@ def _release_objects(spec: ExperimentSpec, stages: list[str], store_url: str, co
          "automountServiceAccountToken": False},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
          "metadata": {"name": account, "namespace": ns, "labels": labels},
-         "rules": [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get"]}]},
+         "rules": _release_rules(spec, stages)},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
          "metadata": {"name": account, "namespace": ns, "labels": labels},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
@@ -429,7 +483,7 @@ def _release_objects(spec: ExperimentSpec, stages: list[str], store_url: str, co
             "name": "release",
             # The stage's CPU image has what `flatland wait <stage>` reads; no GPU image, no GPU.
             "image": image_for(spec, stage, gpu=False, digests=digests),
-            "imagePullPolicy": "IfNotPresent",
+            "imagePullPolicy": pull_policy(image_for(spec, stage, gpu=False, digests=digests)),
             "args": ["k8s", "release", stage, "--spec", SPEC_PATH, "--job", f"{SPEC_MOUNT_DIR}/{released_key(stage)}",
                      "--timeout", str(spec.cluster.wait_timeout_seconds)],
             "env": _env(spec, "meshgen", store_url),
@@ -558,11 +612,23 @@ def fit_problems(pod: dict[str, Any], cpu: str, memory: str, gpus: int) -> list[
     return [f"{key} request {need[key]} > node's {have[key]}" for key in have if need[key] > have[key]]
 
 
+def workload_pods(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pod specs a workload object creates: a Job's, a PyTorchJob's replicas', a JobSet's Jobs'."""
+    kind = obj.get("kind")
+    if kind == "Job":
+        return [obj["spec"]["template"]["spec"]]
+    if kind == "PyTorchJob":
+        return [r["template"]["spec"] for r in obj["spec"]["pytorchReplicaSpecs"].values()]
+    if kind == "JobSet":
+        return [r["template"]["spec"]["template"]["spec"] for r in obj["spec"]["replicatedJobs"]]
+    return []
+
+
 def check_fits_node(stages: dict[str, list[dict[str, Any]]], cpu: str, memory: str, gpus: int) -> None:
     for stage, objs in stages.items():
         for obj in objs:
-            if obj["kind"] == "Job":
-                problems = fit_problems(obj["spec"]["template"]["spec"], cpu, memory, gpus)
+            for pod in workload_pods(obj):
+                problems = fit_problems(pod, cpu, memory, gpus)
                 if problems:
                     raise ValueError(f"cluster.{stage}: a {stage} pod cannot fit on a node of cluster.node "
                                      f"({cpu} CPU, {memory}, {gpus} GPU): {'; '.join(problems)}")

@@ -3,7 +3,7 @@
 Jobs are short-lived, so Prometheus cannot count on scraping them: :meth:`JobMetrics.publish`
 pushes the job's registry to the Pushgateway named by ``FLATLAND_PUSHGATEWAY`` under the
 grouping key ``{experiment, stage, index}`` (one group per Indexed-Job completion index, so
-parallel pods never overwrite each other). Without a Pushgateway, ``publish`` does nothing and
+parallel pods never overwrite each other), plus ``rank`` in each process of a torchrun job. Without a Pushgateway, ``publish`` does nothing and
 the caller may expose the same registry on its metrics port with :meth:`JobMetrics.serve`.
 
 Metric names (the Grafana dashboard in ``k8s/base/monitoring`` reads these):
@@ -17,7 +17,7 @@ Usage::
 
     metrics = JobMetrics("render", spec.name, index)
     summary = run_job(spec, store, index=index, count=count, progress=metrics.progress)
-    metrics.publish()
+    metrics.finish(store)   # final push, linger for a scrape, summary to the store, group deleted
 """
 
 from __future__ import annotations
@@ -29,12 +29,20 @@ import threading
 import time
 from urllib.error import URLError
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, delete_from_gateway, push_to_gateway, start_http_server
 
 log = logging.getLogger("flatland.jobmetrics")
 
 PUSHGATEWAY_ENV = "FLATLAND_PUSHGATEWAY"
 PUSH_JOB_NAME = "flatland"
+#: The train stage's per-epoch gauges (services/train/metrics.py) push under this job name, same grouping key.
+TRAIN_PUSH_JOB_NAME = "flatland-train"
+#: How long :meth:`JobMetrics.finish` keeps the final values in the Pushgateway before deleting the
+#: group: long enough for Prometheus to scrape them (two 15 s scrape intervals by default).
+LINGER_ENV = "FLATLAND_METRICS_LINGER_SECONDS"
+DEFAULT_LINGER_SECONDS = 30.0
+#: Where the final summary of a finished job pod goes in the store.
+SUMMARY_PREFIX = "jobmetrics"
 GAUGE_NAME_PATTERN = re.compile(r"^flatland_[a-z][a-z0-9_]*$")
 # Short names accepted by set() for the gauges every dashboard knows.
 GAUGE_ALIASES = {"loss": "flatland_train_loss", "top1": "flatland_train_top1", "items_total": "flatland_job_items_total"}
@@ -55,19 +63,27 @@ class JobMetrics:
         Pushgateway URL; default: env ``FLATLAND_PUSHGATEWAY`` (unset or empty: no pushing).
     min_push_interval : float
         :meth:`progress` pushes at most this often (seconds); the final item always pushes.
+    rank : int, optional
+        Rank of this process in a distributed (torchrun) job; default: env ``RANK`` when set.
+        Becomes part of the grouping key, so every rank pushes its own group (``rank`` label).
     """
 
     def __init__(self, stage: str, experiment: str, index: int = 0, *, pushgateway: str | None = None,
-                 min_push_interval: float = 5.0):
+                 min_push_interval: float = 5.0, rank: int | None = None):
         if not stage or not re.fullmatch(r"[a-z][a-z0-9-]*", stage):
             raise ValueError(f"stage must be a lower-case name like 'render', got {stage!r}")
         if not experiment:
             raise ValueError("experiment must be a non-empty name")
         if not isinstance(index, int) or index < 0:
             raise ValueError(f"index must be a non-negative int, got {index!r}")
+        if rank is None and os.environ.get("RANK", "").isdigit():
+            rank = int(os.environ["RANK"])
+        if rank is not None and (not isinstance(rank, int) or rank < 0):
+            raise ValueError(f"rank must be a non-negative int, got {rank!r}")
         self.stage = stage
         self.experiment = experiment
         self.index = index
+        self.rank = rank
         self.pushgateway = pushgateway if pushgateway is not None else os.environ.get(PUSHGATEWAY_ENV, "")
         self.min_push_interval = min_push_interval
         self.registry = CollectorRegistry()
@@ -92,7 +108,10 @@ class JobMetrics:
 
     @property
     def grouping_key(self) -> dict[str, str]:
-        return {"experiment": self.experiment, "stage": self.stage, "index": str(self.index)}
+        key = {"experiment": self.experiment, "stage": self.stage, "index": str(self.index)}
+        if self.rank is not None:
+            key["rank"] = str(self.rank)
+        return key
 
     def _gauge(self, name: str, help_text: str | None = None) -> Gauge:
         with self._lock:
@@ -167,6 +186,57 @@ class JobMetrics:
                             grouping_key=self.grouping_key, timeout=10)
         except (URLError, OSError) as exc:
             log.warning("could not push metrics to %s: %s", self.pushgateway, exc)
+            return False
+        return True
+
+    def summary_key(self) -> str:
+        """Store key of this pod's final summary: ``jobmetrics/<stage>-<index>[-rank<r>].json``."""
+        rank = f"-rank{self.rank}" if self.rank is not None else ""
+        return f"{SUMMARY_PREFIX}/{self.stage}-{self.index}{rank}.json"
+
+    def summary(self) -> dict:
+        """The final values of this pod's registry: ``{"metrics": {"name{label=value,...}": value}}`` and the key."""
+        values = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                values[f"{sample.name}{{{labels}}}"] = sample.value
+        return {"experiment": self.experiment, "stage": self.stage, "index": self.index, "rank": self.rank,
+                "grouping_key": self.grouping_key, "finished_at": time.time(), "metrics": values}
+
+    def finish(self, store=None, *, linger: float | None = None, sleep=time.sleep) -> bool:
+        """The pod's work is done: push the final values, let Prometheus scrape them, keep a summary, delete the groups.
+
+        Pushes once more, waits ``linger`` seconds (default env ``FLATLAND_METRICS_LINGER_SECONDS``,
+        else 30: two scrape intervals), writes :meth:`summary` to ``store`` under
+        :meth:`summary_key`, then deletes this pod's groups (its own and, for train, the
+        per-epoch gauges' under ``flatland-train``) from the Pushgateway, so finished pods leave
+        nothing behind there. Prometheus keeps the series it scraped. No-op without a Pushgateway.
+        Returns True when the groups were deleted. Call it only when the pod succeeded: a failed
+        pod's group stays for inspection until its retry overwrites it.
+        """
+        if not self.pushgateway:
+            return False
+        if linger is None:
+            try:
+                linger = float(os.environ.get(LINGER_ENV, DEFAULT_LINGER_SECONDS))
+            except ValueError:
+                raise ValueError(f"{LINGER_ENV} must be a number of seconds, got {os.environ.get(LINGER_ENV)!r}") from None
+        if linger < 0:
+            raise ValueError(f"linger must be >= 0 seconds, got {linger}")
+        self.publish()
+        if linger:
+            sleep(linger)
+        if store is not None:
+            store.put_json(self.summary_key(), self.summary())
+        jobs = (PUSH_JOB_NAME, TRAIN_PUSH_JOB_NAME) if self.stage == "train" else (PUSH_JOB_NAME,)
+        try:
+            for job in jobs:
+                delete_from_gateway(self.pushgateway, job=job, grouping_key=self.grouping_key, timeout=10)
+        except (URLError, OSError) as exc:
+            log.warning("could not delete metrics group from %s: %s", self.pushgateway, exc)
             return False
         return True
 

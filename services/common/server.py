@@ -317,7 +317,8 @@ def start_server(
     for registrar in extra_registrars:
         services.extend(registrar(server, store))
     for name in stage_names:
-        services.extend(get_stage(name).servicer().register(server, store))
+        # The registry this server's metrics port exposes: a stage's own metrics (train: loss, top-1) go there too.
+        services.extend(get_stage(name).servicer().register(server, store, registry=registry))
 
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

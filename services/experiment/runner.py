@@ -89,7 +89,8 @@ def run_stage_with_progress(
             heal_manifests(stage, spec, store)
         else:
             summary = job.run_job(spec, store, index=index, count=count, progress=progress, **job_options)
-    metrics.publish()
+    # Done: final values pushed and scraped, a summary kept in the store, the Pushgateway groups deleted.
+    metrics.finish(store)
     return summary
 
 

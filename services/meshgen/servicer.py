@@ -92,7 +92,7 @@ class MeshgenServicer(meshgen_pb2_grpc.MeshgenServicer):
             abort_with(context, exc)
 
 
-def register(server: grpc.Server, store: Store) -> list[str]:
+def register(server: grpc.Server, store: Store, registry=None) -> list[str]:
     """Add the Meshgen servicer to ``server``; return the full service names."""
     meshgen_pb2_grpc.add_MeshgenServicer_to_server(MeshgenServicer(store), server)
     return [SERVICE_NAME]

@@ -147,7 +147,7 @@ class RenderServicer(render_pb2_grpc.RenderServicer):
             abort_with(context, exc)
 
 
-def register(server: grpc.Server, store: Store) -> list[str]:
+def register(server: grpc.Server, store: Store, registry=None) -> list[str]:
     """Add the Render servicer to ``server``; return the full service names."""
     render_pb2_grpc.add_RenderServicer_to_server(RenderServicer(store), server)
     return [SERVICE_NAME]

@@ -172,7 +172,7 @@ class PretrainRun:
     """
 
     def __init__(self, spec: ExperimentSpec, name: str, store: Store, *, ctx: DistContext | None = None, index: int = 0,
-                 trial: SearchTrial | None = None):
+                 trial: SearchTrial | None = None, metrics_registry: "prom.CollectorRegistry | None" = None):
         matches = [p for p in spec.pretrain if p.name == name]
         if not matches:
             raise FlatlandError(f"no pretrain run named '{name}' (known: {[p.name for p in spec.pretrain]})")
@@ -182,6 +182,7 @@ class PretrainRun:
         self.ctx = ctx or init_distributed()
         self.index = index
         self.trial = trial
+        self.metrics_registry = metrics_registry  # a server's prometheus registry: its metrics port shows this run
         self.run_id = spec.run_id(name)
         self.prefix = run_prefix(self.run_id) if trial is None else trial.prefix
         self.objective: Objective = objective_for(self.run)
@@ -301,7 +302,8 @@ class PretrainRun:
             train_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[ctx.device.index] if use_cuda else None)
 
-        gauges = prom.RunGauges(self.spec.name, self.run_id, self.index)
+        gauges = prom.RunGauges(self.spec.name, self.run_id, self.index, rank=ctx.rank if ctx.distributed else None,
+                                 served=self.metrics_registry)
         task = f"train:{run.name}"
         if progress:
             progress(task, start_epoch, run.epochs)
@@ -367,7 +369,7 @@ class PretrainRun:
             records.append(record)
             if ctx.is_main:
                 self._save_epoch(model, optimizer, scheduler, scaler, epoch, records)
-                gauges.observe(record)
+            gauges.observe(record)  # every rank, under its own rank label (the values are summed across ranks)
             if on_epoch:
                 on_epoch(record)
             if progress:

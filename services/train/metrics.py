@@ -2,22 +2,25 @@
 
 Two destinations for the same numbers:
 
-- the process's default registry (labelled by run), which a ``flatland serve train``
-  server exposes on its metrics port;
+- the registry a ``flatland serve train`` server exposes on its metrics port (passed down
+  from :func:`services.common.server.start_server` through the servicer), labelled by run;
 - when the environment variable ``FLATLAND_PUSHGATEWAY`` (``host:port`` or URL) is
   set, a per-run registry pushed after every epoch, grouping key
-  ``{experiment, stage="train", index}`` — how a Kubernetes Job reports.
+  ``{experiment, stage="train", index}`` (plus ``rank`` in a distributed run) — how a
+  Kubernetes Job reports.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
+import threading
+import weakref
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
 
-PUSHGATEWAY_ENV = "FLATLAND_PUSHGATEWAY"
+from services.common.jobmetrics import PUSHGATEWAY_ENV, TRAIN_PUSH_JOB_NAME  # noqa: F401 (PUSHGATEWAY_ENV re-exported)
+
 _log = logging.getLogger(__name__)
 
 _VALUES = {  # record field -> (metric name, help, split label)
@@ -49,33 +52,50 @@ def _metrics(registry: CollectorRegistry, labels: tuple[str, ...]) -> dict[str, 
     return gauges
 
 
-@functools.cache
-def _default_metrics() -> dict[str, object]:
-    from prometheus_client import REGISTRY
+_served: "weakref.WeakKeyDictionary[CollectorRegistry, dict[str, object]]" = weakref.WeakKeyDictionary()
+_served_lock = threading.Lock()
 
-    return _metrics(REGISTRY, ("run",))
+
+def served_metrics(registry: CollectorRegistry) -> dict[str, object]:
+    """The run metrics in ``registry`` (a server's), created once per registry and shared by its runs."""
+    with _served_lock:
+        if registry not in _served:
+            # The experiment as a label too: a scraped server has no grouping key to carry it.
+            _served[registry] = _metrics(registry, ("experiment", "run"))
+        return _served[registry]
 
 
 class RunGauges:
-    """Per-run metrics; :meth:`observe` takes one ``metrics.jsonl`` record."""
+    """Per-run metrics; :meth:`observe` takes one ``metrics.jsonl`` record.
 
-    def __init__(self, experiment: str, run_id: str, index: int = 0):
+    ``served``: the registry of the server running this run (its metrics port shows them).
+    """
+
+    def __init__(self, experiment: str, run_id: str, index: int = 0, rank: int | None = None,
+                 served: CollectorRegistry | None = None):
         self.run_id = run_id
+        self.experiment = experiment
+        self.served = served_metrics(served) if served is not None else None
         self.grouping_key = {"experiment": experiment, "stage": "train", "index": str(index)}
+        if rank is not None:  # one group per rank of a distributed run: ranks never overwrite each other
+            self.grouping_key["rank"] = str(rank)
         self.push_registry = CollectorRegistry()
         self.pushed = _metrics(self.push_registry, ("run",))
         self.gateway = os.environ.get(PUSHGATEWAY_ENV) or None
 
     def observe(self, record: dict) -> None:
-        for target in (_default_metrics(), self.pushed):
+        targets = [(self.pushed, (self.run_id,))]
+        if self.served is not None:
+            targets.append((self.served, (self.experiment, self.run_id)))
+        for target, key in targets:
             for field, (name, _help, split) in _VALUES.items():
                 if record.get(field) is not None:
-                    target[name].labels(self.run_id, split).set(record[field])
-            target["epoch"].labels(self.run_id).set(record["epoch"] + 1)
-            target["lr"].labels(self.run_id).set(record.get("lr", 0.0))
-            target["images_per_s"].labels(self.run_id).set(record.get("images_per_s", 0.0))
-            target["samples"].labels(self.run_id).inc(record.get("train_samples", 0))
-            target["corrupt"].labels(self.run_id).inc(record.get("corrupt_samples", 0))
+                    target[name].labels(*key, split).set(record[field])
+            target["epoch"].labels(*key).set(record["epoch"] + 1)
+            target["lr"].labels(*key).set(record.get("lr", 0.0))
+            target["images_per_s"].labels(*key).set(record.get("images_per_s", 0.0))
+            target["samples"].labels(*key).inc(record.get("train_samples", 0))
+            target["corrupt"].labels(*key).inc(record.get("corrupt_samples", 0))
         self.push()
 
     def push(self) -> None:
@@ -83,7 +103,7 @@ class RunGauges:
         if not self.gateway:
             return
         try:
-            push_to_gateway(self.gateway, job="flatland-train", registry=self.push_registry,
+            push_to_gateway(self.gateway, job=TRAIN_PUSH_JOB_NAME, registry=self.push_registry,
                             grouping_key=self.grouping_key, timeout=10)
         except OSError as exc:  # a monitoring outage must not kill a training run
             _log.warning("could not push metrics to %s: %s", self.gateway, exc)

@@ -61,8 +61,9 @@ class RunHandle:
 
 
 class TrainServicer(train_pb2_grpc.TrainServicer):
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, registry=None):
         self.store = store
+        self.registry = registry  # the server's metrics registry: loss/top-1 of its runs are exported there
         self._runs: dict[str, RunHandle] = {}
         self._lock = threading.Lock()
 
@@ -120,7 +121,7 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
                 import torch
 
                 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-                run = PretrainRun(spec, name, self.store, ctx=DistContext(device=device))
+                run = PretrainRun(spec, name, self.store, ctx=DistContext(device=device), metrics_registry=self.registry)
                 run.execute(progress=progress, should_stop=should_stop,
                             on_epoch=lambda record: handle.update(metrics=handle.metrics + [record]))
                 records = self._stored_metrics(handle.run_id)
@@ -220,7 +221,11 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
                 return
 
 
-def register(server: grpc.Server, store: Store) -> list[str]:
-    """Add the Train servicer to ``server``; return its full service name."""
-    train_pb2_grpc.add_TrainServicer_to_server(TrainServicer(store), server)
+def register(server: grpc.Server, store: Store, registry=None) -> list[str]:
+    """Add the Train servicer to ``server``; return its full service name.
+
+    ``registry``: the server's Prometheus registry (what its metrics port exposes); the
+    runs' loss, top-1 and throughput go there.
+    """
+    train_pb2_grpc.add_TrainServicer_to_server(TrainServicer(store, registry), server)
     return [SERVICE_NAME]

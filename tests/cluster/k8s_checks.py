@@ -118,9 +118,80 @@ def validate_workflow(obj: dict[str, Any]) -> None:
     assert back == obj, f"{where}: fields Argo's model does not know were dropped"
 
 
+JOBSET_SCHEMA_FILE = Path(__file__).parent / "schemas" / "jobset-v1alpha2.json"
+
+
+def _sdk_model(value: Any, kind: str, where: str) -> Any:
+    """Build the OpenAPI-generated SDK model ``kind`` from ``value``, strictly.
+
+    Walks the model's ``openapi_types``/``attribute_map`` (kubeflow-training's models, and the
+    kubernetes client's for the pod template inside): an unknown field or a wrong type fails,
+    and each model's constructor runs its own client-side checks (required fields, enums).
+    """
+    import kubernetes.client.models as k8s_models
+    from kubeflow.training import models as kf_models
+
+    if kind.startswith("list["):
+        assert isinstance(value, list), f"{where}: expected a list, got {value!r}"
+        return [_sdk_model(v, kind[5:-1], f"{where}[{i}]") for i, v in enumerate(value)]
+    if kind.startswith("dict("):
+        assert isinstance(value, dict), f"{where}: expected a mapping, got {value!r}"
+        inner = kind[5:-1].split(", ", 1)[1]
+        return {k: _sdk_model(v, inner, f"{where}.{k}") for k, v in value.items()}
+    simple = {"str": str, "int": int, "bool": bool, "float": (int, float)}
+    if kind in simple:
+        ok = isinstance(value, simple[kind]) and not (kind == "int" and isinstance(value, bool))
+        assert ok, f"{where}: expected {kind}, got {value!r}"
+        return value
+    if kind in ("object", "Quantity", "datetime"):
+        return value
+    cls = getattr(kf_models, kind, None) or getattr(k8s_models, kind, None)
+    assert cls is not None, f"{where}: no SDK model {kind}"
+    assert isinstance(value, dict), f"{where}: expected an object ({kind}), got {value!r}"
+    by_json = {json_name: attr for attr, json_name in cls.attribute_map.items()}
+    unknown = sorted(set(value) - set(by_json))
+    assert not unknown, f"{where}: {kind} has no field(s) {unknown}"
+    kwargs = {by_json[k]: _sdk_model(v, cls.openapi_types[by_json[k]], f"{where}.{k}") for k, v in value.items()}
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise AssertionError(f"{where}: {kind}: {exc}") from None
+
+
+def validate_pytorchjob(obj: dict[str, Any]) -> None:
+    """A PyTorchJob against the kubeflow-training SDK's models, and its pod templates strictly
+    against the Kubernetes schema (as the pod template of a core ``PodTemplate``)."""
+    where = f"PyTorchJob/{obj.get('metadata', {}).get('name') or obj.get('metadata', {}).get('generateName')}"
+    assert obj.get("apiVersion") == "kubeflow.org/v1", f"{where}: apiVersion {obj.get('apiVersion')!r}"
+    _sdk_model(obj, "KubeflowOrgV1PyTorchJob", where)
+    for replica, spec in obj["spec"]["pytorchReplicaSpecs"].items():
+        assert replica in ("Master", "Worker"), f"{where}: replica type {replica!r}"
+        validate_object({"apiVersion": "v1", "kind": "PodTemplate",
+                         "metadata": {"name": f"pytorchjob-{replica.lower()}"}, "template": spec["template"]})
+
+
+def validate_jobset(obj: dict[str, Any]) -> None:
+    """A JobSet against the vendored JobSet CRD schema (strict), each replicated Job's spec
+    strictly against the Kubernetes schema."""
+    import json
+
+    schema = json.loads(JOBSET_SCHEMA_FILE.read_text())
+    jsonschema.validate(obj, schema)
+    for rj in obj["spec"]["replicatedJobs"]:
+        validate_object({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"jobset-{rj['name']}"},
+                         "spec": rj["template"]["spec"]})
+
+
 def validate_object(obj: dict[str, Any]) -> None:
     """Strict offline schema validation; CRD objects against their models or bundled subset schemas."""
     where = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+    if obj.get("kind") == "PyTorchJob":
+        validate_pytorchjob(obj)
+        return
+    if obj.get("apiVersion", "").startswith("jobset.x-k8s.io/"):
+        assert obj["kind"] == "JobSet", f"{where}: no schema for this JobSet kind"
+        validate_jobset(obj)
+        return
     if obj.get("apiVersion", "").startswith("argoproj.io/"):
         assert obj["kind"] == "Workflow", f"{where}: no schema for this Argo kind"
         validate_workflow(obj)
@@ -148,6 +219,12 @@ def pod_specs(obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     elif kind == "Pod":
         yield obj["spec"]
+    elif kind == "PyTorchJob":
+        for replica in obj["spec"]["pytorchReplicaSpecs"].values():
+            yield replica["template"]["spec"]
+    elif kind == "JobSet":
+        for rj in obj["spec"]["replicatedJobs"]:
+            yield rj["template"]["spec"]["template"]["spec"]
 
 
 def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -156,7 +233,7 @@ def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
 
 def check_pod_security(obj: dict[str, Any]) -> None:
     """Every container: non-root, read-only root FS, no escalation, no capabilities, RuntimeDefault seccomp."""
-    name = f"{obj['kind']}/{obj['metadata']['name']}"
+    name = f"{obj['kind']}/{obj['metadata'].get('name') or obj['metadata'].get('generateName')}"
     for pod in pod_specs(obj):
         pod_ctx = pod.get("securityContext", {})
         assert pod_ctx.get("runAsNonRoot") is True, f"{name}: pod securityContext.runAsNonRoot must be true"
@@ -194,7 +271,7 @@ URL_USERINFO = re.compile(r"://([^/@\s]+)@")
 
 def check_no_secret_values(obj: dict[str, Any]) -> None:
     """No Secret carries data, and no env var spells out a credential (only secretKeyRef / $(REF))."""
-    name = f"{obj['kind']}/{obj['metadata']['name']}"
+    name = f"{obj['kind']}/{obj['metadata'].get('name') or obj['metadata'].get('generateName')}"
     if obj["kind"] == "Secret":
         assert not obj.get("data") and not obj.get("stringData"), f"{name}: manifests must not carry secret values"
     for pod in pod_specs(obj):
@@ -216,6 +293,20 @@ def check_no_secret_values(obj: dict[str, Any]) -> None:
 
 
 def check_job_bounded(obj: dict[str, Any]) -> None:
+    name = obj["metadata"].get("name") or obj["metadata"].get("generateName")
+    if obj["kind"] == "PyTorchJob":
+        run = obj["spec"]["runPolicy"]
+        assert isinstance(run.get("activeDeadlineSeconds"), int) and run["activeDeadlineSeconds"] > 0, f"{name}: no deadline"
+        assert isinstance(run.get("backoffLimit"), int) and 0 <= run["backoffLimit"] <= 100, f"{name}: no backoffLimit"
+        assert isinstance(run.get("ttlSecondsAfterFinished"), int), f"{name}: no ttlSecondsAfterFinished"
+        return
+    if obj["kind"] == "JobSet":
+        assert isinstance(obj["spec"].get("ttlSecondsAfterFinished"), int), f"{name}: no ttlSecondsAfterFinished"
+        assert 0 <= obj["spec"]["failurePolicy"]["maxRestarts"] <= 100, f"{name}: unbounded restarts"
+        for rj in obj["spec"]["replicatedJobs"]:
+            deadline = rj["template"]["spec"].get("activeDeadlineSeconds")
+            assert isinstance(deadline, int) and deadline > 0, f"{name}/{rj['name']}: no deadline"
+        return
     if obj["kind"] != "Job":
         return
     spec = obj["spec"]

@@ -12,7 +12,7 @@ import yaml
 
 from services.cluster.argo import experiment_workflow
 from services.cluster.engines import cluster_manifests
-from services.cluster.manifests import to_yaml
+from services.cluster.manifests import to_yaml, workload_pods
 from services.common.spec.experiment import load_spec, parse_spec
 from services.experiment import workplan
 
@@ -33,10 +33,6 @@ FULL = {**copy.deepcopy(SPEC),
                               "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]}}}
 
 
-def full():
-    return parse_spec(copy.deepcopy(FULL)), yaml.safe_dump(FULL, sort_keys=False)
-
-
 def workflow_of(objs):
     (wf,) = [o for o in objs if o["kind"] == "Workflow"]
     return wf
@@ -49,10 +45,17 @@ class Step:
         self.task = task["name"]
         self.template = template
         params = {p["name"]: p["value"] for p in task.get("arguments", {}).get("parameters", [])}
-        args = [*template["container"].get("command", []), *template["container"]["args"]]
+        if "resource" in template:  # a resource step: the pods are the created PyTorchJob's/JobSet's ranks
+            self.resource = yaml.safe_load(template["resource"]["manifest"])
+            (pod,) = workload_pods(self.resource)
+            (container,) = pod["containers"]
+        else:
+            self.resource = None
+            container = template["container"]
+        args = [*container.get("command", []), *container["args"]]
         text = shlex.join(args).replace("{{inputs.parameters.index}}", params.get("index", "").replace("{{item}}", str(item)))
         self.args = shlex.split(text)
-        self.gpus = int(template["container"]["resources"].get("requests", {}).get("nvidia.com/gpu", 0))
+        self.gpus = int(container["resources"].get("requests", {}).get("nvidia.com/gpu", 0))
 
     def option(self, name):
         return self.args[self.args.index(name) + 1] if name in self.args else None
@@ -86,8 +89,19 @@ def ancestors(deps, name):
     return seen
 
 
-def test_dag_order_and_coverage():
-    spec, text = full()
+MULTINODE = pytest.mark.parametrize("multinode", [None, "pytorchjob", "jobset"])
+
+
+def full(multinode=None):
+    data = copy.deepcopy(FULL)
+    if multinode:  # every run on 3 nodes of 2 GPUs, created by a resource step
+        data["cluster"].update({"train_nodes": 3, "multinode": multinode})
+    return parse_spec(copy.deepcopy(data)), yaml.safe_dump(data, sort_keys=False)
+
+
+@MULTINODE
+def test_dag_order_and_coverage(multinode):
+    spec, text = full(multinode)
     wf = workflow_of(experiment_workflow(spec, text))
     order, deps, pods = walk(wf)
     stage_of = {name: ps[0].stage for name, ps in pods.items()}
@@ -120,8 +134,9 @@ def test_dag_order_and_coverage():
     assert pods["report"][0].args == ["report", "/etc/flatland/spec.yaml"]
 
 
-def test_no_gpu_pod_before_its_inputs():
-    spec, text = full()
+@MULTINODE
+def test_no_gpu_pod_before_its_inputs(multinode):
+    spec, text = full(multinode)
     order, deps, pods = walk(workflow_of(experiment_workflow(spec, text)))
     # Which tasks produce what each stage reads (services/experiment/readiness.py).
     producers = {"render": {"meshgen"}, "train": {"render"}, "neuro": {n for n in pods if n.startswith("train-")}}
@@ -129,9 +144,12 @@ def test_no_gpu_pod_before_its_inputs():
     assert gpu_tasks == {"render", "transfer"} | {n for n in pods if n.startswith("train-")}
     for name in gpu_tasks:
         assert producers.get(pods[name][0].stage, set()) <= ancestors(deps, name), name
-    # Multi-GPU runs: one pod per run, torchrun over its GPUs.
     (run,) = pods["train-r1"]
-    assert run.gpus == 2 and run.args[:4] == ["torchrun", "--standalone", "--nproc-per-node", "2"]
+    if multinode is None:  # multi-GPU runs: one pod per run, torchrun over its GPUs
+        assert run.gpus == 2 and run.args[:4] == ["torchrun", "--standalone", "--nproc-per-node", "2"]
+    else:  # every rank pod of the run's PyTorchJob/JobSet: 2 GPUs, torchrun with the operator's rendezvous
+        assert run.gpus == 2 and run.args[:3] == ["torchrun", "--module", "services.cli"]
+        assert run.resource["kind"] == {"pytorchjob": "PyTorchJob", "jobset": "JobSet"}[multinode]
 
 
 def test_workflow_settings_from_spec():

@@ -139,10 +139,78 @@ def test_dockerfile(image):
             assert "libosmesa6" in installed and "PYOPENGL_PLATFORM=osmesa" in envs
     else:
         assert not installed & {"libosmesa6", "libegl1"}, f"{image}: no OpenGL needed"
+    assert final.base.startswith("python:3.11")
+    # One CUDA: the GPU images take it from the torch wheels (cu130), never from a CUDA base image too.
+    assert not any(stage.base.startswith("nvidia/cuda") for stage in stages), f"{image}: a CUDA base beside the wheels' CUDA"
     if EXPECTED[image] == "gpu":
-        assert final.base.startswith("nvidia/cuda:") and "-runtime-" in final.base
+        assert f"download.pytorch.org/whl/cu{CUDA.replace('.', '')} " in text
+        assert f"NVIDIA_REQUIRE_CUDA=cuda>={CUDA}" in envs  # the toolkit refuses an older driver
     else:
-        assert final.base.startswith("python:3.11") and "download.pytorch.org/whl/cpu" in text
+        assert "download.pytorch.org/whl/cpu" in text
+
+
+CUDA = "13.0"  # of torch 2.14.1's CUDA wheels; Dockerfiles/README.md states it with the minimum driver
+MIN_DRIVER = "580.65.06"  # CUDA 13.0's minimum Linux driver
+
+
+def test_readme_states_the_cuda_and_driver_of_the_gpu_images():
+    readme = (DOCKERFILES / "README.md").read_text()
+    assert f"CUDA {CUDA}" in readme and f"cu{CUDA.replace('.', '')}" in readme
+    assert re.search(rf"[Mm]inimum driver: NVIDIA {re.escape(MIN_DRIVER)}", readme)
+    assert "nvidia/cuda" not in readme
+    torch = pytest.importorskip("torch")
+    if torch.version.cuda:  # this machine's torch is a CUDA build of the same pin: the same CUDA
+        assert torch.version.cuda == CUDA, f"torch {torch.__version__} is built for CUDA {torch.version.cuda}, not {CUDA}"
+
+
+def _version() -> str:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+
+def _make_variable(name: str) -> str:
+    match = re.search(rf"^{name} \?= (.+)$", (REPO / "Makefile").read_text(), re.M)
+    assert match, f"Makefile: no {name} ?= ..."
+    return match.group(1).strip()
+
+
+def test_image_names_agree_across_makefile_manifests_and_docs():
+    """One scheme, <registry>/<Dockerfile name>:<version>, in make images, the manifests and the docs."""
+    from services.cluster.manifests import image_for
+    from services.common.spec.experiment import ClusterSpec, parse_spec
+
+    from .k8s_checks import kustomize, pod_specs
+
+    registry, version = _make_variable("REGISTRY"), _version()
+    makefile = (REPO / "Makefile").read_text()
+    assert "docker build -f Dockerfiles/$$n.Dockerfile -t $(REGISTRY)/$$n:$(VERSION)" in makefile
+    assert "wildcard Dockerfiles/*.Dockerfile" in makefile  # every Dockerfile is an image, by its name
+    # The spec's defaults are what make images builds.
+    cluster = ClusterSpec()
+    assert (cluster.image_registry, cluster.image_tag) == (registry, version)
+    spec = parse_spec({"name": "x", "cluster": {"gpu": True}})
+    for stage in ("meshgen", "render", "train", "neuro"):
+        for gpu in (False, True) if stage in ("render", "train") else (False,):
+            image = image_for(spec, stage, gpu=gpu)
+            name = image.removeprefix(registry + "/").removesuffix(":" + version)
+            assert image == f"{registry}/{name}:{version}" and name in EXPECTED, image
+    # Every flatland image the kustomize overlays pull.
+    for target in ("overlays/dev", "overlays/gpu"):
+        for obj in kustomize(target):
+            for pod in pod_specs(obj):
+                for c in pod["containers"]:
+                    if "beyond-flatland" in c["image"]:
+                        name = c["image"].removeprefix(registry + "/").removesuffix(":" + version)
+                        assert c["image"] == f"{registry}/{name}:{version}" and name in EXPECTED, (target, c["image"])
+    # Every image name written in the docs and Dockerfiles.
+    docs = [REPO / "README.md", REPO / "k8s" / "README.md", DOCKERFILES / "README.md", *DOCKERFILES.glob("*.Dockerfile")]
+    for path in docs:
+        for match in re.finditer(r"([\w.-]+/)?beyond-flatland/([a-z0-9<>-]+):([\w.<>-]+)", path.read_text()):
+            where = f"{path.relative_to(REPO)}: {match.group(0)}"
+            assert match.group(1) == registry.split("/")[0] + "/", where
+            assert match.group(2) in EXPECTED or match.group(2) == "<name>", where
+            assert match.group(3) in (version, "<version>"), where
+    for image in EXPECTED:
+        assert f"Built by `make images` as {registry}/{image}:<version>" in (DOCKERFILES / f"{image}.Dockerfile").read_text()
 
 
 def test_dockerignore_keeps_sources_and_drops_the_rest():

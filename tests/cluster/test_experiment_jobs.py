@@ -14,6 +14,7 @@ from services.cluster.manifests import experiment_manifests, object_name, to_yam
 from services.common.spec.experiment import load_spec, parse_spec
 
 from .k8s_checks import (
+    pod_specs,
     REPO,
     check_job_bounded,
     check_no_secret_values,
@@ -469,3 +470,19 @@ def test_release_waits_then_creates_the_job(tmp_path, monkeypatch):
     clock = iter([0.0, 1.0, 2.0, 50.0])
     with pytest.raises(TimeoutError, match="meshes/x"):
         readiness.wait_for_inputs("render", spec, None, timeout=10, poll=0, clock=lambda: next(clock), sleep=lambda s: None)
+
+
+def test_tags_are_pulled_always_digests_if_not_present():
+    from services.cluster.argo import experiment_workflow
+
+    spec, text = make()
+    digests = {n: "sha256:" + "cd" * 32 for n in ("meshgen", "render", "train", "neuro")}
+    for engine_objs, pinned in ((experiment_manifests(spec, text), False), (experiment_manifests(spec, text, image_digests=digests), True),
+                                (experiment_workflow(spec, text), False), (experiment_workflow(spec, text, image_digests=digests), True)):
+        objs = list(engine_objs) + list(jobs_of(engine_objs).values())
+        containers = [c for o in objs for pod in pod_specs(o) for c in pod["containers"]]
+        containers += [t["container"] for o in objs if o["kind"] == "Workflow" for t in o["spec"]["templates"] if "container" in t]
+        assert containers
+        for c in containers:  # a tag may be pushed again: resolve it on every start; a digest cannot change
+            assert ("@sha256:" in c["image"]) is pinned
+            assert c["imagePullPolicy"] == ("IfNotPresent" if pinned else "Always"), c["image"]

@@ -94,3 +94,54 @@ def test_serve_exposes_the_registry():
         m.stop_serving()
     assert 'flatland_job_items_done_total{stage="neuro"} 1.0' in body
     assert 'flatland_job_items_total{stage="neuro"} 4.0' in body
+
+
+def test_each_rank_pushes_its_own_group(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    assert "rank" not in JobMetrics("train", "exp", 0, pushgateway="").grouping_key
+    monkeypatch.setenv("RANK", "5")  # set by torchrun in every process of a distributed job
+    assert JobMetrics("train", "exp", 0, pushgateway="").grouping_key == {
+        "experiment": "exp", "stage": "train", "index": "0", "rank": "5"}
+    assert JobMetrics("train", "exp", 0, pushgateway="", rank=1).grouping_key["rank"] == "1"
+    with pytest.raises(ValueError, match="rank"):
+        JobMetrics("train", "exp", 0, pushgateway="", rank=-1)
+    from services.train.metrics import RunGauges
+
+    assert RunGauges("exp", "run-1", 0, rank=2).grouping_key == {"experiment": "exp", "stage": "train", "index": "0", "rank": "2"}
+    assert "rank" not in RunGauges("exp", "run-1", 0).grouping_key
+
+
+def test_finish_keeps_a_summary_and_deletes_the_groups(tmp_path, monkeypatch):
+    import json
+
+    from services.common.store import LocalStore
+    from tests.train.test_metrics import running_pushgateway
+
+    store = LocalStore(tmp_path / "store")
+    assert JobMetrics("render", "exp", 0, pushgateway="").finish(store) is False  # no Pushgateway: nothing to do
+    assert not store.exists("jobmetrics/render-0.json")
+    monkeypatch.setenv("FLATLAND_METRICS_LINGER_SECONDS", "soon")
+    with pytest.raises(ValueError, match="FLATLAND_METRICS_LINGER_SECONDS"):
+        JobMetrics("render", "exp", 0, pushgateway="http://127.0.0.1:1").finish(store)
+    monkeypatch.delenv("FLATLAND_METRICS_LINGER_SECONDS")
+    with running_pushgateway(tmp_path) as gateway:
+        if gateway is None:
+            pytest.skip("prometheus-pushgateway is not installed")
+
+        def groups():
+            with urllib.request.urlopen(f"{gateway}/api/v1/metrics", timeout=5) as response:
+                return {tuple(sorted(g["labels"].items())) for g in json.loads(response.read())["data"]}
+
+        pods = [JobMetrics("train", "exp", 0, pushgateway=gateway, rank=r) for r in (0, 1)]
+        for pod in pods:
+            pod.progress("train:r", 2, 2)  # the last item pushes
+        assert len(groups()) == 2
+        slept = []
+        assert pods[0].finish(store, linger=7, sleep=slept.append) is True
+        assert slept == [7]  # waited for Prometheus to scrape the final values before deleting
+        left = groups()
+        assert len(left) == 1 and ("rank", "1") in next(iter(left))  # only the finished rank's group went
+        summary = json.loads(store.get_bytes("jobmetrics/train-0-rank0.json"))
+        assert summary["grouping_key"] == {"experiment": "exp", "stage": "train", "index": "0", "rank": "0"}
+        assert summary["metrics"]["flatland_job_items_done_total{stage=train}"] == 2.0
+        assert summary["metrics"]["flatland_job_items_total{stage=train}"] == 2.0

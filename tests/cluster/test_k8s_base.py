@@ -65,7 +65,7 @@ def test_namespaced_and_labelled(built):
 
 
 def test_stage_services_have_grpc_probes_and_matching_services(built):
-    _, objs = built
+    target, objs = built
     deployments, services = by_kind(objs, "Deployment"), by_kind(objs, "Service")
     for stage in STAGES:
         deployment, service = deployments[stage], services[stage]
@@ -79,9 +79,9 @@ def test_stage_services_have_grpc_probes_and_matching_services(built):
         assert selector.items() <= pod["metadata"]["labels"].items()
         assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports.keys()
-        for holder in (service["metadata"], pod["metadata"]):
-            assert holder["annotations"]["prometheus.io/scrape"] == "true"
-            assert int(holder["annotations"]["prometheus.io/port"]) == ports["metrics"]
+        if target != "overlays/gpu":  # plain Prometheus: the pod's annotations (the gpu overlay uses ServiceMonitors)
+            assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+            assert int(pod["metadata"]["annotations"]["prometheus.io/port"]) == ports["metrics"]
         assert container["args"][:2] == ["serve", stage]
         assert "--metrics-port" in container["args"]
         env = env_of(container)
@@ -213,6 +213,32 @@ def test_service_monitors_select_real_ports():
             if _selects(monitors["flatland-services"]["spec"]["selector"], s["metadata"]["labels"])} == set(STAGES)
     assert monitors["flatland-pushgateway"]["spec"]["endpoints"][0]["honorLabels"] is True
     assert "ServiceMonitor" not in {o["kind"] for o in kustomize("base")}
+
+
+def test_one_scrape_per_pod(built):
+    """Each metrics-exporting pod is scraped exactly once: by its annotations (the stock kubernetes-pods
+    job), its Service's annotations (kubernetes-service-endpoints) or a ServiceMonitor, never two of them."""
+    target, objs = built
+    services = by_kind(objs, "Service")
+    monitors = by_kind(objs, "ServiceMonitor")
+    exporters = {name: o for name, o in by_kind(objs, "Deployment").items() if name in (*STAGES, "pushgateway")}
+    assert len(exporters) == 5
+    for name, deployment in exporters.items():
+        template = deployment["spec"]["template"]
+        scrapes = []
+        if template["metadata"].get("annotations", {}).get("prometheus.io/scrape") == "true":
+            scrapes.append("pod annotations")
+        for service in services.values():
+            if not _selects({"matchLabels": service["spec"]["selector"]}, template["metadata"]["labels"]):
+                continue
+            if service["metadata"].get("annotations", {}).get("prometheus.io/scrape") == "true":
+                scrapes.append(f"Service {service['metadata']['name']} annotations")
+            for monitor in monitors.values():
+                if _selects(monitor["spec"]["selector"], service["metadata"]["labels"]):
+                    scrapes.append(f"ServiceMonitor {monitor['metadata']['name']}")
+        assert len(scrapes) == 1, f"{target}: {name} is scraped by {scrapes or 'nothing'}"
+    for monitor in monitors.values():  # kube-prometheus-stack selects ServiceMonitors on `release`
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
 def test_dashboard_configmap():

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
 from services.common.store import LocalStore
+from services.train.metrics import PUSHGATEWAY_ENV
+from tests.train.test_metrics import running_pushgateway
 from tests.train.test_pretrain import make_spec, render
 
 
@@ -33,8 +37,16 @@ def test_two_gloo_ranks_see_disjoint_data_and_end_with_identical_weights(tmp_pat
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                str(worker), str(store.root), spec.model_dump_json(), str(out)]
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    with running_pushgateway(tmp_path) as gateway:
+        if gateway:
+            env[PUSHGATEWAY_ENV] = gateway
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        if gateway:  # every rank pushed its epoch metrics as its own group, under its rank label
+            text = urllib.request.urlopen(f"{gateway}/metrics", timeout=5).read().decode()
+            losses = [line for line in text.splitlines() if line.startswith("flatland_train_loss{") and 'split="train"' in line]
+            assert sorted(re.search(r'rank="(\d+)"', line).group(1) for line in losses) == ["0", "1"], losses
+            assert len({line.rsplit(" ", 1)[1] for line in losses}) == 1  # the loss is summed across ranks: equal
     ranks = [json.loads((out / f"keys-{r}.json").read_text()) for r in range(2)]
     assert all(r["world_size"] == 2 for r in ranks)
     for epoch in ("0", "1"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -16,11 +17,13 @@ RECORD = {"epoch": 2, "train_loss": 0.7, "train_top1": 0.8, "train_top5": 0.95, 
           "val_top5": 0.9, "lr": 0.01, "train_samples": 128, "corrupt_samples": 1, "images_per_s": 50.0}
 
 
-@pytest.fixture
-def pushgateway(tmp_path):
+@contextlib.contextmanager
+def running_pushgateway(tmp_path):
+    """A real Pushgateway on a free loopback port (its URL); None where the binary is not installed."""
     binary = shutil.which("prometheus-pushgateway")
     if binary is None:
-        pytest.skip("prometheus-pushgateway is not installed")
+        yield None
+        return
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -39,6 +42,14 @@ def pushgateway(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def pushgateway(tmp_path):
+    with running_pushgateway(tmp_path) as url:
+        if url is None:
+            pytest.skip("prometheus-pushgateway is not installed")
+        yield url
 
 
 def test_epoch_metrics_are_pushed_with_the_grouping_key(pushgateway, monkeypatch):

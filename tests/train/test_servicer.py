@@ -96,3 +96,32 @@ def test_transfer_results_carry_their_metric(client, local_store):
     status = stub.GetRun(train_pb2.RunRef(run_id="x-1"), timeout=10)
     got = [(r.target, r.metric, round(r.test_score, 6), round(r.test_top1, 6)) for r in status.transfer_results]
     assert got == [("voc", "map", 0.62, 0.0), ("digits", "top1", 0.9, 0.9)]
+
+
+def test_the_server_metrics_port_exports_its_runs_loss_and_top1(local_store):
+    """The service path: what a run measured shows on the server's own metrics port (not a registry nobody serves)."""
+    import re
+    import urllib.request
+
+    from services.common.server import start_server
+
+    running = start_server("train", local_store, port=0, metrics_port=0)
+    try:
+        stub = train_pb2_grpc.TrainStub(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
+        spec = make_spec(epochs=1, batch_size=8, input_size=16)
+        write_dataset(local_store, spec.dataset_id("shapes"), classes=6, views={"train": 4, "val": 1}, size=16)
+        ref = stub.StartRun(item(spec), timeout=30)
+        assert list(stub.WatchRun(ref, timeout=120))[-1].state == train_pb2.RUN_STATE_SUCCEEDED
+        (record,) = [json.loads(line) for line in local_store.get_bytes(f"runs/{ref.run_id}/metrics.jsonl").decode().splitlines()]
+        text = urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=10).read().decode()
+    finally:
+        running.stop(grace=1.0)
+
+    def sample(name, split):
+        match = re.search(rf'^{name}{{experiment="{spec.name}",run="{ref.run_id}",split="{split}"}} (\S+)$', text, re.M)
+        assert match, f"{name} split={split} not exported:\n" + "\n".join(l for l in text.splitlines() if "train" in l)
+        return float(match.group(1))
+
+    assert sample("flatland_train_loss", "train") == pytest.approx(record["train_loss"])
+    assert sample("flatland_train_top1", "val") == pytest.approx(record["val_top1"])
+    assert "flatland_rpc_requests_total" in text  # the same registry as the server's own metrics

@@ -125,12 +125,19 @@ class ClusterSpec(StrictModel):
         description="Kueue LocalQueue: every Job (pod, with argo) is labelled kueue.x-k8s.io/queue-name and admitted by Kueue.",
     )
     namespace: str = Field(default="flatland", description="Kubernetes namespace for the experiment's Jobs.")
-    image_registry: str = Field(default="ghcr.io/beyond-flatland", description="Where the service images are pulled from.")
-    image_tag: str = Field(default="0.1.0", description="Tag of the service images.")
+    image_registry: str = Field(default="ghcr.io/beyond-flatland",
+                                description="Where the service images are pulled from (`make images REGISTRY=...` pushes there).")
+    image_tag: str = Field(default="0.1.0", description="Tag of the service images: the project version `make images` builds "
+                           "(a version is pushed once; pin by digest with `flatland k8s manifests --image-digests`).")
     meshgen_parallelism: int = Field(default=4, ge=1, le=1000, description="Pods of the meshgen Indexed Job (capped by the number of classes).")
     render_parallelism: int = Field(default=8, ge=1, le=1000, description="Pods of the render Indexed Job (capped by the number of shards).")
     gpu: bool = Field(default=False, description="Run render (EGL) and train on GPU nodes.")
     train_nodes: int = Field(default=1, ge=1, le=64, description="Nodes for multi-node torchrun training.")
+    multinode: Literal["indexed", "pytorchjob", "jobset"] = Field(
+        default="indexed",
+        description="With train_nodes > 1, what runs the ranks: an Indexed Job with a headless Service (jobs engine only), "
+        "a Kubeflow PyTorchJob (training operator) or a JobSet; all use elastic c10d rendezvous.",
+    )
     active_deadline_seconds: int = Field(default=86_400, ge=60, le=2**31 - 1, description="Default per-stage deadline (see each stage's deadline_seconds).")
     wait_timeout_seconds: int = Field(default=604_800, ge=60, description="jobs engine: how long a stage's release step waits for its inputs.")
     backoff_limit: int = Field(default=3, ge=0, le=100, description="Retries of a failed pod of a non-indexed Job (single-pod stages, multi-node train).")
