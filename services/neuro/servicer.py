@@ -23,6 +23,14 @@ def _ref(store: Store, key: str) -> common_pb2.StoreRef:
     return common_pb2.StoreRef(key=key, size=size, sha256=digest)
 
 
+def _brainscore_message(block: dict | None) -> neuro_pb2.BrainScore | None:
+    """The JSON's ``brainscore`` block as a message; ``ceiling`` and ``score`` stay unset where the JSON has null."""
+    if not block:
+        return None
+    optional = {name: block[name] for name in ("ceiling", "score") if block.get(name) is not None}
+    return neuro_pb2.BrainScore(raw=block["raw"], error=block["error"], **optional)
+
+
 def _benchmark_message(store: Store, record: dict) -> neuro_pb2.BenchmarkScore:
     layers = []
     for region, per_layer in record["predictivity"].items():
@@ -31,7 +39,7 @@ def _benchmark_message(store: Store, record: dict) -> neuro_pb2.BenchmarkScore:
             layers.append(neuro_pb2.LayerScore(
                 region=region, layer=layer, raw=s["raw"], ceiling=s["ceiling"], r_over_ceiling=s["r_over_ceiling"],
                 r2_over_ceiling=s["r2_over_ceiling"], split_std=s["split_std"], raw_ci_low=ci[0], raw_ci_high=ci[1],
-                rsa=record["rsa"][region][layer],
+                rsa=record["rsa"][region][layer], brainscore=_brainscore_message(s.get("brainscore")),
             ))
     key = f"scores/{record['run_id']}/{record['benchmark']}.json"
     return neuro_pb2.BenchmarkScore(
