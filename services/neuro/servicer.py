@@ -125,7 +125,7 @@ class NeuroServicer(neuro_pb2_grpc.NeuroServicer):
         )
 
 
-def register(server: grpc.Server, store: Store) -> list[str]:
+def register(server: grpc.Server, store: Store, *, workers: int = 1) -> list[str]:
     """Add the Neuro service to ``server``; return its full name."""
     neuro_pb2_grpc.add_NeuroServicer_to_server(NeuroServicer(store), server)
     return [SERVICE_NAME]

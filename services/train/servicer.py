@@ -220,7 +220,7 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
                 return
 
 
-def register(server: grpc.Server, store: Store) -> list[str]:
-    """Add the Train servicer to ``server``; return its full service name."""
+def register(server: grpc.Server, store: Store, *, workers: int = 1) -> list[str]:
+    """Add the Train servicer to ``server``; return its full service name (``workers``: unused, a run is one process)."""
     train_pb2_grpc.add_TrainServicer_to_server(TrainServicer(store), server)
     return [SERVICE_NAME]
