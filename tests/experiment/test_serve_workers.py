@@ -18,6 +18,13 @@ from services.common.spec import parse_spec
 from services.common.store import LocalStore
 from tests.experiment.test_local_parallel import SPEC, store_files
 
+# A mesh dataset and a fractal one, small.
+SMALL = {**SPEC, "name": "serve-small", "datasets": [
+    {"name": "shapes", "family": {"family": "procsynth"}, "classes": 3, "instances_per_class": 2,
+     "render": {"image_size": 32, "views_per_instance": 4, "shard_size": 2}},
+    {"name": "fr", "family": {"family": "fractal2d", "search_points": 5000, "search_size": 64}, "classes": 3,
+     "instances_per_class": 1, "fractal_render": {"image_size": 32, "points": 5000, "drawings_per_variant": 2,
+                                                  "shard_size": 5}}]}
 # Slow enough to stop half-way: 32 shards of 3 images at 64 x 64.
 SLOW = {**SPEC, "name": "serve-slow", "datasets": [
     {"name": "shapes", "family": {"family": "procsynth"}, "classes": 4, "instances_per_class": 2,
@@ -45,11 +52,22 @@ def make_all(spec: dict, meshgen, render) -> dict[str, list]:
     return events
 
 
+def _workers() -> list:
+    return [p for p in multiprocessing.active_children() if p.name.startswith(("render-", "meshgen-"))]
+
+
+def _drain(call):
+    try:
+        return list(call)
+    except grpc.RpcError as exc:
+        return exc
+
+
 def no_workers_left(timeout: float = 30.0) -> bool:
     """True once this process has no live worker process (the server runs in it, so its workers are our children)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not [p for p in multiprocessing.active_children() if p.name.startswith(("render-", "meshgen-"))]:
+        if not _workers():
             return True
         time.sleep(0.1)
     return False
@@ -75,14 +93,16 @@ def test_served_datasets_on_two_workers_are_byte_identical_to_one(tmp_path):
         root = tmp_path / f"w{workers}"
         running, channel, meshgen, render = serve(LocalStore(root), workers)
         try:
-            events = make_all(SPEC, meshgen, render)
+            events = make_all(SMALL, meshgen, render)
         finally:
             channel.close()
             running.stop(grace=1.0)
         stores[workers] = store_files(root)
         shapes = events["render:shapes"]
-        assert [e.progress.done for e in shapes[:-1]] == list(range(1, 17)) and shapes[-1].progress.finished
-        assert shapes[-1].progress.total == 16 and shapes[-1].progress.skipped == 0
+        total = shapes[-1].progress.total
+        assert [e.progress.done for e in shapes[:-1]] == list(range(1, total + 1)) and shapes[-1].progress.finished
+        assert total >= 6 and shapes[-1].progress.skipped == 0
+        assert len({o.key for e in shapes[:-1] for o in e.progress.outputs}) == total  # every shard once
         fractal = events["meshgen:fr"]
         assert sorted(e.class_index for e in fractal[:-1]) == [0, 1, 2] and fractal[-1].progress.finished
         assert {o.key for e in fractal[:-1] for o in e.progress.outputs}  # every class names what it wrote
@@ -120,10 +140,10 @@ def test_cancel_deadline_and_server_stop_stop_every_worker_and_the_store_resumes
         assert no_workers_left(), "a worker outlived the cancelled call"
         assert_resumable(root, reference)
 
-        # 2. The deadline passes mid-way.
+        # 2. The deadline passes while the workers start or render (rendering here is fast, spawning is not).
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as info:
-            for event in render.RenderDataset(request, timeout=12):
+            for event in render.RenderDataset(request, timeout=2.0):
                 pass
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert no_workers_left(), "a worker outlived the deadline"
@@ -133,16 +153,20 @@ def test_cancel_deadline_and_server_stop_stop_every_worker_and_the_store_resumes
         channel.close()
         running.stop(grace=1.0)
 
-    # 3. The server stops (SIGTERM of `flatland serve`) while a call renders.
+    # 3. The server stops (SIGTERM of `flatland serve`) once the call's workers run.
     running, channel, meshgen, render = serve(LocalStore(root), workers=2)
     try:
         call = render.RenderDataset(render_pb2.RenderDatasetRequest(dataset=item(SLOW, "shapes")), timeout=300)
-        stopper = threading.Thread(target=running.stop, kwargs={"grace": 2.0})
-        with pytest.raises(grpc.RpcError):
-            _first_event_then(call, stopper.start)
-            for _event in call:
-                pass
-        stopper.join(30)
+        outcome = {}
+        reader = threading.Thread(target=lambda: outcome.update(events=_drain(call)))
+        reader.start()
+        deadline = time.monotonic() + 60
+        while not _workers() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(_workers()) == 2
+        running.stop(grace=0.5)
+        reader.join(60)
+        assert isinstance(outcome.get("events"), grpc.RpcError), outcome
         assert no_workers_left(), "a worker outlived the server"
     finally:
         channel.close()
