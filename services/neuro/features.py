@@ -385,6 +385,8 @@ def extract_spatial_features(
     layers = list(reductions)
     if not layers:
         return {}
+    if len(images) == 0:
+        raise ValueError("images: no stimuli to extract spatial features from")
     kw = dict(input_size=input_size, mean=mean, std=std, device=device)
     _, probe = next(_activation_batches(model, images[:1], layers, batch_size=1, **kw))
     units = {layer: int(probe[layer][0].numel()) for layer in layers}

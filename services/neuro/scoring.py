@@ -25,6 +25,7 @@ from services.common.spec.neuro import NeuralDataSpec, ScoringSpec, check_layers
 from services.common.store import Store
 from services.neuro.dataformat import NeuralData, read_neural_data
 from services.neuro.features import (
+    MAX_FEATURE_BYTES,
     Checkpoint,
     cached_features,
     cached_spatial_features,
@@ -173,11 +174,12 @@ def model_features(
     features = cached_features(store, checkpoint, images, stimulus_hash, pooled, pooling=scoring.pooling,
                                grid=scoring.grid, batch_size=scoring.batch_size, device=scoring.device,
                                progress=progress) if pooled else {}
-    if spatial:
+    if spatial:  # within the one feature cap, with what the pooled layers already hold
+        budget = MAX_FEATURE_BYTES - sum(int(x.nbytes) for x in features.values())
         features.update(cached_spatial_features(
             store, checkpoint, images, stimulus_hash, spatial, seed=scoring.seed,
             fit_images=fit[0] if fit else None, fit_hash=fit[1] if fit else None,
-            batch_size=scoring.batch_size, device=scoring.device, progress=progress))
+            batch_size=scoring.batch_size, device=scoring.device, progress=progress, max_bytes=budget))
     return {layer: features[layer] for layer in layers}
 
 

@@ -235,3 +235,23 @@ def test_spatial_settings_are_validated():
         parse_spec({**TINY, "scoring": [{**base, "spatial": {"layer1": {"method": "pca"}}}]})
     spec = parse_spec({**TINY, "scoring": [{**base, "spatial": {"layer1": {"method": "incremental_pca", "components": 8}}}]})
     assert spec.scoring[0].spatial["layer1"].components == 8
+
+
+def test_scoring_a_run_with_spatial_layers(tmp_path, finished_store):
+    from services.neuro.scoring import score_run
+
+    rng = np.random.default_rng(5)
+    folder = write_folder(tmp_path / "fit", rng.integers(0, 255, (24, 48, 48, 3), dtype=np.uint8))
+    entry = {**TINY["scoring"][0], "compare_models": False, "bootstrap": 0, "pca_fit_images": str(folder),
+             "spatial": {"layer1": {"method": "random_projection", "components": 64},
+                         "layer2": {"method": "incremental_pca", "components": 30}}}
+    spec = parse_spec({**TINY, "scoring": [entry]})
+    record = score_run(spec, finished_store, spec.scoring[0], "run-a", "planted")
+    # every unit of layer1 (64 x 16 x 16) projected to 64; layer2's streaming PCA has 24 fit images: 24 components;
+    # layer4 is pooled (512) and PCA'd on the folder (24)
+    assert record["feature_dims"] == {"layer1": 64, "layer2": 24, "layer4": 512}
+    assert record["mapped_dims"] == {"layer1": 64, "layer2": 24, "layer4": 24}
+    keys = [k for k in finished_store.list("features/") if "/layer1." in k or "/layer2." in k]
+    assert any(k.endswith("layer1.rp-sparse64-seed0.npy") for k in keys)
+    assert any("layer2.ipca30-fit" in k for k in keys)
+    assert all(np.isfinite(record["predictivity"]["planted"][layer]["raw"]) for layer in ("layer1", "layer2", "layer4"))
