@@ -16,8 +16,8 @@ from services.common.spec.loading import parse_json_field
 from services.common.spec.render import RenderSettings
 from services.common.spec_servicer import dataset_from_item
 from services.common.status import abort_with
-from services.common.workers import WorkerPool
 from services.common.store import Store
+from services.common.workers import WorkerPool
 
 SERVICE_NAME = "flatland.v1.Render"
 MAX_IMAGE_SIZE = 1024
