@@ -107,21 +107,38 @@ def stages() -> None:
 @click.option("--store", "store_url", default=None, help="Store URL (default: $FLATLAND_STORE or ./flatland-data).")
 @click.option("--max-message-mb", default=64, show_default=True, type=click.IntRange(1, 2047), help="Largest gRPC message.")
 @click.option("--grace", default=10.0, show_default=True, type=float, help="Seconds in-flight calls get on SIGTERM.")
-def serve(stage: str, host: str, port: int, metrics_port: int, store_url: str | None, max_message_mb: int, grace: float) -> None:
+@click.option(
+    "--workers", type=click.IntRange(1, 1024), default=None,
+    help="Worker processes each GenerateDataset, RenderDataset and Score call splits its items over "
+    "(default: every core; 1: in the server's process). Same bytes whatever the count.",
+)
+@click.option("--max-work-calls", default=8, show_default=True, type=click.IntRange(1, 1024),
+              help="Computing unary calls at once (GenerateMesh, RenderImages, StartRun, CompareModels); one more "
+              "is refused with RESOURCE_EXHAUSTED.")
+@click.option("--max-streams", default=16, show_default=True, type=click.IntRange(1, 1024),
+              help="Streaming calls at once (GenerateDataset, RenderDataset, Score, WatchRun, Health/Watch).")
+@click.option("--max-spec-calls", default=4, show_default=True, type=click.IntRange(1, 1024),
+              help="Spec/Validate and Spec/Schema calls at once.")
+def serve(stage: str, host: str, port: int, metrics_port: int, store_url: str | None, max_message_mb: int, grace: float,
+          workers: int | None, max_work_calls: int, max_streams: int, max_spec_calls: int) -> None:
     """Start a stage's gRPC server (health, reflection, metrics)."""
     from services.common.server import start_server
+    from services.common.spec.local import available_cores
 
     store = _open_store(None, store_url)
     try:
         running = start_server(
-            stage, store, host=host, port=port, metrics_port=metrics_port, max_message_bytes=max_message_mb * 1024 * 1024
+            stage, store, host=host, port=port, metrics_port=metrics_port, max_message_bytes=max_message_mb * 1024 * 1024,
+            max_workers=max_work_calls, max_streams=max_streams, max_spec_calls=max_spec_calls,
+            workers=workers or available_cores(),
         )
     except OSError as exc:
         _fail(str(exc))
     running.stop_on_signals(grace)
     console.print(
         f"serving [bold]{', '.join(running.services)}[/] on {host}:{running.port}, "
-        f"metrics on {host}:{running.metrics_port}/metrics, store {store.url}"
+        f"metrics on {host}:{running.metrics_port}/metrics, store {store.url}, "
+        f"{workers or available_cores()} workers per dataset call"
     )
     # Machine-readable line for scripts and tests that start servers on port 0.
     print(json.dumps({"port": running.port, "metrics_port": running.metrics_port}), flush=True)

@@ -106,8 +106,8 @@ def serve_stage():
 
     started = []
 
-    def serve(stage: str, store):
-        running = start_server(stage, store, port=0, metrics_port=None)
+    def serve(stage: str, store, **options):
+        running = start_server(stage, store, port=0, metrics_port=None, **options)
         channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
         started.append((running, channel))
         return channel

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from flatland.v1 import common_pb2 as flatland_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66latland/v1/neuro.proto\x12\x0b\x66latland.v1\x1a\x18\x66latland/v1/common.proto\"m\n\x0cScoreRequest\x12,\n\x07scoring\x18\x01 \x01(\x0b\x32\x1b.flatland.v1.ExperimentItem\x12\x0c\n\x04runs\x18\x02 \x03(\t\x12\x12\n\nbenchmarks\x18\x03 \x03(\t\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\"\xc3\x01\n\nLayerScore\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12\x0b\n\x03raw\x18\x03 \x01(\x01\x12\x0f\n\x07\x63\x65iling\x18\x04 \x01(\x01\x12\x16\n\x0er_over_ceiling\x18\x05 \x01(\x01\x12\x17\n\x0fr2_over_ceiling\x18\x06 \x01(\x01\x12\x11\n\tsplit_std\x18\x07 \x01(\x01\x12\x12\n\nraw_ci_low\x18\x08 \x01(\x01\x12\x13\n\x0braw_ci_high\x18\t \x01(\x01\x12\x0b\n\x03rsa\x18\n \x01(\x01\"\x8c\x02\n\x0e\x42\x65nchmarkScore\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tbenchmark\x18\x03 \x01(\t\x12\x0f\n\x07skipped\x18\x04 \x01(\x08\x12)\n\nscore_json\x18\x05 \x01(\x0b\x32\x15.flatland.v1.StoreRef\x12&\n\x07\x66igures\x18\x06 \x03(\x0b\x32\x15.flatland.v1.StoreRef\x12\'\n\x06layers\x18\x07 \x03(\x0b\x32\x17.flatland.v1.LayerScore\x12\x13\n\x0b\x62\x65st_layers\x18\x08 \x03(\t\x12\x15\n\rnormalisation\x18\t \x01(\t\x12\x11\n\tsynthetic\x18\n \x01(\x08\":\n\x0bScoreResult\x12+\n\x06scores\x18\x01 \x03(\x0b\x32\x1b.flatland.v1.BenchmarkScore\"s\n\rScoreResponse\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.flatland.v1.ProgressEventH\x00\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.flatland.v1.ScoreResultH\x00\x42\x06\n\x04kind\"\xa8\x01\n\x14\x43ompareModelsRequest\x12,\n\x07scoring\x18\x01 \x01(\x0b\x32\x1b.flatland.v1.ExperimentItem\x12\r\n\x05run_a\x18\x02 \x01(\t\x12\r\n\x05run_b\x18\x03 \x01(\t\x12\x11\n\tbenchmark\x18\x04 \x01(\t\x12\x10\n\x08layers_a\x18\x05 \x03(\t\x12\x10\n\x08layers_b\x18\x06 \x03(\t\x12\r\n\x05\x66orce\x18\x07 \x01(\x08\"\xc6\x01\n\x15\x43ompareModelsResponse\x12\x10\n\x08layers_a\x18\x01 \x03(\t\x12\x10\n\x08layers_b\x18\x02 \x03(\t\x12\x12\n\nsimilarity\x18\x03 \x03(\x01\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x12\n\nrdm_metric\x18\x05 \x01(\t\x12*\n\x0bresult_json\x18\x06 \x01(\x0b\x32\x15.flatland.v1.StoreRef\x12%\n\x06\x66igure\x18\x07 \x01(\x0b\x32\x15.flatland.v1.StoreRef2\xa1\x01\n\x05Neuro\x12@\n\x05Score\x12\x19.flatland.v1.ScoreRequest\x1a\x1a.flatland.v1.ScoreResponse0\x01\x12V\n\rCompareModels\x12!.flatland.v1.CompareModelsRequest\x1a\".flatland.v1.CompareModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66latland/v1/neuro.proto\x12\x0b\x66latland.v1\x1a\x18\x66latland/v1/common.proto\"m\n\x0cScoreRequest\x12,\n\x07scoring\x18\x01 \x01(\x0b\x32\x1b.flatland.v1.ExperimentItem\x12\x0c\n\x04runs\x18\x02 \x03(\t\x12\x12\n\nbenchmarks\x18\x03 \x03(\t\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\"\xf0\x01\n\nLayerScore\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12\x0b\n\x03raw\x18\x03 \x01(\x01\x12\x0f\n\x07\x63\x65iling\x18\x04 \x01(\x01\x12\x16\n\x0er_over_ceiling\x18\x05 \x01(\x01\x12\x17\n\x0fr2_over_ceiling\x18\x06 \x01(\x01\x12\x11\n\tsplit_std\x18\x07 \x01(\x01\x12\x12\n\nraw_ci_low\x18\x08 \x01(\x01\x12\x13\n\x0braw_ci_high\x18\t \x01(\x01\x12\x0b\n\x03rsa\x18\n \x01(\x01\x12+\n\nbrainscore\x18\x0b \x01(\x0b\x32\x17.flatland.v1.BrainScore\"h\n\nBrainScore\x12\x0b\n\x03raw\x18\x01 \x01(\x01\x12\r\n\x05\x65rror\x18\x02 \x01(\x01\x12\x14\n\x07\x63\x65iling\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05score\x18\x04 \x01(\x01H\x01\x88\x01\x01\x42\n\n\x08_ceilingB\x08\n\x06_score\"\x8c\x02\n\x0e\x42\x65nchmarkScore\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tbenchmark\x18\x03 \x01(\t\x12\x0f\n\x07skipped\x18\x04 \x01(\x08\x12)\n\nscore_json\x18\x05 \x01(\x0b\x32\x15.flatland.v1.StoreRef\x12&\n\x07\x66igures\x18\x06 \x03(\x0b\x32\x15.flatland.v1.StoreRef\x12\'\n\x06layers\x18\x07 \x03(\x0b\x32\x17.flatland.v1.LayerScore\x12\x13\n\x0b\x62\x65st_layers\x18\x08 \x03(\t\x12\x15\n\rnormalisation\x18\t \x01(\t\x12\x11\n\tsynthetic\x18\n \x01(\x08\":\n\x0bScoreResult\x12+\n\x06scores\x18\x01 \x03(\x0b\x32\x1b.flatland.v1.BenchmarkScore\"s\n\rScoreResponse\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.flatland.v1.ProgressEventH\x00\x12*\n\x06result\x18\x02 \x01(\x0b\x32\x18.flatland.v1.ScoreResultH\x00\x42\x06\n\x04kind\"\xa8\x01\n\x14\x43ompareModelsRequest\x12,\n\x07scoring\x18\x01 \x01(\x0b\x32\x1b.flatland.v1.ExperimentItem\x12\r\n\x05run_a\x18\x02 \x01(\t\x12\r\n\x05run_b\x18\x03 \x01(\t\x12\x11\n\tbenchmark\x18\x04 \x01(\t\x12\x10\n\x08layers_a\x18\x05 \x03(\t\x12\x10\n\x08layers_b\x18\x06 \x03(\t\x12\r\n\x05\x66orce\x18\x07 \x01(\x08\"\xc6\x01\n\x15\x43ompareModelsResponse\x12\x10\n\x08layers_a\x18\x01 \x03(\t\x12\x10\n\x08layers_b\x18\x02 \x03(\t\x12\x12\n\nsimilarity\x18\x03 \x03(\x01\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x12\n\nrdm_metric\x18\x05 \x01(\t\x12*\n\x0bresult_json\x18\x06 \x01(\x0b\x32\x15.flatland.v1.StoreRef\x12%\n\x06\x66igure\x18\x07 \x01(\x0b\x32\x15.flatland.v1.StoreRef2\xa1\x01\n\x05Neuro\x12@\n\x05Score\x12\x19.flatland.v1.ScoreRequest\x1a\x1a.flatland.v1.ScoreResponse0\x01\x12V\n\rCompareModels\x12!.flatland.v1.CompareModelsRequest\x1a\".flatland.v1.CompareModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,17 +35,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREREQUEST']._serialized_start=66
   _globals['_SCOREREQUEST']._serialized_end=175
   _globals['_LAYERSCORE']._serialized_start=178
-  _globals['_LAYERSCORE']._serialized_end=373
-  _globals['_BENCHMARKSCORE']._serialized_start=376
-  _globals['_BENCHMARKSCORE']._serialized_end=644
-  _globals['_SCORERESULT']._serialized_start=646
-  _globals['_SCORERESULT']._serialized_end=704
-  _globals['_SCORERESPONSE']._serialized_start=706
-  _globals['_SCORERESPONSE']._serialized_end=821
-  _globals['_COMPAREMODELSREQUEST']._serialized_start=824
-  _globals['_COMPAREMODELSREQUEST']._serialized_end=992
-  _globals['_COMPAREMODELSRESPONSE']._serialized_start=995
-  _globals['_COMPAREMODELSRESPONSE']._serialized_end=1193
-  _globals['_NEURO']._serialized_start=1196
-  _globals['_NEURO']._serialized_end=1357
+  _globals['_LAYERSCORE']._serialized_end=418
+  _globals['_BRAINSCORE']._serialized_start=420
+  _globals['_BRAINSCORE']._serialized_end=524
+  _globals['_BENCHMARKSCORE']._serialized_start=527
+  _globals['_BENCHMARKSCORE']._serialized_end=795
+  _globals['_SCORERESULT']._serialized_start=797
+  _globals['_SCORERESULT']._serialized_end=855
+  _globals['_SCORERESPONSE']._serialized_start=857
+  _globals['_SCORERESPONSE']._serialized_end=972
+  _globals['_COMPAREMODELSREQUEST']._serialized_start=975
+  _globals['_COMPAREMODELSREQUEST']._serialized_end=1143
+  _globals['_COMPAREMODELSRESPONSE']._serialized_start=1146
+  _globals['_COMPAREMODELSRESPONSE']._serialized_end=1344
+  _globals['_NEURO']._serialized_start=1347
+  _globals['_NEURO']._serialized_end=1508
 # @@protoc_insertion_point(module_scope)

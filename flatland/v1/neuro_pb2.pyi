@@ -20,7 +20,7 @@ class ScoreRequest(_message.Message):
     def __init__(self, scoring: _Optional[_Union[_common_pb2.ExperimentItem, _Mapping]] = ..., runs: _Optional[_Iterable[str]] = ..., benchmarks: _Optional[_Iterable[str]] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class LayerScore(_message.Message):
-    __slots__ = ("region", "layer", "raw", "ceiling", "r_over_ceiling", "r2_over_ceiling", "split_std", "raw_ci_low", "raw_ci_high", "rsa")
+    __slots__ = ("region", "layer", "raw", "ceiling", "r_over_ceiling", "r2_over_ceiling", "split_std", "raw_ci_low", "raw_ci_high", "rsa", "brainscore")
     REGION_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class LayerScore(_message.Message):
     RAW_CI_LOW_FIELD_NUMBER: _ClassVar[int]
     RAW_CI_HIGH_FIELD_NUMBER: _ClassVar[int]
     RSA_FIELD_NUMBER: _ClassVar[int]
+    BRAINSCORE_FIELD_NUMBER: _ClassVar[int]
     region: str
     layer: str
     raw: float
@@ -41,7 +42,20 @@ class LayerScore(_message.Message):
     raw_ci_low: float
     raw_ci_high: float
     rsa: float
-    def __init__(self, region: _Optional[str] = ..., layer: _Optional[str] = ..., raw: _Optional[float] = ..., ceiling: _Optional[float] = ..., r_over_ceiling: _Optional[float] = ..., r2_over_ceiling: _Optional[float] = ..., split_std: _Optional[float] = ..., raw_ci_low: _Optional[float] = ..., raw_ci_high: _Optional[float] = ..., rsa: _Optional[float] = ...) -> None: ...
+    brainscore: BrainScore
+    def __init__(self, region: _Optional[str] = ..., layer: _Optional[str] = ..., raw: _Optional[float] = ..., ceiling: _Optional[float] = ..., r_over_ceiling: _Optional[float] = ..., r2_over_ceiling: _Optional[float] = ..., split_std: _Optional[float] = ..., raw_ci_low: _Optional[float] = ..., raw_ci_high: _Optional[float] = ..., rsa: _Optional[float] = ..., brainscore: _Optional[_Union[BrainScore, _Mapping]] = ...) -> None: ...
+
+class BrainScore(_message.Message):
+    __slots__ = ("raw", "error", "ceiling", "score")
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CEILING_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    raw: float
+    error: float
+    ceiling: float
+    score: float
+    def __init__(self, raw: _Optional[float] = ..., error: _Optional[float] = ..., ceiling: _Optional[float] = ..., score: _Optional[float] = ...) -> None: ...
 
 class BenchmarkScore(_message.Message):
     __slots__ = ("run", "run_id", "benchmark", "skipped", "score_json", "figures", "layers", "best_layers", "normalisation", "synthetic")

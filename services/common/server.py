@@ -287,6 +287,7 @@ def start_server(
     max_workers: int = 8,
     max_streams: int = 16,
     max_spec_calls: int = 4,
+    workers: int = 1,
     extra_registrars: Iterable[Callable[[grpc.Server, Store], list[str]]] = (),
 ) -> RunningServer:
     """Start the gRPC server of ``stage`` ("meshgen", "render", "train", "neuro", "all", or
@@ -297,7 +298,14 @@ def start_server(
     ``flatland.v1.Spec`` service; ``extra_registrars`` add more services (tests use it).
     ``max_workers``, ``max_streams`` and ``max_spec_calls`` cap the calls in flight per class
     (:class:`CallLimits`); the thread pool holds all of them plus threads for the control calls.
+    ``workers``: processes a dataset call (``GenerateDataset``, ``RenderDataset``, ``Score``) splits its
+    items over (:class:`services.common.workers.WorkerPool`, the Indexed-job split; same bytes for any
+    count); 1 keeps the work in the server's process.
     """
+    for name, value in (("max_workers", max_workers), ("max_streams", max_streams),
+                        ("max_spec_calls", max_spec_calls), ("workers", workers)):
+        if value < 1:
+            raise ValueError(f"{name}: must be >= 1, got {value}")
     stage_names = resolve_stages(stage)
     registry = CollectorRegistry()
     metrics = RpcMetrics(registry)
@@ -318,7 +326,7 @@ def start_server(
         services.extend(registrar(server, store))
     for name in stage_names:
         # The registry this server's metrics port exposes: a stage's own metrics (train: loss, top-1) go there too.
-        services.extend(get_stage(name).servicer().register(server, store, registry=registry))
+        services.extend(get_stage(name).servicer().register(server, store, registry=registry, workers=workers))
 
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -40,3 +40,21 @@ def run_job(
         classes = shard_classes(dataset.classes, index, count)
         summary["datasets"][dataset.name] = generate_dataset(spec, dataset.name, store, classes=classes, progress=progress)
     return summary
+
+
+def generate_classes_share(store: Store, spec: ExperimentSpec, dataset_name: str, classes: list[int], *,
+                           index: int, count: int, progress=None, emit=None) -> dict:
+    """Worker target of ``flatland serve``'s ``GenerateDataset`` (:class:`services.common.workers.WorkerPool`):
+    classes ``classes[index::count]`` of one dataset, one ``emit`` per class finished or found done."""
+    from services.meshgen.dataset import iter_generate_dataset
+
+    generated = skipped = 0
+    for step in iter_generate_dataset(spec, dataset_name, store, classes=classes[index::count]):
+        if step.finished:
+            break
+        generated += step.generated
+        skipped += not step.generated
+        if emit is not None:
+            emit({"class_index": step.class_index, "generated": step.generated,
+                  "entries": [(e.key, e.size, e.sha256) for e in step.entries]})
+    return {"generated": generated, "skipped": skipped}

@@ -14,7 +14,8 @@ from services.common.spec.loading import parse_json_field
 from services.common.spec_servicer import dataset_from_item
 from services.common.status import abort_with
 from services.common.store import Store
-from services.meshgen.dataset import iter_generate_dataset, manifest_key
+from services.common.workers import WorkerPool
+from services.meshgen.dataset import iter_generate_dataset, manifest_key, missing_classes
 from services.meshgen.job import shard_classes
 from services.meshgen.registry import GeneratedItem, get_family
 
@@ -48,8 +49,9 @@ def generate_mesh(family_name: str, params_json: str, seed: int, class_index: in
 class MeshgenServicer(meshgen_pb2_grpc.MeshgenServicer):
     """Thin adapter: parse the request, call the library, map errors to status codes."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, workers: int = 1):
         self.store = store
+        self.workers = workers  # processes for GenerateDataset (1: in the server's own process)
 
     def GenerateMesh(self, request, context):
         try:
@@ -70,29 +72,67 @@ class MeshgenServicer(meshgen_pb2_grpc.MeshgenServicer):
             name = dataset.name
             classes = shard_classes(dataset.classes, request.shard_index, request.shard_count or 1)
             dataset_id = spec.dataset_id(name)
-            for step in iter_generate_dataset(spec, name, self.store, classes=classes):
-                if not context.is_active():
-                    return
-                outputs = [common_pb2.StoreRef(key=e.key, size=e.size, sha256=e.sha256) for e in step.entries]
-                if step.finished:
-                    outputs = [common_pb2.StoreRef(key=manifest_key(dataset_id))]
-                message = (
-                    f"{step.done}/{step.total} classes ({step.skipped} already done)" if step.finished
-                    else f"class {step.class_index} {'written' if step.generated else 'already done'}"
-                )
-                yield meshgen_pb2.GenerateDatasetEvent(
-                    progress=common_pb2.ProgressEvent(
-                        task=step.task, done=step.done, total=step.total, skipped=step.skipped,
-                        message=message, finished=step.finished, outputs=outputs,
-                    ),
-                    dataset_id=dataset_id,
-                    class_index=-1 if step.class_index is None else step.class_index,
-                )
+            workers = max(1, min(self.workers, len(classes)))
+            if workers <= 1:
+                yield from self._in_process(spec, name, classes, dataset_id, context)
+                return
+            steps = self._across_workers(spec, name, classes, workers)
+            done = skipped = 0
+            try:
+                for step in steps:
+                    done += 1
+                    skipped += not step["generated"]
+                    yield meshgen_pb2.GenerateDatasetEvent(
+                        progress=common_pb2.ProgressEvent(
+                            task=f"meshgen:{name}", done=done, total=len(classes), skipped=skipped,
+                            message=f"class {step['class_index']} {'written' if step['generated'] else 'already done'}",
+                            outputs=[common_pb2.StoreRef(key=k, size=n, sha256=h) for k, n, h in step["entries"]]),
+                        dataset_id=dataset_id, class_index=step["class_index"])
+            finally:
+                steps.close()  # a client gone mid-stream: the worker processes stop here
+            if not context.is_active():
+                return
+            missing_classes(spec, name, self.store)  # merge classes a concurrent manifest rewrite dropped
+            yield meshgen_pb2.GenerateDatasetEvent(
+                progress=common_pb2.ProgressEvent(
+                    task=f"meshgen:{name}", done=done, total=len(classes), skipped=skipped, finished=True,
+                    message=f"{done}/{len(classes)} classes ({skipped} already done)",
+                    outputs=[common_pb2.StoreRef(key=manifest_key(dataset_id))]),
+                dataset_id=dataset_id, class_index=-1)
         except Exception as exc:  # noqa: BLE001
             abort_with(context, exc)
 
+    def _across_workers(self, spec, name: str, classes: list[int], workers: int):
+        """One dict per class (class_index, generated, entries) as the worker processes finish them; they stop
+        when the call is cancelled or this generator is closed."""
+        with WorkerPool("services.meshgen.job:generate_classes_share", (spec, name, classes), self.store.url,
+                        workers, name=f"meshgen-{name}") as pool:
+            for message in pool.messages():
+                if message[0] == "event":
+                    yield message[2]
 
-def register(server: grpc.Server, store: Store, registry=None) -> list[str]:
-    """Add the Meshgen servicer to ``server``; return the full service names."""
-    meshgen_pb2_grpc.add_MeshgenServicer_to_server(MeshgenServicer(store), server)
+    def _in_process(self, spec, name: str, classes: list[int], dataset_id: str, context):
+        for step in iter_generate_dataset(spec, name, self.store, classes=classes):
+            if not context.is_active():
+                return
+            outputs = [common_pb2.StoreRef(key=e.key, size=e.size, sha256=e.sha256) for e in step.entries]
+            if step.finished:
+                outputs = [common_pb2.StoreRef(key=manifest_key(dataset_id))]
+            message = (
+                f"{step.done}/{step.total} classes ({step.skipped} already done)" if step.finished
+                else f"class {step.class_index} {'written' if step.generated else 'already done'}"
+            )
+            yield meshgen_pb2.GenerateDatasetEvent(
+                progress=common_pb2.ProgressEvent(
+                    task=step.task, done=step.done, total=step.total, skipped=step.skipped,
+                    message=message, finished=step.finished, outputs=outputs,
+                ),
+                dataset_id=dataset_id,
+                class_index=-1 if step.class_index is None else step.class_index,
+            )
+
+
+def register(server: grpc.Server, store: Store, registry=None, *, workers: int = 1) -> list[str]:
+    """Add the Meshgen servicer to ``server`` (``GenerateDataset`` over ``workers`` processes); return the full service names."""
+    meshgen_pb2_grpc.add_MeshgenServicer_to_server(MeshgenServicer(store, workers), server)
     return [SERVICE_NAME]

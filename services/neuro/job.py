@@ -68,3 +68,21 @@ def run_job(
         progress("neuro", len(mine), len(mine))
     return {"stage": "neuro", "shard": index, "count": count, "tasks": len(mine), "computed": scored,
             "skipped": skipped, "outputs": outputs, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def score_pairs_share(store: Store, spec: ExperimentSpec, scoring_name: str, pairs: list[tuple[str, str]], force: bool,
+                      *, index: int, count: int, progress=None, emit=None) -> dict:
+    """Worker target of ``flatland serve``'s ``Score`` (:class:`services.common.workers.WorkerPool`): the
+    (run, benchmark) pairs ``index, index + count, …`` of one scoring entry; ``emit((position, record))`` per pair."""
+    from services.neuro.scoring import scoring_spec
+
+    scoring = scoring_spec(spec, scoring_name)
+    mine = list(range(len(pairs)))[index::count]
+    for position in mine:
+        run, benchmark = pairs[position]
+        task = f"neuro:{scoring.name}:{run}:{benchmark}"
+        record = score_run(spec, store, scoring, run, benchmark, force=force,
+                           progress=(lambda t, d, n, task=task: progress(task, d, n)) if progress else None)
+        if emit is not None:
+            emit((position, record))
+    return {"scored": len(mine)}

@@ -202,27 +202,33 @@ def spearman_brown(r: np.ndarray | float, factor: float = 2.0) -> np.ndarray:
 # ---------------------------------------------------------------- mappings
 
 
-def reduce_pca(features: np.ndarray, n_components: int | None, *, seed: int) -> np.ndarray:
+def reduce_pca(features: np.ndarray, n_components: int | None, *, seed: int, fit_on: np.ndarray | None = None) -> np.ndarray:
     """PCA of the features to ``n_components`` (no-op when off or already that small).
 
-    Fitted on all stimuli of the set (unsupervised: no responses involved), as
-    Brain-Score reduces each layer to 1000 components before mapping.
+    Fitted on ``fit_on`` (features of a separate image set, as Brain-Score fits its 1000
+    components on ImageNet validation images) when given, else on all stimuli of the set
+    (unsupervised: no responses involved), and applied to ``features``.
 
     Returns
     -------
-    (S, min(D, n_components, S)) float64
+    (S, min(D, n_components, fit rows)) float64
     """
     x = np.asarray(features, dtype=np.float64)
     if n_components is None or x.shape[1] <= n_components:
         return x
     from sklearn.decomposition import PCA
 
-    k = min(n_components, x.shape[0])
-    pca = PCA(n_components=k, svd_solver="randomized" if k < 0.8 * min(x.shape) else "full",
+    fit = x if fit_on is None else np.asarray(fit_on, dtype=np.float64)
+    if fit.shape[1] != x.shape[1]:
+        raise ValueError(f"PCA fit set has {fit.shape[1]} features per image but the stimuli have {x.shape[1]}")
+    k = min(n_components, fit.shape[0])
+    pca = PCA(n_components=k, svd_solver="randomized" if k < 0.8 * min(fit.shape) else "full",
               random_state=derive_seed(seed, "neuro", "pca") % (2**32))
     # Small decompositions are much faster single-threaded on a busy machine (OpenBLAS contention).
-    with threadpool_limits(limits=1 if x.size < 4_000_000 else None, user_api="blas"):
-        return pca.fit_transform(x)
+    with threadpool_limits(limits=1 if fit.size < 4_000_000 else None, user_api="blas"):
+        if fit_on is None:
+            return pca.fit_transform(x)
+        return pca.fit(fit).transform(x)
 
 
 def _single_threaded_blas():

@@ -24,7 +24,15 @@ from services.common.spec.experiment import ExperimentSpec, content_hash
 from services.common.spec.neuro import NeuralDataSpec, ScoringSpec, check_layers
 from services.common.store import Store
 from services.neuro.dataformat import NeuralData, read_neural_data
-from services.neuro.features import Checkpoint, cached_features, checkpoint_from_bytes
+from services.neuro.features import (
+    MAX_FEATURE_BYTES,
+    Checkpoint,
+    cached_features,
+    cached_spatial_features,
+    checkpoint_from_bytes,
+    image_folder_digest,
+    load_image_folder,
+)
 from services.neuro.planted import ensure_planted
 from services.neuro.plots import model_model_figure, predictivity_figure, rdm_figure
 from services.train.api import verified_final_checkpoint
@@ -65,6 +73,9 @@ def scoring_hash(scoring: ScoringSpec, neural: NeuralDataSpec, store: Store | No
     if scoring.split_file and store is not None:
         raw, _ = _local_or_store_bytes(store, scoring.split_file, f"scoring '{scoring.name}' split_file")
         settings["split_file_sha256"] = hashlib.sha256(raw).hexdigest()
+    if scoring.pca_fit_images:
+        settings["pca_fit_images_sha256"] = image_folder_digest(
+            scoring.pca_fit_images, field=f"scoring '{scoring.name}' pca_fit_images")
     return content_hash({"scoring": settings, "neural": neural})
 
 
@@ -135,6 +146,66 @@ def resolve_splits(store: Store, scoring: ScoringSpec, data: NeuralData) -> list
     return make_splits(data.objects, scoring.splits, scoring.n_splits, seed=scoring.seed, test_fraction=scoring.test_fraction)
 
 
+FitImages = tuple[np.ndarray, str] | None
+
+
+def pca_fit_images(scoring: ScoringSpec, size: tuple[int, int]) -> FitImages:
+    """The scoring entry's PCA fit set (images at the stimuli's size, and their hash), or None (fit on the stimuli)."""
+    if not scoring.pca_fit_images:
+        return None
+    return load_image_folder(scoring.pca_fit_images, size, field=f"scoring '{scoring.name}' pca_fit_images")
+
+
+def model_features(
+    store: Store,
+    checkpoint: Checkpoint,
+    images: np.ndarray,
+    stimulus_hash: str,
+    layers: list[str],
+    scoring: ScoringSpec,
+    *,
+    fit: FitImages = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, np.ndarray]:
+    """Features of ``layers``: pooled as ``scoring.pooling`` says, or, for the layers in ``scoring.spatial``,
+    every unit reduced on the fly (random projection, or streaming PCA fitted on ``fit`` else the stimuli)."""
+    spatial = {layer: scoring.spatial[layer] for layer in layers if layer in scoring.spatial}
+    pooled = [layer for layer in layers if layer not in spatial]
+    features = cached_features(store, checkpoint, images, stimulus_hash, pooled, pooling=scoring.pooling,
+                               grid=scoring.grid, batch_size=scoring.batch_size, device=scoring.device,
+                               progress=progress) if pooled else {}
+    if spatial:  # within the one feature cap, with what the pooled layers already hold
+        budget = MAX_FEATURE_BYTES - sum(int(x.nbytes) for x in features.values())
+        features.update(cached_spatial_features(
+            store, checkpoint, images, stimulus_hash, spatial, seed=scoring.seed,
+            fit_images=fit[0] if fit else None, fit_hash=fit[1] if fit else None,
+            batch_size=scoring.batch_size, device=scoring.device, progress=progress, max_bytes=budget))
+    return {layer: features[layer] for layer in layers}
+
+
+def mapped_features(
+    store: Store,
+    checkpoint: Checkpoint,
+    features: dict[str, np.ndarray],
+    scoring: ScoringSpec,
+    *,
+    fit: FitImages = None,
+) -> dict[str, np.ndarray]:
+    """What the mapping regresses on: each pooled layer's features PCA-reduced to ``pca_components``, the PCA
+    fitted on the features of the ``fit`` images when given (as Brain-Score fits on ImageNet), else on the
+    stimuli; spatial layers as they are (already reduced)."""
+    pooled = [layer for layer in features if layer not in scoring.spatial]
+    needs_fit = [layer for layer in pooled if scoring.pca_components is not None
+                 and features[layer].shape[1] > scoring.pca_components]
+    fit_features = {}
+    if fit is not None and needs_fit:
+        fit_features = cached_features(store, checkpoint, fit[0], fit[1], needs_fit, pooling=scoring.pooling,
+                                       grid=scoring.grid, batch_size=scoring.batch_size, device=scoring.device)
+    return {layer: (reduce_pca(x, scoring.pca_components, seed=scoring.seed, fit_on=fit_features.get(layer))
+                    if layer in pooled else np.asarray(x, dtype=np.float64))
+            for layer, x in features.items()}
+
+
 def _stage(progress: ProgressFn | None, task: str, done: int, total: int) -> None:
     if progress:
         progress(task, done, total)
@@ -163,19 +234,21 @@ def score_checkpoint(
         ``region:<r>`` and ``layer:<l>`` RDMs (for figures).
     """
     layers = list(scoring.layers)
-    features = cached_features(
-        store, checkpoint, data.images, data.stimulus_set_hash(), layers, pooling=scoring.pooling,
-        grid=scoring.grid, batch_size=scoring.batch_size, device=scoring.device,
+    fit = pca_fit_images(scoring, data.images.shape[1:3])
+    features = model_features(
+        store, checkpoint, data.images, data.stimulus_set_hash(), layers, scoring, fit=fit,
         progress=(lambda _t, d, t: _stage(progress, "features", d, t)) if progress else None,
     )
     splits = resolve_splits(store, scoring, data)
     presentations = data.presentations(time_window_ms)
     mean = presentations.mean(axis=1)
-    reduced = {layer: reduce_pca(features[layer], scoring.pca_components, seed=scoring.seed) for layer in layers}
+    reduced = mapped_features(store, checkpoint, features, scoring, fit=fit)
     layer_rdms = {layer: rdm(features[layer], scoring.rdm_metric) for layer in layers}
     result: dict = {"predictivity": {}, "rsa": {}, "rsa_ceiling": {}, "ceiling": {}, "best_layer": {},
                     "feature_dims": {l: int(features[l].shape[1]) for l in layers},
-                    "mapped_dims": {l: int(reduced[l].shape[1]) for l in layers}}
+                    "mapped_dims": {l: int(reduced[l].shape[1]) for l in layers},
+                    "pca_fit": ({"images": scoring.pca_fit_images, "count": int(len(fit[0])), "sha256": fit[1]}
+                                if fit else "stimuli")}
     rdms: dict[str, np.ndarray] = {}
     regions = data.region_names()
     steps, step = len(regions) * (len(layers) + 1), 0
@@ -301,9 +374,8 @@ def compare_models(
     rdm_sets = []
     for i, (run_id, layers) in enumerate(((run_id_a, layers_a), (run_id_b, layers_b))):
         checkpoint = load_run_checkpoint(store, run_id)
-        feats = cached_features(store, checkpoint, data.images, data.stimulus_set_hash(), layers,
-                                pooling=scoring.pooling, grid=scoring.grid, batch_size=scoring.batch_size,
-                                device=scoring.device)
+        fit = pca_fit_images(scoring, data.images.shape[1:3]) if scoring.spatial else None
+        feats = model_features(store, checkpoint, data.images, data.stimulus_set_hash(), layers, scoring, fit=fit)
         rdm_sets.append(np.stack([rdm(feats[l], scoring.rdm_metric) for l in layers]))
         _stage(progress, "compare features", i + 1, 3)
     similarity = compare_rdms(rdm_sets[0], rdm_sets[1], scoring.rsa_compare)

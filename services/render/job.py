@@ -41,3 +41,24 @@ def run_job(spec: ExperimentSpec, store: Store, *, index: int = 0, count: int = 
     return {"index": index, "count": count, "shards": len(tasks), "written": len(summary["written"]),
             "skipped": len(summary["skipped"]), "samples": summary["samples"], "failures": summary["failures"],
             "contact_sheets": sheets, "seconds": round(time.monotonic() - started, 3)}
+
+
+def render_dataset_share(store: Store, spec: ExperimentSpec, dataset_name: str, *, index: int, count: int,
+                         progress=None, emit=None) -> dict:
+    """Worker target of ``flatland serve``'s ``RenderDataset`` (:class:`services.common.workers.WorkerPool`):
+    shards ``index, index + count, …`` of one dataset's shard plan, one ``emit`` per shard written or found done.
+
+    The caller cleans stale scratch before starting workers and consolidates the manifest after them."""
+    from services.render.output import render_shards
+    from services.render.plan import shard_plan
+
+    dataset_id = spec.dataset_id(dataset_name)
+    written = skipped = 0
+    for task in shard_plan(spec, dataset_name)[index::count]:
+        summary = render_shards(spec, store, [task])
+        skipped += len(summary["skipped"])
+        written += len(summary["written"])
+        if emit is not None:
+            emit({"split": task.split, "shard": task.shard, "key": task.key(dataset_id),
+                  "skipped": bool(summary["skipped"]), "failures": list(summary["failures"])})
+    return {"written": written, "skipped": skipped}

@@ -17,6 +17,7 @@ from services.common.spec.render import RenderSettings
 from services.common.spec_servicer import dataset_from_item
 from services.common.status import abort_with
 from services.common.store import Store
+from services.common.workers import WorkerPool
 
 SERVICE_NAME = "flatland.v1.Render"
 MAX_IMAGE_SIZE = 1024
@@ -96,8 +97,9 @@ def render_images(store: Store, request) -> tuple[list[dict], str]:
 class RenderServicer(render_pb2_grpc.RenderServicer):
     """Thin adapter: parse the request, call the library, map errors to status codes."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, workers: int = 1):
         self.store = store
+        self.workers = workers  # processes for RenderDataset (1: render in the server's own process)
 
     def RenderImages(self, request, context):
         try:
@@ -107,10 +109,10 @@ class RenderServicer(render_pb2_grpc.RenderServicer):
         return render_pb2.RenderImagesResponse(images=[render_pb2.RenderedImage(**i) for i in images], gl_renderer=gl)
 
     def RenderDataset(self, request, context):
+        from services.render.api import consolidate_manifest
         from services.render.contact import write_contact_sheet
         from services.render.plan import shard_plan
         from services.render.keys import dataset_manifest_key
-        from services.render.output import render_shards
         from services.render.scratch import clean_stale_scratch
 
         try:
@@ -119,22 +121,27 @@ class RenderServicer(render_pb2_grpc.RenderServicer):
             dataset_id = spec.dataset_id(name)
             tasks = shard_plan(spec, name)
             clean_stale_scratch()  # tars a killed worker left in the temporary directory
+            workers = max(1, min(self.workers, len(tasks)))
             skipped = 0
-            for done, task in enumerate(tasks, start=1):
-                if not context.is_active():
-                    return
-                with _GL_LOCK:  # the pooled GL contexts are shared with RenderImages
-                    summary = render_shards(spec, self.store, [task])
-                skipped += len(summary["skipped"])
-                errors = [common_pb2.ErrorDetail(item=f["item"], code="INVALID_ARGUMENT", message=f["message"])
-                          for f in summary["failures"]]
-                key = task.key(dataset_id)
-                yield render_pb2.RenderDatasetEvent(
-                    progress=common_pb2.ProgressEvent(
-                        task=f"render:{name}", done=done, total=len(tasks), skipped=skipped,
-                        message=f"{task.split}-{task.shard:05d} {'already done' if summary['skipped'] else 'written'}",
-                        outputs=[common_pb2.StoreRef(key=key)]),
-                    dataset_id=dataset_id, errors=errors)
+            shards = self._shards(spec, name, tasks, workers, context)
+            try:
+                for done, shard in enumerate(shards, start=1):
+                    skipped += shard["skipped"]
+                    errors = [common_pb2.ErrorDetail(item=f["item"], code="INVALID_ARGUMENT", message=f["message"])
+                              for f in shard["failures"]]
+                    yield render_pb2.RenderDatasetEvent(
+                        progress=common_pb2.ProgressEvent(
+                            task=f"render:{name}", done=done, total=len(tasks), skipped=skipped,
+                            message=f"{shard['split']}-{shard['shard']:05d} "
+                                    f"{'already done' if shard['skipped'] else 'written'}",
+                            outputs=[common_pb2.StoreRef(key=shard["key"])]),
+                        dataset_id=dataset_id, errors=errors)
+            finally:
+                shards.close()  # a client gone mid-stream: the worker processes stop here
+            if not context.is_active():
+                return
+            if workers > 1:  # workers rewrite the manifest read-then-write: merge every shard's part record
+                consolidate_manifest(spec, self.store, name)
             with _GL_LOCK:
                 sheet = write_contact_sheet(spec, self.store, name)
             yield render_pb2.RenderDatasetEvent(
@@ -146,8 +153,29 @@ class RenderServicer(render_pb2_grpc.RenderServicer):
         except Exception as exc:  # noqa: BLE001
             abort_with(context, exc)
 
+    def _shards(self, spec, name: str, tasks: list, workers: int, context):
+        """One dict per shard (split, shard, key, skipped, failures) as it finishes: in this process, or across
+        ``workers`` processes (the Indexed-job split), which stop when the call is cancelled or this generator closed."""
+        from services.render.output import render_shards
 
-def register(server: grpc.Server, store: Store, registry=None) -> list[str]:
-    """Add the Render servicer to ``server``; return the full service names."""
-    render_pb2_grpc.add_RenderServicer_to_server(RenderServicer(store), server)
+        if workers <= 1:
+            dataset_id = spec.dataset_id(name)
+            for task in tasks:
+                if not context.is_active():
+                    return
+                with _GL_LOCK:  # the pooled GL contexts are shared with RenderImages
+                    summary = render_shards(spec, self.store, [task])
+                yield {"split": task.split, "shard": task.shard, "key": task.key(dataset_id),
+                       "skipped": bool(summary["skipped"]), "failures": summary["failures"]}
+            return
+        with WorkerPool("services.render.job:render_dataset_share", (spec, name), self.store.url, workers,
+                        name=f"render-{name}") as pool:
+            for message in pool.messages():
+                if message[0] == "event":
+                    yield message[2]
+
+
+def register(server: grpc.Server, store: Store, registry=None, *, workers: int = 1) -> list[str]:
+    """Add the Render servicer to ``server`` (``RenderDataset`` over ``workers`` processes); return the full service names."""
+    render_pb2_grpc.add_RenderServicer_to_server(RenderServicer(store, workers), server)
     return [SERVICE_NAME]

@@ -221,11 +221,11 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
                 return
 
 
-def register(server: grpc.Server, store: Store, registry=None) -> list[str]:
+def register(server: grpc.Server, store: Store, registry=None, *, workers: int = 1) -> list[str]:
     """Add the Train servicer to ``server``; return its full service name.
 
     ``registry``: the server's Prometheus registry (what its metrics port exposes); the
-    runs' loss, top-1 and throughput go there.
+    runs' loss, top-1 and throughput go there. ``workers``: unused, a run is one process.
     """
     train_pb2_grpc.add_TrainServicer_to_server(TrainServicer(store, registry), server)
     return [SERVICE_NAME]

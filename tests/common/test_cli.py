@@ -65,3 +65,28 @@ def test_job_before_its_inputs_is_a_clear_error(tmp_path):
     assert result.exit_code == 1
     assert "run meshgen for dataset 'procsynth' first" in result.output
     assert "Traceback" not in result.output
+
+
+def test_serve_passes_its_worker_and_call_limit_flags_to_the_server(tmp_path, monkeypatch):
+    import services.common.server as server
+    from services.common.spec.local import available_cores
+
+    seen = []
+
+    def fake_start_server(stage, store, **options):
+        seen.append((stage, options))
+        raise OSError("not starting in this test")
+
+    monkeypatch.setattr(server, "start_server", fake_start_server)
+    store = ["--store", str(tmp_path / "store")]
+    result = CliRunner().invoke(main, ["serve", "render", *store, "--workers", "3", "--max-work-calls", "2",
+                                       "--max-streams", "5", "--max-spec-calls", "1"])
+    assert result.exit_code == 1 and "not starting" in result.output
+    assert seen[-1][0] == "render"
+    assert {k: seen[-1][1][k] for k in ("workers", "max_workers", "max_streams", "max_spec_calls")} == {
+        "workers": 3, "max_workers": 2, "max_streams": 5, "max_spec_calls": 1}
+    CliRunner().invoke(main, ["serve", "render", *store])  # defaults: every core, 8 / 16 / 4 calls
+    assert {k: seen[-1][1][k] for k in ("workers", "max_workers", "max_streams", "max_spec_calls")} == {
+        "workers": available_cores(), "max_workers": 8, "max_streams": 16, "max_spec_calls": 4}
+    bad = CliRunner().invoke(main, ["serve", "render", *store, "--max-streams", "0"])
+    assert bad.exit_code == 2 and "--max-streams" in bad.output

@@ -111,6 +111,46 @@ def test_ctrl_c_stops_every_worker_and_the_next_run_resumes(one_worker, tmp_path
     assert store_files(store) == reference
 
 
+@pytest.mark.slow
+def test_sigterm_mid_render_stops_every_worker_and_the_next_run_resumes(one_worker, tmp_path):
+    """SIGTERM to the `flatland run` process alone (as Kubernetes or systemd stop a service): it stops its
+    workers itself, exits, leaves nothing half-written, and the next run ends with the uninterrupted store."""
+    import psutil
+
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(SPEC))
+    store = tmp_path / "store"
+    command = [sys.executable, "-m", "services.cli", "run", str(spec_path), "--store", str(store),
+               "--stage", "meshgen", "--stage", "render", "--workers", "2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYOPENGL_PLATFORM": os.environ.get("PYOPENGL_PLATFORM", "osmesa")}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    parent = psutil.Process(process.pid)
+    deadline = time.monotonic() + 240
+    parts, workers = [], []
+    while time.monotonic() < deadline and process.poll() is None:
+        parts = list(store.glob("datasets/*/parts/*.json"))
+        if parts:  # mid-render: a shard is done; its workers are this process's children running the stage
+            workers = [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())
+                       and "resource_tracker" not in " ".join(c.cmdline())]
+            break
+        time.sleep(0.05)
+    assert parts, "render never finished a shard"
+    assert len(workers) == 2, [c.cmdline() for c in workers]
+    process.send_signal(signal.SIGTERM)  # the parent only: it must stop its workers itself
+    output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == 130, output
+    assert "run the same command again to resume" in output
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == [], f"workers outlived SIGTERM of their parent: {[p.pid for p in alive]}"
+    reference, stopped = store_files(one_worker), store_files(store)
+    assert len(stopped) < len(reference)
+    assert [k for k in stopped if k not in reference or (stopped[k] != reference[k] and "manifest" not in k)] == []
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout.decode() + rerun.stderr.decode()
+    assert store_files(store) == reference
+
+
 def test_a_failing_worker_raises_its_own_error(tmp_path):
     spec = parse_spec(SPEC)  # render before meshgen: every worker finds no meshes
     with pytest.raises(ObjectNotFoundError, match="meshgen"):

@@ -47,6 +47,14 @@ def test_score_streams_progress_then_result(neuro_client):
         assert (layer.raw, layer.ceiling, layer.r_over_ceiling, layer.r2_over_ceiling, layer.split_std, layer.rsa) == (
             s["raw"], s["ceiling"], s["r_over_ceiling"], s["r2_over_ceiling"], s["split_std"], stored["rsa"][layer.region][layer.layer])
         assert (layer.raw_ci_low, layer.raw_ci_high) == tuple(s["raw_ci"]) and layer.raw_ci_low < layer.raw < layer.raw_ci_high
+        # Brain-Score's block, as the JSON has it: every number, and the JSON's nulls as unset fields
+        block = s["brainscore"]
+        assert layer.HasField("brainscore")
+        assert (layer.brainscore.raw, layer.brainscore.error) == (block["raw"], block["error"])
+        assert block["ceiling"] is not None and layer.brainscore.HasField("ceiling")
+        assert (layer.brainscore.ceiling, layer.brainscore.score) == (block["ceiling"], block["score"])
+        assert layer.brainscore.score == pytest.approx(block["raw"] ** 2 / block["ceiling"], rel=1e-12)
+        assert layer.brainscore.raw == pytest.approx(float(np.mean(s["split_scores"])), rel=1e-12)
     assert len(score.figures) == 2
     # Second call: found in the store.
     again = list(stub.Score(neuro_pb2.ScoreRequest(scoring=_item(), runs=["run-a"]), timeout=60))
@@ -123,3 +131,39 @@ def test_unfinished_run_is_not_found(store):
         assert err.value.code() == grpc.StatusCode.NOT_FOUND and "run 'run-a'" in err.value.details()
     finally:
         running.stop(grace=1)
+
+
+def test_brainscore_block_without_ceiling_leaves_ceiling_and_score_unset():
+    from services.neuro.servicer import _brainscore_message
+
+    message = _brainscore_message({"raw": 0.25, "error": 0.01, "ceiling": None, "score": None})
+    assert (message.raw, message.error) == (0.25, 0.01)
+    assert not message.HasField("ceiling") and not message.HasField("score")
+
+
+@pytest.mark.slow
+def test_score_split_over_two_worker_processes_writes_what_one_process_writes(finished_store, serve_stage, tmp_path):
+    from services.common.store import LocalStore
+    from tests.neuro.conftest import finish_run
+
+    light = {**TINY, "scoring": [{**TINY["scoring"][0], "layers": ["layer1", "layer2"], "bootstrap": 0,
+                                  "compare_models": False}]}
+    spec = parse_spec(light)
+    single = LocalStore(tmp_path / "single")
+    finish_run(single, spec, "run-a", 0)
+    finish_run(single, spec, "run-b", 1)
+    replies = {}
+    for workers, store in ((2, finished_store), (1, single)):
+        stub = neuro_pb2_grpc.NeuroStub(serve_stage("neuro", store, workers=workers))
+        responses = list(stub.Score(neuro_pb2.ScoreRequest(scoring=_item(light)), timeout=300))
+        assert responses[-2].progress.finished and responses[-1].WhichOneof("kind") == "result"
+        replies[workers] = responses[-1].result
+        assert [(s.run, s.benchmark) for s in replies[workers].scores] == [("run-a", "planted"), ("run-b", "planted")]
+
+    def stored(store, score):
+        record = store.get_json(score.score_json.key)
+        return {k: v for k, v in record.items() if k not in ("seconds", "created")}
+
+    for two, one in zip(replies[2].scores, replies[1].scores):
+        assert stored(finished_store, two) == stored(single, one)
+        assert [layer.raw for layer in two.layers] == [layer.raw for layer in one.layers]

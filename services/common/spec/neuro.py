@@ -70,6 +70,24 @@ def check_layers(layers: list[str], field: str = "layers") -> list[str]:
     return layers
 
 
+class SpatialReduction(StrictModel):
+    """How one layer's every unit (no global pooling) is reduced while the stimuli pass, within the feature memory cap."""
+
+    method: Literal["random_projection", "incremental_pca"] = Field(
+        description="'random_projection': a seeded random projection (scikit-learn SparseRandomProjection or "
+        "GaussianRandomProjection; seed from the scoring entry's `seed`), one pass; 'incremental_pca': streaming PCA "
+        "(scikit-learn IncrementalPCA) fitted on `pca_fit_images` when given, else on the stimuli, then applied.",
+    )
+    components: int = Field(default=1000, ge=1, le=100_000,
+                            description="Dimensions kept (a layer with no more units is kept whole; a streaming PCA "
+                            "keeps at most as many as it has fit images).")
+    projection: Literal["sparse", "gaussian"] = Field(
+        default="sparse",
+        description="random_projection: 'sparse' (density 1/sqrt(units), a small matrix) or 'gaussian' (a dense "
+        "components x units matrix, counted against the memory cap).",
+    )
+
+
 class ScoringSpec(StrictModel):
     name: Name
     runs: list[Name] = Field(min_length=1, max_length=1000, description="Pre-training runs to score (names from `pretrain`).")
@@ -109,6 +127,20 @@ class ScoringSpec(StrictModel):
     n_splits: int = Field(default=10, ge=2, le=1000, description="Folds or shuffle splits (Brain-Score: 10); ignored for 'file'.")
     test_fraction: float = Field(default=0.1, gt=0, lt=1, description="'brainscore' splits: held-out fraction (Brain-Score: 0.1).")
     pca_components: int | None = Field(default=1000, ge=1, le=100_000, description="Reduce features with PCA first (Brain-Score uses 1000). None: off.")
+    pca_fit_images: str | None = Field(
+        default=None,
+        description="A local folder of images (png, jpg, bmp, webp, tif; searched recursively, sorted by path, resized "
+        "to the stimuli's size) on whose features the PCA is fitted, and the 'incremental_pca' of `spatial` layers, "
+        "instead of the stimuli's. Brain-Score fits its 1000 components (PCA, random_state 0) on 1000 ImageNet "
+        "validation images, the first of each class, and leaves layers with at most 1000 features unreduced. "
+        "None: fitted on the stimuli.",
+    )
+    spatial: dict[str, SpatialReduction] = Field(
+        default_factory=dict, max_length=MAX_LAYERS,
+        description="Per layer (a name from `layers`): use every unit, without global pooling, reduced while the "
+        "stimuli pass (random projection or streaming PCA) so the features stay within the memory cap. These layers "
+        "ignore `pooling` and are not PCA-reduced again.",
+    )
     bootstrap: int = Field(default=1000, ge=0, le=100_000, description="Bootstrap resamples of neuroids for confidence intervals (0: off).")
     rdm_metric: Literal["correlation", "euclidean"] = Field(default="correlation", description="RDM dissimilarity: 1 - Pearson r, or Euclidean distance.")
     rsa_compare: Literal["spearman", "kendall_tau_a"] = Field(default="spearman", description="How RDMs are compared: Spearman rho or Kendall's tau-a.")
@@ -124,6 +156,11 @@ class ScoringSpec(StrictModel):
     def _split_file(self):
         if self.splits == "file" and not self.split_file:
             raise ValueError(f"scoring '{self.name}': splits 'file' needs a `split_file` (JSON split file)")
+        unknown = [layer for layer in self.spatial if layer not in self.layers]
+        if unknown:
+            raise ValueError(f"scoring '{self.name}': spatial names {unknown[:5]}, not in layers {self.layers[:10]}")
+        if self.pca_fit_images is not None and not self.pca_fit_images.strip():
+            raise ValueError(f"scoring '{self.name}': pca_fit_images is empty; give a folder of images or leave it out")
         if self.split_file and self.splits != "file":
             raise ValueError(f"scoring '{self.name}': split_file is given but splits is {self.splits!r}; set splits: file to use it")
         return self
