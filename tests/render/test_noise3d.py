@@ -87,6 +87,16 @@ def test_sparse_noise_is_the_sum_of_cubic_kernels_around_hashed_impulses():
     assert sparse3(*point, perm, impulses) == pytest.approx(np.clip(total / 2.4, -1, 1), abs=1e-12)
 
 
+def test_sparse_noise_caches_do_not_change_its_values():
+    perm, impulses = tables(8)
+    t = np.linspace(0, 6, 3000)[:, None]
+    path = np.array([3.1, 7.2, 1.3]) + t * np.array([1.0, 0.37, 0.21])  # a scanline-like walk through cells
+    plain = np.array([sparse3(*p, perm, impulses) for p in path[::50]])
+    for sub in (1, 2, 4):
+        cached = noise_at(KIND_CODES["sparse_convolution"], path, perm, impulses, sub)
+        assert np.allclose(cached[::50], plain, atol=1e-12)
+
+
 def one_object(size: int, centre, kind: str = "perlin", semi_axes=(0.2, 0.12, 0.15)) -> dict:
     record = sample_scene(NoiseSceneParams(image_size=size, objects_range=(1, 1), noise=kind), 3, root_seed=0,
                           dataset_id="t", scene=4)
