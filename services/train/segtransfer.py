@@ -179,6 +179,22 @@ def evaluate_segmentation(model: nn.Module, data: Dataset, source, batch_size: i
     return result
 
 
+@torch.no_grad()
+def examples_png(model: nn.Module, data: Dataset, source, device, class_names, title: str, count: int = 4) -> bytes:
+    """Image / label map / prediction of the first ``count`` items of ``data``."""
+    from services.train.plots import triplets_png
+
+    rt = _runtime(device)
+    model.eval()
+    items = [data[i] for i in range(min(count, len(data)))]
+    if not items:
+        return b""
+    images = torch.stack([image for image, _ in items])
+    logits = _logits(model(rt.inputs(images, source))).float()
+    return triplets_png([image.numpy() for image, _ in items], [mask.numpy() for _, mask in items],
+                        list(logits.argmax(1).cpu().numpy()), logits.shape[1], title, class_names)
+
+
 def segmentation_trainer(source, mode: str, data, transfer, rt):
     """The fit-and-score function of one (source, segmentation target, mode)."""
     fit_set = Flips(data.train) if transfer.augment.horizontal_flip and mode == "finetune" else data.train
@@ -187,6 +203,9 @@ def segmentation_trainer(source, mode: str, data, transfer, rt):
     def run(train_idx, evaluate_on, lr, wd, seed, **fit_kw):
         model = fit_segmentation(source, mode, Subset(fit_set, train_idx), data.num_classes, lr=lr, weight_decay=wd,
                                  seed=seed, **common, **fit_kw)
-        return (evaluate_segmentation(model, evaluate_on, source, transfer.batch_size, rt, seed),
-                evaluate_segmentation(model, Subset(data.train, train_idx), source, transfer.batch_size, rt, seed))
+        test = evaluate_segmentation(model, evaluate_on, source, transfer.batch_size, rt, seed)
+        if evaluate_on is data.test:  # the final fit: pictures of its first held-out images for the report
+            test["_examples_png"] = examples_png(model, data.test, source, rt, data.classes,
+                                                 f"{source.name} -> {data.name} ({mode})")
+        return test, evaluate_segmentation(model, Subset(data.train, train_idx), source, transfer.batch_size, rt, seed)
     return Trainer(run, fit_set, data.train, data.test, False)

@@ -47,7 +47,9 @@ A result: ``{"source", "source_run_id", "model", "target", "target_kind", "mode"
 ("top1" or "map"), "test_score", "train_score", "test_loss", "train_top1" and "test_top1"
 (single-label), "test_map" and "test_ap" ({class: AP}, multi-label), "cached_features",
 "test_iou_macro", "test_segmentation" and "train_segmentation" (every segmentation metric with
-its bootstrap interval), "segmentation_model" (segmentation targets; metric "iou_macro"),
+its bootstrap interval), "segmentation_model", "examples" (the key of a PNG of held-out images,
+label maps and predictions: ``runs/<transfer_id>/examples/<combo>.png``) (segmentation targets;
+metric "iou_macro"),
 "search": null | {"folds", "metric", "grid": [{"lr", "weight_decay", "fold_<metric>": [...],
 "mean_<metric>"}], "best": {...}}}``.
 """
@@ -496,6 +498,10 @@ def run_transfer(spec: ExperimentSpec, name: str, store: Store, *, progress: Pro
                   "test_score": test_m[metric], "train_score": train_m[metric], "test_loss": test_m["loss"],
                   "search": search, "cached_features": trainer.cached, "seconds": time.time() - started}
         if data.segmentation:
+            pictures = test_m.pop("_examples_png", b"")
+            if pictures:
+                result["examples"] = f"{prefix}/examples/{combo}.png"
+                store.put_bytes(result["examples"], pictures)
             result.update({"test_iou_macro": test_m["iou_macro"], "test_segmentation": test_m,
                            "train_segmentation": train_m, "segmentation_model": segmentation_model_for(source.model)})
         elif data.multilabel:

@@ -164,6 +164,12 @@ def test_label_map_matches_the_object_masks_of_a_published_scene():
         assert np.all(labels[mask] == obj["class_index"] + 1)
 
 
+def test_both_noise_kinds_alternate_by_scene():
+    params = NoiseSceneParams(image_size=16, noise="both")
+    kinds = [sample_scene(params, 3, root_seed=0, dataset_id="t", scene=s)["noise"] for s in range(4)]
+    assert kinds == ["perlin", "sparse_convolution", "perlin", "sparse_convolution"]
+
+
 def test_bad_records_are_refused_with_the_field_named():
     record = one_object(32, (0.5, 0.5, 0.5))
     record["noise"] = "simplex"

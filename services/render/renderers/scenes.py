@@ -95,7 +95,8 @@ def sample_scene(params: NoiseSceneParams, classes: int, *, root_seed: int, data
         })
     return {
         "kind": "noisescene", "scene": int(scene), "seed": int(seed), "dataset_id": dataset_id, "image_size": params.image_size,
-        "noise": params.noise, "objects": objects,
+        "noise": params.noise if params.noise != "both" else ("perlin", "sparse_convolution")[scene % 2],
+        "objects": objects,
         "light_direction": [0.0, 0.0, 1.0],  # behind the camera
         "ambient": params.ambient,
         "background": {"noise_scale": float(rng.uniform(*params.background_noise_scale_range)),
