@@ -11,10 +11,19 @@ Prints readable lines, then LAST one JSON line with medians over repeats:
 - ``procsynth_culled_images_per_s``: as procsynth with ``material.double_sided: false``
   (back-face culling; not the default, see MaterialSpec);
 - ``fractal2d_images_per_s``: 256x256 FractalDB images with 100k chaos-game points
-  (drawing only, batches of 32); ``fractal2d_encoded_images_per_s`` includes PNG encoding.
+  (drawing only, batches of 32); ``fractal2d_encoded_images_per_s`` includes PNG encoding;
+- ``noisescenes_images_per_s``: 512x512 noise scenes of the published generator (1-20 ellipsoids,
+  3D surface noise), half Perlin and half sparse convolution as the published study, drawn by the
+  dataset's own sample writer (``services.render.kinds.noisescenes``) with RGB PNG, label-map PNG
+  and record, written into a WebDataset tar; ``noisescenes_perlin_images_per_s`` and
+  ``noisescenes_sparse_images_per_s`` per kind, ``noisescenes_jpeg_images_per_s`` with
+  ``rgb_format: jpeg``, ``noisescenes_draw_images_per_s`` drawing only. Baseline: the
+  published pipeline (WebGL driven by Selenium) made 40,000 images in about 5 hours, 2.2 images/s
+  (``noisescenes_ratio_vs_published``).
 
 ``*_per_cpu_s`` divide by this process's CPU time instead of wall time: what one core does
-when other jobs share the machine. Targets (issue 4): procsynth >= 60/s, fractal2d >= 200/s per core.
+when other jobs share the machine. Targets (issue 4): procsynth >= 60/s, fractal2d >= 200/s per core;
+(issue 16) noisescenes >= 50/s per core.
 Run: ``.venv/bin/python benchmarks/render.py [--repeats 3] [--images 300] [--backend egl]``
 """
 
@@ -30,6 +39,7 @@ import argparse  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -130,17 +140,60 @@ def fractal_rate(images: int, encode: bool) -> float:
     return clock.rates(images)
 
 
+#: The published noise-scene pipeline: 40,000 images in about 5 hours (WebGL in a browser driven by Selenium).
+PUBLISHED_NOISESCENES_IMAGES_PER_S = 40_000 / (5 * 3600)
+
+
+def noisescene_context(kind: str, rgb_format: str = "png", scenes: int = 100_000):
+    from services.common.spec import parse_spec
+    from services.common.store import open_store
+    from services.render.kinds.registry import DatasetContext
+
+    spec = parse_spec({"name": "bench", "seed": 0, "datasets": [
+        {"name": "noise", "classes": 3, "family": {"family": "noisescenes", "noise": kind, "image_size": 512,
+                                                   "scenes": scenes, "rgb_format": rgb_format}}]})
+    dataset = spec.datasets[0]
+    return DatasetContext(spec=spec, dataset=dataset, dataset_id=spec.dataset_id("noise"),
+                          mesh_dataset_id=spec.dataset_id("noise"), root_seed=0, store=open_store(tempfile.gettempdir()))  # the writer reads no store
+
+
+def noisescene_rate(kind: str, images: int, first: int, rgb_format: str = "png", encode: bool = True) -> tuple[float, float]:
+    """Images/s of 512x512 noise scenes through the dataset's sample writer into a tar (or drawing only)."""
+    from services.render.kinds.noisescenes import noise_scene_samples
+    from services.render.plan import ShardTask
+    from services.render.renderers.scenes import draw_scene, sample_scene
+
+    ctx = noisescene_context(kind, rgb_format)
+    buffer = io.BytesIO()
+    tar = DeterministicTarWriter(buffer)
+    clock = Clock()
+    if encode:
+        for key, files in noise_scene_samples(ctx, ShardTask("noise", "train", 0, first, first + images)):
+            tar.write(key, files)
+    else:
+        for scene in range(first, first + images):
+            draw_scene(sample_scene(ctx.dataset.family, 3, root_seed=0, dataset_id=ctx.dataset_id, scene=scene))
+    tar.close()
+    return clock.rates(images)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=300, help="pooled images per repeat")
     parser.add_argument("--naive-images", type=int, default=30)
     parser.add_argument("--fractal-images", type=int, default=128)
+    parser.add_argument("--noise-images", type=int, default=40, help="noise scenes per kind and repeat")
+    parser.add_argument("--only-noisescenes", action="store_true", help="measure the noise scenes only")
     parser.add_argument("--backend", choices=("osmesa", "egl"), default="osmesa",
                         help="OpenGL platform (egl on a GPU machine: the EGL figure of the issue)")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, really
+    noise = noisescenes(args)
+    if args.only_noisescenes:
+        print(json.dumps(noise))
+        return
     settings = RenderSettings(image_size=224)
     meshes = procsynth_meshes(10)
     per_mesh = max(1, args.images // len(meshes))
@@ -175,7 +228,42 @@ def main() -> None:
         "gl_platform": renderer.platform, "gl_renderer": renderer.gl_renderer,
         "image_size": 224, "fractal_image_size": 256, "fractal_points": 100_000, "cores": 1,
         "meshes": "services.meshgen procsynth defaults",
+        **noise,
     }))
+
+
+def noisescenes(args) -> dict:
+    """Median rates of 512x512 noise scenes (see the module docstring)."""
+    for kind in ("perlin", "sparse_convolution"):
+        noisescene_rate(kind, 2, 0)  # warm-up: numba loads (or compiles) the kernel for each noise kind
+    results = {"perlin": [], "sparse": [], "jpeg": [], "draw": []}
+    for repeat in range(args.repeats):
+        first = 1000 * repeat  # other scenes each repeat
+        results["perlin"].append(noisescene_rate("perlin", args.noise_images, first))
+        results["sparse"].append(noisescene_rate("sparse_convolution", args.noise_images, first))
+        jpeg = [noisescene_rate(k, args.noise_images // 2, first, "jpeg") for k in ("perlin", "sparse_convolution")]
+        results["jpeg"].append(tuple(2 / (1 / a + 1 / b) for a, b in zip(*jpeg)))
+        draw = [noisescene_rate(k, args.noise_images // 2, first, encode=False) for k in ("perlin", "sparse_convolution")]
+        results["draw"].append(tuple(2 / (1 / a + 1 / b) for a, b in zip(*draw)))
+        print(f"repeat {repeat}: noisescenes " + ", ".join(f"{k} {v[-1][0]:.1f}/s ({v[-1][1]:.1f}/cpu-s)"
+                                                       for k, v in results.items()))
+    wall = {k: statistics.median(r[0] for r in v) for k, v in results.items()}
+    cpu = {k: statistics.median(r[1] for r in v) for k, v in results.items()}
+    # the study renders as many scenes of each kind: its rate is the harmonic mean of the two
+    mixed, mixed_cpu = (2 / (1 / d["perlin"] + 1 / d["sparse"]) for d in (wall, cpu))
+    return {
+        "noisescenes_images_per_s": round(mixed, 1),
+        "noisescenes_images_per_cpu_s": round(mixed_cpu, 1),
+        "noisescenes_perlin_images_per_s": round(wall["perlin"], 1),
+        "noisescenes_sparse_images_per_s": round(wall["sparse"], 1),
+        "noisescenes_perlin_images_per_cpu_s": round(cpu["perlin"], 1),
+        "noisescenes_sparse_images_per_cpu_s": round(cpu["sparse"], 1),
+        "noisescenes_jpeg_images_per_s": round(wall["jpeg"], 1),
+        "noisescenes_jpeg_images_per_cpu_s": round(cpu["jpeg"], 1),
+        "noisescenes_draw_images_per_cpu_s": round(cpu["draw"], 1),
+        "noisescenes_ratio_vs_published": round(mixed / PUBLISHED_NOISESCENES_IMAGES_PER_S, 1),
+        "noisescenes_image_size": 512,
+    }
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 Writes render-procsynth.png (pose and illumination vary), render-flatworld.png (neither: 2D variants of
 one canonical render), render-pose-only.png and render-illumination-only.png, all of the same meshes;
 then render-morphsynth.png (one GP morph per class), render-fractal2d.png (FractalDB classes) and
-render-noisescenes.png (the published noise-scene generator's three classes).
+render-noisescenes.png (the published noise-scene generator's three classes; Perlin and sparse-convolution
+scenes alternate).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def spec():
                      "render": RENDER})
     datasets.append({"name": "fractal2d", "family": {"family": "fractal2d"}, "classes": 5,
                      "fractal_render": {"image_size": 128, "points": 20000, "shard_size": 100}})
-    datasets.append({"name": "noisescenes", "family": {"family": "noisescenes", "image_size": 128, "scenes": 60},
+    datasets.append({"name": "noisescenes", "family": {"family": "noisescenes", "image_size": 128, "scenes": 60, "noise": "both"},
                      "classes": 3})
     return parse_spec({"name": "contact-sheets", "seed": 0, "datasets": datasets})
 

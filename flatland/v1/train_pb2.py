@@ -25,25 +25,29 @@ _sym_db = _symbol_database.Default()
 from flatland.v1 import common_pb2 as flatland_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66latland/v1/train.proto\x12\x0b\x66latland.v1\x1a\x18\x66latland/v1/common.proto\"\x18\n\x06RunRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xf2\x01\n\x0c\x45pochMetrics\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x12\n\ntrain_loss\x18\x02 \x01(\x01\x12\x12\n\ntrain_top1\x18\x03 \x01(\x01\x12\x12\n\ntrain_top5\x18\x04 \x01(\x01\x12\x10\n\x08val_loss\x18\x05 \x01(\x01\x12\x10\n\x08val_top1\x18\x06 \x01(\x01\x12\x10\n\x08val_top5\x18\x07 \x01(\x01\x12\n\n\x02lr\x18\x08 \x01(\x01\x12\x15\n\rtrain_samples\x18\t \x01(\x03\x12\x17\n\x0f\x63orrupt_samples\x18\n \x01(\x03\x12\x14\n\x0cimages_per_s\x18\x0b \x01(\x01\x12\x0f\n\x07seconds\x18\x0c \x01(\x01\"\x97\x01\n\x0eTransferResult\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x11\n\ttest_top1\x18\x04 \x01(\x01\x12\n\n\x02lr\x18\x05 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x06 \x01(\x01\x12\x0e\n\x06metric\x18\x07 \x01(\t\x12\x12\n\ntest_score\x18\x08 \x01(\x01\"\xb3\x01\n\x08RunEvent\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.flatland.v1.ProgressEvent\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.flatland.v1.RunState\x12*\n\x07metrics\x18\x03 \x01(\x0b\x32\x19.flatland.v1.EpochMetrics\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x18.flatland.v1.ErrorDetail\"\x82\x02\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.flatland.v1.RunState\x12*\n\x07metrics\x18\x04 \x03(\x0b\x32\x19.flatland.v1.EpochMetrics\x12\x35\n\x10transfer_results\x18\x05 \x03(\x0b\x32\x1b.flatland.v1.TransferResult\x12\'\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x18.flatland.v1.ErrorDetail\x12%\n\x06result\x18\x07 \x01(\x0b\x32\x15.flatland.v1.StoreRef*\x84\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_RUNNING\x10\x01\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x02\x12\x14\n\x10RUN_STATE_FAILED\x10\x03\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x04\x32\xf0\x01\n\x05Train\x12<\n\x08StartRun\x12\x1b.flatland.v1.ExperimentItem\x1a\x13.flatland.v1.RunRef\x12\x38\n\x08WatchRun\x12\x13.flatland.v1.RunRef\x1a\x15.flatland.v1.RunEvent0\x01\x12\x35\n\x06GetRun\x12\x13.flatland.v1.RunRef\x1a\x16.flatland.v1.RunStatus\x12\x38\n\tCancelRun\x12\x13.flatland.v1.RunRef\x1a\x16.flatland.v1.RunStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66latland/v1/train.proto\x12\x0b\x66latland.v1\x1a\x18\x66latland/v1/common.proto\"\x18\n\x06RunRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xd8\x02\n\x0c\x45pochMetrics\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x12\n\ntrain_loss\x18\x02 \x01(\x01\x12\x12\n\ntrain_top1\x18\x03 \x01(\x01\x12\x12\n\ntrain_top5\x18\x04 \x01(\x01\x12\x10\n\x08val_loss\x18\x05 \x01(\x01\x12\x10\n\x08val_top1\x18\x06 \x01(\x01\x12\x10\n\x08val_top5\x18\x07 \x01(\x01\x12\n\n\x02lr\x18\x08 \x01(\x01\x12\x15\n\rtrain_samples\x18\t \x01(\x03\x12\x17\n\x0f\x63orrupt_samples\x18\n \x01(\x03\x12\x14\n\x0cimages_per_s\x18\x0b \x01(\x01\x12\x0f\n\x07seconds\x18\x0c \x01(\x01\x12\x35\n\x06values\x18\r \x03(\x0b\x32%.flatland.v1.EpochMetrics.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x97\x01\n\x0eTransferResult\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x11\n\ttest_top1\x18\x04 \x01(\x01\x12\n\n\x02lr\x18\x05 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x06 \x01(\x01\x12\x0e\n\x06metric\x18\x07 \x01(\t\x12\x12\n\ntest_score\x18\x08 \x01(\x01\"\xb3\x01\n\x08RunEvent\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.flatland.v1.ProgressEvent\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.flatland.v1.RunState\x12*\n\x07metrics\x18\x03 \x01(\x0b\x32\x19.flatland.v1.EpochMetrics\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x18.flatland.v1.ErrorDetail\"\x82\x02\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.flatland.v1.RunState\x12*\n\x07metrics\x18\x04 \x03(\x0b\x32\x19.flatland.v1.EpochMetrics\x12\x35\n\x10transfer_results\x18\x05 \x03(\x0b\x32\x1b.flatland.v1.TransferResult\x12\'\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x18.flatland.v1.ErrorDetail\x12%\n\x06result\x18\x07 \x01(\x0b\x32\x15.flatland.v1.StoreRef*\x84\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_RUNNING\x10\x01\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x02\x12\x14\n\x10RUN_STATE_FAILED\x10\x03\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x04\x32\xf0\x01\n\x05Train\x12<\n\x08StartRun\x12\x1b.flatland.v1.ExperimentItem\x1a\x13.flatland.v1.RunRef\x12\x38\n\x08WatchRun\x12\x13.flatland.v1.RunRef\x1a\x15.flatland.v1.RunEvent0\x01\x12\x35\n\x06GetRun\x12\x13.flatland.v1.RunRef\x1a\x16.flatland.v1.RunStatus\x12\x38\n\tCancelRun\x12\x13.flatland.v1.RunRef\x1a\x16.flatland.v1.RunStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flatland.v1.train_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATE']._serialized_start=935
-  _globals['_RUNSTATE']._serialized_end=1067
+  _globals['_EPOCHMETRICS_VALUESENTRY']._loaded_options = None
+  _globals['_EPOCHMETRICS_VALUESENTRY']._serialized_options = b'8\001'
+  _globals['_RUNSTATE']._serialized_start=1037
+  _globals['_RUNSTATE']._serialized_end=1169
   _globals['_RUNREF']._serialized_start=66
   _globals['_RUNREF']._serialized_end=90
   _globals['_EPOCHMETRICS']._serialized_start=93
-  _globals['_EPOCHMETRICS']._serialized_end=335
-  _globals['_TRANSFERRESULT']._serialized_start=338
-  _globals['_TRANSFERRESULT']._serialized_end=489
-  _globals['_RUNEVENT']._serialized_start=492
-  _globals['_RUNEVENT']._serialized_end=671
-  _globals['_RUNSTATUS']._serialized_start=674
-  _globals['_RUNSTATUS']._serialized_end=932
-  _globals['_TRAIN']._serialized_start=1070
-  _globals['_TRAIN']._serialized_end=1310
+  _globals['_EPOCHMETRICS']._serialized_end=437
+  _globals['_EPOCHMETRICS_VALUESENTRY']._serialized_start=392
+  _globals['_EPOCHMETRICS_VALUESENTRY']._serialized_end=437
+  _globals['_TRANSFERRESULT']._serialized_start=440
+  _globals['_TRANSFERRESULT']._serialized_end=591
+  _globals['_RUNEVENT']._serialized_start=594
+  _globals['_RUNEVENT']._serialized_end=773
+  _globals['_RUNSTATUS']._serialized_start=776
+  _globals['_RUNSTATUS']._serialized_end=1034
+  _globals['_TRAIN']._serialized_start=1172
+  _globals['_TRAIN']._serialized_end=1412
 # @@protoc_insertion_point(module_scope)

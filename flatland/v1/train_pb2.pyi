@@ -28,7 +28,14 @@ class RunRef(_message.Message):
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class EpochMetrics(_message.Message):
-    __slots__ = ("epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "lr", "train_samples", "corrupt_samples", "images_per_s", "seconds")
+    __slots__ = ("epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5", "lr", "train_samples", "corrupt_samples", "images_per_s", "seconds", "values")
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_TOP1_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +48,7 @@ class EpochMetrics(_message.Message):
     CORRUPT_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     IMAGES_PER_S_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     train_loss: float
     train_top1: float
@@ -53,7 +61,8 @@ class EpochMetrics(_message.Message):
     corrupt_samples: int
     images_per_s: float
     seconds: float
-    def __init__(self, epoch: _Optional[int] = ..., train_loss: _Optional[float] = ..., train_top1: _Optional[float] = ..., train_top5: _Optional[float] = ..., val_loss: _Optional[float] = ..., val_top1: _Optional[float] = ..., val_top5: _Optional[float] = ..., lr: _Optional[float] = ..., train_samples: _Optional[int] = ..., corrupt_samples: _Optional[int] = ..., images_per_s: _Optional[float] = ..., seconds: _Optional[float] = ...) -> None: ...
+    values: _containers.ScalarMap[str, float]
+    def __init__(self, epoch: _Optional[int] = ..., train_loss: _Optional[float] = ..., train_top1: _Optional[float] = ..., train_top5: _Optional[float] = ..., val_loss: _Optional[float] = ..., val_top1: _Optional[float] = ..., val_top5: _Optional[float] = ..., lr: _Optional[float] = ..., train_samples: _Optional[int] = ..., corrupt_samples: _Optional[int] = ..., images_per_s: _Optional[float] = ..., seconds: _Optional[float] = ..., values: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class TransferResult(_message.Message):
     __slots__ = ("source", "target", "mode", "test_top1", "lr", "weight_decay", "metric", "test_score")

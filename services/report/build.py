@@ -81,8 +81,10 @@ def collect_report(spec: ExperimentSpec, store: Store, timings: dict[str, float]
                 "final": metrics[-1] if metrics else None,
                 "curves": _png(store, f"runs/{rid}/curves.png"),
                 "filters": _png(store, f"runs/{rid}/filters.png"),
+                "task": r.task,
             }
         )
+    segmentation = _segmentation_section(spec, store, runs)
 
     transfer = _transfer_table(spec, store)
     scores, comparisons = _score_tables(spec, store)
@@ -97,6 +99,7 @@ def collect_report(spec: ExperimentSpec, store: Store, timings: dict[str, float]
         "datasets": datasets,
         "runs": runs,
         "transfer": transfer,
+        "segmentation": segmentation,
         "scores": scores,
         "comparisons": comparisons,
         "timings": history["runs"],
@@ -132,6 +135,52 @@ def _transfer_table(spec: ExperimentSpec, store: Store) -> list[dict]:
             }
         )
     return tables
+
+
+#: Segmentation metrics as the report names them, micro and macro side by side.
+SEGMENTATION_METRICS = (("pixel_accuracy", "pixel_accuracy_macro", "pixel accuracy"), ("iou_micro", "iou_macro", "IoU"),
+                        ("f1_micro", "f1_macro", "F1"))
+
+
+def _metric_rows(record: dict, prefix: str) -> list[dict]:
+    """Rows (metric, micro, its interval, macro, its interval) of ``record``'s ``<prefix><metric>`` entries."""
+    rows = []
+    for micro, macro, name in SEGMENTATION_METRICS:
+        rows.append({"metric": name, "micro": record.get(f"{prefix}{micro}"), "micro_ci": record.get(f"{prefix}{micro}_ci"),
+                     "macro": record.get(f"{prefix}{macro}"), "macro_ci": record.get(f"{prefix}{macro}_ci")})
+    return rows
+
+
+def _segmentation_section(spec: ExperimentSpec, store: Store, runs: list[dict]) -> dict:
+    """Segmentation pre-training (final metrics micro and macro with intervals, curves, example triplets) and
+    segmentation transfer (each pre-trained source against the scratch baseline, with triplets)."""
+    pretraining = []
+    for run in runs:
+        if run["task"] != "segmentation":
+            continue
+        final = run["final"] or {}
+        pretraining.append({"name": run["name"], "id": run["id"], "model": run["model"], "done": run["done"],
+                            "epochs": final.get("epoch", -1) + 1 if final else 0,
+                            "val": _metric_rows(final, "val_"), "train": _metric_rows(final, "train_"),
+                            "curves": run["curves"], "examples": _png(store, f"runs/{run['id']}/examples.png")})
+    transfers = []
+    for key in store.list("runs/"):
+        if not key.endswith("/transfer.json"):
+            continue
+        results = [r for r in (store.get_json(key) or {}).get("results", []) if "test_segmentation" in r]
+        if not results:
+            continue
+        scratch = {(r["target"], r["mode"]): r["test_segmentation"] for r in results if r["source"] == "scratch"}
+        rows = []
+        for r in sorted(results, key=lambda r: (r["target"], r["mode"], r["source"] == "scratch", r["source"])):
+            m, base = r["test_segmentation"], scratch.get((r["target"], r["mode"]))
+            rows.append({"target": r["target"], "mode": r["mode"], "source": r["source"],
+                         "model": r.get("segmentation_model", r["model"]), "metrics": _metric_rows(m, ""),
+                         "miou": m.get("iou_macro"), "miou_ci": m.get("iou_macro_ci"),
+                         "delta": None if base is None or r["source"] == "scratch" else m["iou_macro"] - base["iou_macro"],
+                         "images": m.get("images"), "examples": _png(store, r.get("examples", ""))})
+        transfers.append({"key": key, "rows": rows})
+    return {"pretraining": pretraining, "transfer": transfers}
 
 
 def _score_tables(spec: ExperimentSpec, store: Store) -> tuple[list[dict], list[dict]]:

@@ -10,7 +10,8 @@ What a run writes under ``runs/<run_id>/`` (``run_id = spec.run_id(name)``):
   optimizer, scheduler, scaler and RNG state), ``checkpoints/final.pt`` at the end;
 - ``metrics.jsonl`` — one JSON record per epoch (train/val loss, top-1, top-5, lr,
   samples, corrupt samples skipped, images/s);
-- ``filters.png`` (first-layer filters) and ``curves.png``;
+- ``filters.png`` (first-layer filters) and ``curves.png``; segmentation runs add ``examples.png``
+  (validation images, label maps and predictions);
 - ``done.json`` last: a run counts as finished only once it exists. It lists ``checkpoint_size`` and
   ``checkpoint_sha256`` of ``final.pt``; readers verify the checkpoint against them, and a re-run
   that finds ``final.pt`` damaged makes it again (from the last epoch checkpoint).
@@ -59,7 +60,7 @@ from services.train.mixes import LabelMap, mix_for_run
 from services.train.models import checkpoint_dict, load_checkpoint, read_done, save_checkpoint, unwrap
 from services.train.objectives import Objective, objective_for
 from services.train.objectives.classification import topk_correct  # noqa: F401  (kept importable from here)
-from services.train.plots import curves_png, filters_png
+from services.train.plots import curves_png, filters_png, triplets_png
 from services.train.pretrained import import_pretrained
 
 Progress = Callable[[str, int, int], None]
@@ -383,7 +384,7 @@ class PretrainRun:
         if search is not None:
             summary["search"] = search
         if ctx.is_main:
-            self._finish(model, records, label_map, summary)
+            self._finish(model, records, label_map, summary, (val_shards, tables))
         if ctx.distributed:
             dist.barrier()
         return summary
@@ -521,7 +522,24 @@ class PretrainRun:
                 break
             self.store.delete(key)
 
-    def _finish(self, model, records: list[dict], label_map: LabelMap, summary: dict) -> None:
+    @torch.no_grad()
+    def _segmentation_examples(self, model: nn.Module, shards, tables, count: int = 4) -> bytes:
+        """Image / label map / prediction of the first ``count`` validation samples (``examples.png``)."""
+        run = self.run
+        model = unwrap(model)
+        model.eval()
+        stream = ShardStream(self.store.url, shards, tables, input_size=run.input_size, augment=None, seed=run.seed,
+                             with_seg=True)
+        samples = list(itertools.islice(iter(stream), count))
+        images = torch.stack([s["image"] for s in samples])
+        device = next(model.parameters()).device
+        output = model(to_model_input(images, device, mean=run.mean, std=run.std))
+        logits = output["out"] if isinstance(output, dict) else output
+        return triplets_png([s["image"].numpy() for s in samples], [s["seg"].numpy() for s in samples],
+                            list(logits.argmax(1).cpu().numpy()), logits.shape[1],
+                            f"{self.run_id}: validation images, label maps (class + 1), predictions")
+
+    def _finish(self, model, records: list[dict], label_map: LabelMap, summary: dict, examples=None) -> None:
         ckpt = self._checkpoint(model, self.run.epochs - 1, num_classes=self.num_classes,
                                 label_map=label_map.to_json())
         size, digest = save_checkpoint(self.store, self.key("checkpoints/final.pt"), ckpt)
@@ -530,6 +548,8 @@ class PretrainRun:
         self.store.put_bytes(self.key("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in records).encode())
         self.store.put_bytes(self.key("filters.png"), filters_png(model, f"{self.run_id}: first-layer filters"))
         self.store.put_bytes(self.key("curves.png"), curves_png(records, self.run_id))
+        if self.objective.reads_label_maps and examples and examples[0]:
+            self.store.put_bytes(self.key("examples.png"), self._segmentation_examples(model, *examples))
         self.store.put_json(self.done_key, summary)
 
 

@@ -51,26 +51,73 @@ def filters_png(model: nn.Module, title: str = "") -> bytes:
 
 
 def curves_png(records: Sequence[dict], title: str = "") -> bytes:
-    """Loss and top-1 per epoch, train and val, from ``metrics.jsonl`` records."""
+    """Loss and top-1 (segmentation: macro and micro IoU) per epoch, train and val, from ``metrics.jsonl`` records."""
     epochs = [r["epoch"] for r in records]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    segmentation = any("train_iou_macro" in r or "val_iou_macro" in r for r in records)
+    # segmentation runs: mIoU (macro) and pooled IoU (micro) instead of top-1
+    scores = (("iou_macro", "mIoU"), ("iou_micro", "IoU micro")) if segmentation else (("top1", ""),)
     for split, style in (("train", "-o"), ("val", "--s")):
         loss = [r.get(f"{split}_loss") for r in records]
-        top1 = [r.get(f"{split}_top1") for r in records]
         if any(v is not None for v in loss):
             loss_ax.plot(epochs, [np.nan if v is None else v for v in loss], style, label=split, markersize=3)
-            acc_ax.plot(epochs, [np.nan if v is None else 100 * v for v in top1], style, label=split, markersize=3)
+            for metric, name in scores:
+                values = [r.get(f"{split}_{metric}") for r in records]
+                acc_ax.plot(epochs, [np.nan if v is None else 100 * v for v in values],
+                            style if metric != "iou_micro" else style.replace("o", "^").replace("s", "v"),
+                            label=f"{split} {name}".strip(), markersize=3)
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("cross-entropy loss (log scale)")
     loss_ax.set_yscale("log")  # early validation losses of BatchNorm nets can be 1000x the final ones
     acc_ax.set_xlabel("epoch")
-    acc_ax.set_ylabel("top-1 accuracy (%)")
+    acc_ax.set_ylabel("IoU (%)" if segmentation else "top-1 accuracy (%)")
     for ax in (loss_ax, acc_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return _png(fig)
+
+
+def label_colours(classes: int) -> np.ndarray:
+    """(classes, 3) uint8 colours of label values: 0 (background) black, then the tab20 colours."""
+    palette = (np.asarray(plt.get_cmap("tab20").colors) * 255).astype(np.uint8)
+    colours = np.zeros((max(classes, 1), 3), dtype=np.uint8)
+    colours[1:] = palette[np.arange(max(classes, 1) - 1) % len(palette)]
+    return colours
+
+
+def colour_labels(labels: np.ndarray, classes: int, ignore: int = -100) -> np.ndarray:
+    """(H, W, 3) uint8 picture of a label map; ignored pixels white."""
+    labels = np.asarray(labels)
+    out = label_colours(classes)[np.clip(labels, 0, max(classes, 1) - 1)]
+    out[labels == ignore] = 255
+    return out
+
+
+def triplets_png(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], predictions: Sequence[np.ndarray],
+                 classes: int, title: str = "", class_names: Sequence[str] | None = None) -> bytes:
+    """Rows of image / label map / prediction (the same colours for the same class; ignored pixels white)."""
+    rows = max(len(images), 1)
+    fig, axes = plt.subplots(rows, 3, figsize=(6.6, 2.2 * rows + 0.4), dpi=100, squeeze=False)
+    for row, (image, label, prediction) in enumerate(zip(images, labels, predictions)):
+        for col, (picture, name) in enumerate(((image, "image"), (colour_labels(label, classes), "label"),
+                                              (colour_labels(prediction, classes), "prediction"))):
+            ax = axes[row, col]
+            ax.imshow(picture, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=9)
+    present = sorted({int(v) for m in (*labels, *predictions) for v in np.unique(m) if 0 <= v < classes})
+    if class_names and present:
+        colours = label_colours(classes) / 255.0
+        handles = [plt.Rectangle((0, 0), 1, 1, color=colours[k]) for k in present]
+        fig.legend(handles, [class_names[k] if k < len(class_names) else str(k) for k in present],
+                   loc="lower center", ncol=min(len(present), 6), fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.06 if class_names and present else 0, 1, 1))
     return _png(fig)
 
 

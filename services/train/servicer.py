@@ -33,7 +33,10 @@ _METRIC_FIELDS = ("train_loss", "train_top1", "train_top5", "val_loss", "val_top
 
 
 def epoch_message(record: dict) -> train_pb2.EpochMetrics:
-    return train_pb2.EpochMetrics(epoch=record["epoch"], **{k: record[k] for k in _METRIC_FIELDS if record.get(k) is not None})
+    values = {k: float(v) for k, v in record.items()
+              if k != "epoch" and k not in _METRIC_FIELDS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return train_pb2.EpochMetrics(epoch=record["epoch"], values=values,
+                                  **{k: record[k] for k in _METRIC_FIELDS if record.get(k) is not None})
 
 
 @dataclass

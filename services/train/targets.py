@@ -11,7 +11,9 @@ Kinds (``TargetSpec.kind``):
 - ``voc2012``: a VOCdevkit (``Annotations/*.xml``, ``ImageSets/Main/{train,val}.txt``,
   ``JPEGImages/``): 20-class multi-label classification on the official train/val split;
 - ``omniglot``: ``images_background/`` and/or ``images_evaluation/<alphabet>/<character>/*.png``,
-  one class per character (1623 with both sets).
+  one class per character (1623 with both sets);
+- ``coco_segmentation`` / ``voc2012_segmentation``: semantic segmentation, items ``(image, label
+  map)`` (:mod:`services.train.segtargets`).
 
 Every item is ``(image, label)``: image an (H, W, 3) uint8 tensor, already resized (to
 ``size × size``, or with ``resize`` so its shorter side is ``resize``); label an int, or for
@@ -50,6 +52,7 @@ class TargetData:
     num_classes: int
     multilabel: bool = False
     classes: list[str] = field(default_factory=list)
+    segmentation: bool = False  # items are (image, label map) (services.train.segtargets)
 
 
 class ResizeToTensor:
@@ -309,6 +312,17 @@ def load_omniglot_target(target: TargetSpec, input_size: int, seed: int, resize:
     return TargetData(target.name, Subset(files, train), Subset(files, test), labels[train], len(classes), classes=classes)
 
 
+def _segmentation_loader(kind: str):
+    def load(target: TargetSpec, input_size: int, seed: int, resize: int | None = None) -> TargetData:
+        from services.train.segtargets import LOADERS, SEGMENTATION_CLASSES
+
+        train, test = LOADERS[kind](target, input_size)
+        return TargetData(target.name, train, test, np.zeros(len(train), dtype=np.int64), len(SEGMENTATION_CLASSES),
+                          classes=list(SEGMENTATION_CLASSES), segmentation=True)
+
+    return load
+
+
 TARGET_LOADERS: dict[str, Callable[..., TargetData]] = {
     "digits": load_digits_target,
     "imagefolder": load_imagefolder_target,
@@ -316,6 +330,8 @@ TARGET_LOADERS: dict[str, Callable[..., TargetData]] = {
     "cifar100": _cifar_loader("cifar100"),
     "voc2012": load_voc2012_target,
     "omniglot": load_omniglot_target,
+    "coco_segmentation": _segmentation_loader("coco_segmentation"),
+    "voc2012_segmentation": _segmentation_loader("voc2012_segmentation"),
 }
 
 

@@ -21,6 +21,9 @@ initialised) is combined with every target and mode.
 Single-label targets train with cross-entropy and report top-1; multi-label ones (VOC)
 with a sigmoid and binary cross-entropy per class, reporting per-class average precision
 and their mean (mAP) as the VOC devkit computes them (:func:`voc_average_precision`).
+Segmentation targets (COCO and VOC label maps) train a segmentation network whose backbone
+is the source's and whose head is new, and report mIoU and the other segmentation metrics
+(:mod:`services.train.segtransfer`).
 
 Scale: data loader workers, pinned memory, mixed precision and channels-last on a GPU (as
 pre-training), and the final fit of each combination checkpoints every epoch
@@ -43,6 +46,10 @@ A result: ``{"source", "source_run_id", "model", "target", "target_kind", "mode"
 "input_size", "lr", "weight_decay", "epochs", "train_samples", "test_samples", "metric"
 ("top1" or "map"), "test_score", "train_score", "test_loss", "train_top1" and "test_top1"
 (single-label), "test_map" and "test_ap" ({class: AP}, multi-label), "cached_features",
+"test_iou_macro", "test_segmentation" and "train_segmentation" (every segmentation metric with
+its bootstrap interval), "segmentation_model", "examples" (the key of a PNG of held-out images,
+label maps and predictions: ``runs/<transfer_id>/examples/<combo>.png``) (segmentation targets;
+metric "iou_macro"),
 "search": null | {"folds", "metric", "grid": [{"lr", "weight_decay", "fold_<metric>": [...],
 "mean_<metric>"}], "best": {...}}}``.
 """
@@ -67,11 +74,13 @@ from services.common.seeds import derive_seed
 from services.common.spec.experiment import ExperimentSpec, content_hash
 from services.common.spec.train import OptimSpec, TransferSpec
 from services.common.store import Store
-from services.train.data import IMAGENET_MEAN, IMAGENET_STD, to_model_input
+from services.train.data import IMAGENET_MEAN, IMAGENET_STD
 from services.train.loop import DivergedError, lr_factor, run_prefix
 from services.train.models import (
     build_model, head_parameter_names, load_checkpoint, load_verified_checkpoint, logits_of, save_checkpoint,
 )
+from services.train.runtime import Runtime, Trainer, _runtime  # noqa: F401  (re-exported)
+from services.train.segtransfer import segmentation_model_for
 from services.train.targets import IGNORE, TARGET_LOADERS, TargetData, load_target, view  # noqa: F401  (re-exported)
 
 Progress = Callable[[str, int, int], None]
@@ -186,43 +195,6 @@ def _metric(multilabel: bool) -> str:
 
 
 # -- fitting ----------------------------------------------------------------------------
-@dataclass
-class Runtime:
-    """How a fit runs: device, loader workers, mixed precision, memory format."""
-
-    device: torch.device
-    workers: int = 0
-    amp: bool = True
-    amp_dtype: str = "bfloat16"
-    channels_last: bool = True
-
-    @property
-    def cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    @property
-    def use_amp(self) -> bool:
-        return self.cuda and self.amp
-
-    @property
-    def dtype(self):
-        return torch.bfloat16 if self.amp_dtype == "bfloat16" else torch.float16
-
-    def loader(self, data: Dataset, batch_size: int, *, shuffle: bool = False, generator=None,
-               drop_last: bool = False) -> DataLoader:
-        workers = self.workers if not isinstance(data, TensorDataset) else 0  # cached features need no workers
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
-                          num_workers=workers, pin_memory=self.cuda, persistent_workers=False)
-
-    def inputs(self, images: torch.Tensor, source: Source) -> torch.Tensor:
-        return to_model_input(images, self.device, channels_last=self.cuda and self.channels_last,
-                              mean=source.mean, std=source.std)
-
-
-def _runtime(device) -> Runtime:
-    return device if isinstance(device, Runtime) else Runtime(torch.device(device))
-
-
 def _evaluate(model: nn.Module, data: Dataset, source: Source, batch_size: int, device, *,
               multilabel: bool = False, classes: list[str] | None = None) -> dict:
     """Metrics of ``model`` on ``data``: ``{"top1", "loss"}`` or ``{"map", "ap", "loss"}``."""
@@ -395,19 +367,12 @@ def _evaluate_head(head: nn.Module, data: Dataset, device, *, multilabel: bool =
     return _scores(logits, labels, multilabel, classes or [])
 
 
-@dataclass
-class Trainer:
-    """One (source, target, mode): ``run(train_indices, evaluate_on, lr, wd, seed)`` -> (metrics, train metrics)."""
-
-    run: Callable
-    fit_set: Dataset   # training split as fitted (augmented for fine-tuning)
-    eval_train: Dataset  # training split as evaluated (cross-validation folds score on it)
-    test: Dataset
-    cached: bool
-
-
 def _trainer(source: Source, mode: str, data: TargetData, transfer: TransferSpec, rt: Runtime) -> Trainer:
     """The fit-and-score function of one combination and the data sets it uses."""
+    if data.segmentation:
+        from services.train.segtransfer import segmentation_trainer
+
+        return segmentation_trainer(source, mode, data, transfer, rt)
     size = source.input_size
     eval_train = view(data.train, size)
     test = view(data.test, size)
@@ -436,16 +401,18 @@ def _trainer(source: Source, mode: str, data: TargetData, transfer: TransferSpec
 
 
 def cross_validate(run, train_set: Dataset, labels: np.ndarray, transfer: TransferSpec, seed: int,
-                   multilabel: bool = False) -> dict:
-    """k-fold grid search on the training split; every fold's score is kept."""
+                   multilabel: bool = False, metric: str | None = None) -> dict:
+    """k-fold grid search on the training split; every fold's score is kept. ``metric`` (default: top-1 or
+    mAP) other than those (segmentation's mIoU) means folds are not stratified, as images hold several classes."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     search = transfer.search
     assert search is not None
-    metric = _metric(multilabel)
-    splitter = KFold if multilabel else StratifiedKFold  # folds of a multi-label target cannot be stratified by class
+    stratified = not multilabel and metric in (None, "top1")
+    metric = metric or _metric(multilabel)
+    splitter = StratifiedKFold if stratified else KFold  # folds of a multi-label target cannot be stratified by class
     folds = splitter(n_splits=search.folds, shuffle=True, random_state=seed % 2**32)
-    splits = list(folds.split(np.zeros(len(labels)), None if multilabel else labels))
+    splits = list(folds.split(np.zeros(len(labels)), labels if stratified else None))
     grid = []
     for lr, wd in itertools.product(search.lr, search.weight_decay):
         scores = [run(fit_idx, Subset(train_set, val_idx), lr, wd, derive_seed(seed, "fold", k))[0][metric]
@@ -500,13 +467,15 @@ def run_transfer(spec: ExperimentSpec, name: str, store: Store, *, progress: Pro
         data = load(target.name, source.input_size)
         seed = derive_seed(transfer.seed, "transfer", source.name, target.name, mode)
         trainer = _trainer(source, mode, data, transfer, rt)
+        metric = "iou_macro" if data.segmentation else _metric(data.multilabel)
         search_key = f"{prefix}/search/{combo}.json"
         search = None
         if transfer.search:
             if store.exists(search_key):
                 search = store.get_json(search_key)
             else:
-                search = cross_validate(trainer.run, trainer.eval_train, data.train_labels, transfer, seed, data.multilabel)
+                search = cross_validate(trainer.run, trainer.eval_train, data.train_labels, transfer, seed, data.multilabel,
+                                        metric)
                 store.put_json(search_key, search)
         lr = search["best"]["lr"] if search else transfer.optim.lr
         wd = search["best"]["weight_decay"] if search else transfer.optim.weight_decay
@@ -522,14 +491,20 @@ def run_transfer(spec: ExperimentSpec, name: str, store: Store, *, progress: Pro
                                       **fit_kw)
         if stop_after_epoch is not None and not trainer.cached and transfer.epochs > stop_after_epoch + 1:
             raise FlatlandError(f"transfer {tid}: stopped after epoch {stop_after_epoch} of {combo} (resumable)")
-        metric = _metric(data.multilabel)
         result = {"source": source.name, "source_run_id": source.run_id, "model": source.model,
                   "target": target.name, "target_kind": target.kind, "split": target.held_out, "mode": mode,
                   "input_size": source.input_size, "lr": lr, "weight_decay": wd, "epochs": transfer.epochs,
                   "train_samples": len(trainer.fit_set), "test_samples": len(trainer.test), "metric": metric,
                   "test_score": test_m[metric], "train_score": train_m[metric], "test_loss": test_m["loss"],
                   "search": search, "cached_features": trainer.cached, "seconds": time.time() - started}
-        if data.multilabel:
+        if data.segmentation:
+            pictures = test_m.pop("_examples_png", b"")
+            if pictures:
+                result["examples"] = f"{prefix}/examples/{combo}.png"
+                store.put_bytes(result["examples"], pictures)
+            result.update({"test_iou_macro": test_m["iou_macro"], "test_segmentation": test_m,
+                           "train_segmentation": train_m, "segmentation_model": segmentation_model_for(source.model)})
+        elif data.multilabel:
             result.update({"test_map": test_m["map"], "test_ap": test_m["ap"], "train_map": train_m["map"]})
         else:
             result.update({"test_top1": test_m["top1"], "train_top1": train_m["top1"]})

@@ -125,3 +125,27 @@ def test_the_server_metrics_port_exports_its_runs_loss_and_top1(local_store):
     assert sample("flatland_train_loss", "train") == pytest.approx(record["train_loss"])
     assert sample("flatland_train_top1", "val") == pytest.approx(record["val_top1"])
     assert "flatland_rpc_requests_total" in text  # the same registry as the server's own metrics
+
+
+def test_a_segmentation_run_goes_through_start_and_watch(client, local_store):
+    """task: segmentation uses the same StartRun / WatchRun / GetRun; its metrics arrive by name in `values`."""
+    from tests.train.test_segmentation import make_spec as segmentation_spec
+
+    stub, _ = client
+    spec = segmentation_spec(epochs=2, input_size=16, batch_size=4, model="lraspp_mobilenet_v3_large")
+    write_dataset(local_store, spec.dataset_id("shapes"), classes=3, views={"train": 2, "val": 1}, size=16)
+    ref = stub.StartRun(item(spec, name="s"), timeout=30)
+    assert ref.run_id == spec.run_id("s")
+    events = list(stub.WatchRun(ref, timeout=180))
+    metrics = [e.metrics for e in events if e.HasField("metrics")]
+    assert [m.epoch for m in metrics] == [0, 1]
+    assert events[-1].state == train_pb2.RUN_STATE_SUCCEEDED
+    written = [json.loads(line) for line in local_store.get_bytes(f"runs/{ref.run_id}/metrics.jsonl").decode().splitlines()]
+    for message, record in zip(metrics, written):
+        for name in ("val_iou_macro", "val_iou_micro", "val_pixel_accuracy", "val_f1_macro", "train_iou_macro"):
+            assert message.values[name] == pytest.approx(record[name])
+        assert message.val_loss == pytest.approx(record["val_loss"]) and message.val_top1 == 0
+    status = stub.GetRun(ref, timeout=10)
+    assert status.state == train_pb2.RUN_STATE_SUCCEEDED and status.metrics[-1].values["val_iou_macro"] == pytest.approx(
+        written[-1]["val_iou_macro"])
+    assert local_store.exists(f"runs/{ref.run_id}/examples.png")

@@ -186,7 +186,11 @@ class NoiseSceneParams(StrictModel):
 
     family: Literal["noisescenes"] = "noisescenes"
     objects_range: tuple[int, int] = Field(default=(1, 20), description="Objects per scene N ~ U{low..high}.")
-    noise: Literal["perlin", "sparse_convolution"] = Field(default="perlin", description="Texture noise kind.")
+    noise: Literal["perlin", "sparse_convolution", "both"] = Field(
+        default="perlin",
+        description="Texture noise kind (objects and background, 3D noise at the surface points): improved Perlin or "
+        "sparse convolution with a cubic kernel; 'both': even scenes Perlin, odd scenes sparse convolution (the "
+        "published study's 10,000 + 10,000 scenes in one dataset, so both share the classes).")
     class_priors: list[NoiseClassPrior] = Field(
         default_factory=lambda: [NoiseClassPrior(hue=h, rho=r, noise_scale=s) for h, r, s in PUBLISHED_NOISE_CLASSES],
         max_length=100_000,

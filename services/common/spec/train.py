@@ -185,14 +185,25 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
                "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 
 
+#: Segmentation target kinds (their images hold label maps of background + VOC's 20 classes).
+SEGMENTATION_TARGETS = ("coco_segmentation", "voc2012_segmentation")
+#: Target kinds read with their official split only.
+OFFICIAL_ONLY = ("cifar10", "cifar100", "voc2012", *SEGMENTATION_TARGETS)
+
+
 class TargetSpec(StrictModel):
     name: Name
-    kind: Literal["digits", "imagefolder", "cifar10", "cifar100", "voc2012", "omniglot"] = Field(
+    kind: Literal["digits", "imagefolder", "cifar10", "cifar100", "voc2012", "omniglot", "coco_segmentation",
+                  "voc2012_segmentation"] = Field(
         description="'digits': scikit-learn's bundled handwritten digits (offline); others read `path`: "
         "'imagefolder' path/<class>/<image> (or path/train/ and path/val/ with split: official); 'cifar10'/'cifar100' "
         "the python-pickle layout; 'voc2012' a VOCdevkit (Annotations/, ImageSets/Main/{train,val}.txt, JPEGImages/), "
         "20-class multi-label classification scored by mAP on val; 'omniglot' images_background/ and/or "
-        "images_evaluation/<alphabet>/<character>/*.png, one class per character."
+        "images_evaluation/<alphabet>/<character>/*.png, one class per character. Semantic segmentation (21 classes: "
+        "background + VOC's 20; IoU, pixel accuracy, F1): 'coco_segmentation' COCO 2017 (path/annotations/"
+        "instances_{train,val}2017.json, path/train2017/, path/val2017/) restricted to the 20 VOC categories as "
+        "torchvision's segmentation reference does; 'voc2012_segmentation' a VOCdevkit's SegmentationClass/*.png, "
+        "ImageSets/Segmentation/{train,val}.txt and JPEGImages/ (255 = ignored)."
     )
     path: str | None = Field(default=None, description="Root of the user-provided data set (every kind but digits).")
     split: Literal["random", "official"] | None = Field(
@@ -200,7 +211,8 @@ class TargetSpec(StrictModel):
         description="Held-out split. 'official': the data set's own (imagefolder: path/train/ and path/val/, as ImageNet "
         "and Places365 are laid out; cifar: the test batch; voc2012: ImageSets/Main/val.txt; omniglot: the drawings of "
         "drawers 16-20, see docs/train-stage.md). 'random': a stratified `test_fraction` hold-out fixed by the seed. "
-        "Default: official for cifar and voc2012 (they have only that), random otherwise.")
+        "coco_segmentation: val2017; voc2012_segmentation: ImageSets/Segmentation/val.txt. "
+        "Default: official for cifar, voc2012 and the segmentation kinds (they have only that), random otherwise.")
     val_labels: str | None = Field(
         default=None,
         description="imagefolder, split official, when path/val/ holds the images without class folders (Places365's "
@@ -216,11 +228,16 @@ class TargetSpec(StrictModel):
     @property
     def held_out(self) -> str:
         """The split actually used: the given one, or the kind's default."""
-        return self.split or ("official" if self.kind in ("cifar10", "cifar100", "voc2012") else "random")
+        return self.split or ("official" if self.kind in OFFICIAL_ONLY else "random")
 
     @property
     def multilabel(self) -> bool:
         return self.kind == "voc2012"
+
+    @property
+    def segmentation(self) -> bool:
+        """A semantic-segmentation target: every pixel has a class (0 background)."""
+        return self.kind in SEGMENTATION_TARGETS
 
     @model_validator(mode="after")
     def _path(self):
@@ -228,12 +245,13 @@ class TargetSpec(StrictModel):
             raise ValueError(f"target kind '{self.kind}' needs a `path` to the user's data set")
         if self.kind == "digits" and self.split == "official":
             raise ValueError("split: scikit-learn's digits have no official split; use split: random")
-        if self.kind in ("cifar10", "cifar100", "voc2012") and self.split == "random":
+        if self.kind in OFFICIAL_ONLY and self.split == "random":
             raise ValueError(f"split: target kind '{self.kind}' is read with its official split only; remove split: random")
         if self.val_labels and not (self.kind == "imagefolder" and self.held_out == "official"):
             raise ValueError("val_labels: only for kind imagefolder with split: official")
-        if self.multilabel and self.train_per_class is not None:
-            raise ValueError("train_per_class: few-shot subsets are per class, which a multi-label target (voc2012) does not have")
+        if (self.multilabel or self.segmentation) and self.train_per_class is not None:
+            raise ValueError(f"train_per_class: few-shot subsets are per class, which a {self.kind} target does not have "
+                             "(its images hold several classes)")
         return self
 
 

@@ -10,11 +10,14 @@ kd ~ U(0.25, 0.75), ks ~ U(0, 0.5), shininess ~ U(10, 100), lit by one light beh
 camera. The background is black-and-white noise of scale r_bg ~ U(1, 20).
 
 Objects are ray-cast analytically (orthographic camera looking down -z at [-w, w]^2 of
-the scene), textured with Perlin or sparse-convolution noise (2-D, in image space: features
-per image side = the noise scale); the nearest object wins each pixel, and the label map
-holds ``class + 1`` there (0 = background).
+the scene) and textured with 3D noise, improved Perlin or sparse convolution with a cubic
+kernel (:mod:`.noise3d`), evaluated at each visible surface point in the object's own frame
+(the unit sphere it is stretched from) multiplied by its noise scale r: the texture is a solid
+texture carved by the surface and moves with the object. The background is the same noise on
+the image plane, r_bg lattice cells per image side. The nearest object wins each pixel, and the
+label map holds ``class + 1`` there (0 = background).
 
-Pure numpy: no OpenGL needed.
+numpy and one numba kernel: no OpenGL needed.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import numpy as np
 
 from services.common.seeds import derive_seed, rng_from_seed
 from services.common.spec.render import NoiseSceneParams
-from services.render.renderers.noise import noise_image
+from services.render.renderers.noise3d import (KIND_CODES, NOISE_FUNCTIONS, SPARSE_IMPULSES, impulse_table, permutation_table,
+                                               render_scene, sparse_state, sub_boxes)
 
 #: Means of classes beyond the spec's ``class_priors``, drawn from the seed.
 EXTRA_HUE_RANGE = (0.0, 360.0)
@@ -91,7 +95,8 @@ def sample_scene(params: NoiseSceneParams, classes: int, *, root_seed: int, data
         })
     return {
         "kind": "noisescene", "scene": int(scene), "seed": int(seed), "dataset_id": dataset_id, "image_size": params.image_size,
-        "noise": params.noise, "objects": objects,
+        "noise": params.noise if params.noise != "both" else ("perlin", "sparse_convolution")[scene % 2],
+        "objects": objects,
         "light_direction": [0.0, 0.0, 1.0],  # behind the camera
         "ambient": params.ambient,
         "background": {"noise_scale": float(rng.uniform(*params.background_noise_scale_range)),
@@ -135,8 +140,23 @@ def ray_cast_ellipsoid(obj: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
     return z, normal
 
 
+def _texture_tables(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A texture's noise identity from its seed: permutation table, impulse table, offset into the field."""
+    rng = rng_from_seed(seed)
+    return permutation_table(rng), impulse_table(rng), rng.uniform(0.0, 256.0, 3)
+
+
+def _pixel_box(centre: np.ndarray, extent: np.ndarray, size: int) -> list[int]:
+    """(col0, col1, row0, row1): the pixels whose centres may fall inside a box of half-sizes ``extent``."""
+    lo = np.floor((centre[:2] - extent[:2]) * size - 0.5) - 1
+    hi = np.ceil((centre[:2] + extent[:2]) * size - 0.5) + 1
+    lo, hi = np.clip(lo, 0, size - 1), np.clip(hi, -1, size - 1)
+    return [int(lo[0]), int(hi[0]), int(lo[1]), int(hi[1])]
+
+
 def draw_scene(record: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Draw a scene record.
+    """Draw a scene record: ray-cast ellipsoids, 3D noise at each visible surface point (object frame, times
+    the object's noise scale), Phong shading; black-and-white noise behind (see :mod:`.noise3d`).
 
     Returns
     -------
@@ -146,35 +166,48 @@ def draw_scene(record: dict) -> tuple[np.ndarray, np.ndarray]:
     """
     size = int(record["image_size"])
     kind = record["noise"]
+    if kind not in KIND_CODES:
+        raise ValueError(f"noise kind must be one of {sorted(KIND_CODES)}, got {kind!r}")
     bg = record["background"]
-    bg_noise = noise_image(size, bg["noise_scale"], rng_from_seed(bg["texture_seed"]), kind)
-    if "hue" in bg:  # records written before the published generator: a tinted background
-        rgb = bg_noise[..., None] * _hsv_to_rgb(bg["hue"], 0.25, 0.6)
-    else:  # black and white
-        rgb = np.repeat(bg_noise[..., None], 3, axis=-1)
-    labels = np.zeros((size, size), dtype=np.uint16)
-    zbuffer = np.full((size, size), -np.inf)
-    light = np.asarray(record["light_direction"])
-    view = np.array([0.0, 0.0, 1.0])
-    half = light + view
-    half /= np.linalg.norm(half)
-    for obj in record["objects"]:
-        z, normal = ray_cast_ellipsoid(obj, size)
-        front = z > zbuffer
-        if not front.any():
-            continue
-        texture = noise_image(size, obj["noise_scale"], rng_from_seed(obj["texture_seed"]), kind)
-        colour = np.asarray(obj["colour"]) if "colour" in obj else _hsv_to_rgb(obj["hue"], 0.8, 1.0)
-        albedo = (0.45 + 0.55 * texture)[..., None] * colour
-        kd, ks = obj.get("kd", record.get("diffuse")), obj.get("ks", record.get("specular"))
-        shininess = obj.get("shininess", record.get("shininess"))
-        lambert = np.clip(normal @ light, 0.0, None)[..., None]
-        specular = (np.clip(normal @ half, 0.0, None) ** shininess)[..., None]
-        shaded = albedo * (record["ambient"] + kd * lambert) + ks * specular
-        rgb = np.where(front[..., None], shaded, rgb)
-        labels[front] = obj["class_index"] + 1
-        zbuffer = np.where(front, z, zbuffer)
-    rgb = np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
+    bg_perm, bg_impulses, bg_offset = _texture_tables(bg["texture_seed"])
+    # records written before the published generator have a tinted background; now it is black and white
+    tint = _hsv_to_rgb(bg["hue"], 0.25, 0.6) if "hue" in bg else np.ones(3)
+    objects = record["objects"]
+    n = len(objects)
+    centres, quadrics, to_local = np.zeros((n, 3)), np.zeros((n, 3, 3)), np.zeros((n, 3, 3))
+    boxes, offsets = np.zeros((n, 4), dtype=np.int64), np.zeros((n, 3))
+    perms = np.zeros((n, 512), dtype=np.int64)
+    impulses = np.zeros((n, 256, SPARSE_IMPULSES, 4))
+    colours, labels_in = np.zeros((n, 3)), np.zeros(n, dtype=np.uint16)
+    kd, ks, shininess, noise_scales = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+    for o, obj in enumerate(objects):
+        rotation = np.asarray(obj["rotation"], dtype=np.float64)
+        axes = np.asarray(obj["semi_axes"], dtype=np.float64)
+        if rotation.shape != (3, 3) or axes.shape != (3,) or not np.all(axes > 0):
+            raise ValueError(f"object {o}: rotation must be 3x3 and semi_axes 3 positive numbers")
+        centres[o] = obj["centre"]
+        quadrics[o] = rotation @ np.diag(1.0 / axes**2) @ rotation.T
+        to_local[o] = np.diag(1.0 / axes) @ rotation.T  # p - c -> the unit sphere the ellipsoid stretches
+        boxes[o] = _pixel_box(centres[o], np.sqrt(np.diag(rotation @ np.diag(axes**2) @ rotation.T)), size)
+        perms[o], impulses[o], offsets[o] = _texture_tables(obj["texture_seed"])
+        colours[o] = obj["colour"] if "colour" in obj else _hsv_to_rgb(obj["hue"], 0.8, 1.0)
+        kd[o] = obj.get("kd", record.get("diffuse"))
+        ks[o] = obj.get("ks", record.get("specular"))
+        shininess[o] = obj.get("shininess", record.get("shininess"))
+        noise_scales[o] = obj["noise_scale"]
+        labels_in[o] = obj["class_index"] + 1
+    light = np.asarray(record["light_direction"], dtype=np.float64)
+    light = light / np.linalg.norm(light)
+    half = light + np.array([0.0, 0.0, 1.0])
+    half = half / np.linalg.norm(half) if np.linalg.norm(half) > 1e-12 else np.array([0.0, 0.0, 1.0])
+    rgb = np.empty((size, size, 3), dtype=np.uint8)
+    labels = np.empty((size, size), dtype=np.uint16)
+    # sparse noise caches impulses per sub-box where lattice cells span several pixels (see noise3d.sub_boxes)
+    bg_sub = sub_boxes(size / float(bg["noise_scale"]))
+    subs = np.array([sub_boxes(size * min(obj["semi_axes"][:2]) / obj["noise_scale"]) for obj in objects], dtype=np.int64)
+    render_scene(size, NOISE_FUNCTIONS[kind], *sparse_state(bg_impulses), float(bg["noise_scale"]), bg_offset, bg_perm,
+                 bg_impulses, bg_sub, centres, quadrics, to_local, boxes, noise_scales, offsets, subs, perms, impulses,
+                 colours, kd, ks, shininess, labels_in, float(record["ambient"]), light, half, tint, rgb, labels)
     return rgb, labels
 
 

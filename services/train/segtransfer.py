@@ -1,0 +1,211 @@
+"""Transfer to semantic-segmentation targets (:mod:`services.train.segtargets`): fine-tuning and probes.
+
+The network is a torchvision segmentation model: the source's own model when it was pre-trained
+with ``task: segmentation`` (``fcn_resnet50`` on noise scenes, say), or ``fcn_<model>`` for a
+ResNet classifier (its layers are FCN's backbone). The pre-trained **backbone** (every
+``backbone.*`` weight) is transferred; the classifier head (``classifier.*``, ``aux_classifier.*``)
+is initialised afresh, as the class counts differ. The ``scratch`` source (always run beside the
+pre-trained ones) is the same architecture from random initialisation: the baseline.
+
+``finetune`` trains every layer; ``linear_probe`` freezes the backbone (in eval mode, so its
+BatchNorm statistics stay put) and trains the head. Loss: per-pixel cross-entropy, ignored pixels
+(255 in the data) left out. Images are resized straight to the input size (no crops);
+``augment.horizontal_flip`` flips image and label map together. Metrics (the pre-training ones,
+:mod:`services.train.objectives.segmentation`): pixel accuracy, IoU and F1, micro and macro, from
+the confusion matrix pooled over the split, with 95 % bootstrap intervals over images
+(``<metric>_ci``); the score of a transfer is the macro IoU (mIoU).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from services.common.errors import FlatlandError
+from services.common.seeds import derive_rng, derive_seed
+from services.common.spec.train import OptimSpec
+from services.train.data import IGNORE_INDEX
+from services.train.loop import DivergedError, lr_factor
+from services.train.models import model_kwargs, segmentation_models
+from services.train.objectives.segmentation import bootstrap_intervals, confusion_matrices, scores
+from services.train.runtime import Trainer, _runtime
+
+#: The score of a segmentation transfer.
+METRIC = "iou_macro"
+
+
+def segmentation_model_for(model: str) -> str:
+    """The segmentation network a source of architecture ``model`` transfers into."""
+    if model in segmentation_models():
+        return model
+    candidate = f"fcn_{model}"
+    if candidate in segmentation_models():
+        return candidate
+    raise FlatlandError(f"model '{model}' has no torchvision segmentation counterpart to transfer its backbone into "
+                        f"(segmentation targets take a segmentation run's model, or resnet50/resnet101 as fcn_<model>)")
+
+
+def prepare_segmentation_model(source, num_classes: int, mode: str) -> nn.Module:
+    """``source``'s segmentation network with a fresh ``num_classes`` head and its backbone weights copied in."""
+    name = segmentation_model_for(source.model)
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes,
+                                        **model_kwargs(name, source.input_size))
+    backbone_keys = {k for k in model.state_dict() if k.startswith("backbone.")}
+    if source.state_dict is not None:
+        if source.model == name:
+            weights = {k: v for k, v in source.state_dict.items() if k.startswith("backbone.")}
+        else:  # a classifier: its layers are the backbone's, without the "backbone." prefix
+            weights = {f"backbone.{k}": v for k, v in source.state_dict.items() if f"backbone.{k}" in backbone_keys}
+        missing = sorted(backbone_keys - weights.keys())
+        if missing:
+            raise FlatlandError(f"checkpoint of '{source.name}' ({source.model}) lacks backbone weights of {name}: "
+                                f"{missing[:5]}")
+        model.load_state_dict(weights, strict=False)
+    if mode == "linear_probe":
+        for key, param in model.named_parameters():
+            param.requires_grad = not key.startswith("backbone.")
+    return model
+
+
+class Flips(Dataset):
+    """Image and label map flipped left-right together with probability 1/2 (torch's generator: seeded per epoch)."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        image, mask = self.base[index]
+        if bool(torch.rand(()) < 0.5):
+            image, mask = image.flip(1), mask.flip(1)
+        return image.contiguous(), mask.contiguous()
+
+
+def _logits(output) -> torch.Tensor:
+    return output["out"] if isinstance(output, dict) else output
+
+
+def fit_segmentation(source, mode: str, train: Dataset, num_classes: int, *, lr: float, weight_decay: float,
+                     optim: OptimSpec, epochs: int, batch_size: int, seed: int, device, checkpoint=None, resume=None,
+                     stop_after_epoch: int | None = None, **_ignored) -> nn.Module:
+    """Train a copy of ``source`` on ``(image, mask)`` items; the schedule, checkpoints and resumption of
+    :func:`services.train.transfer.fit`."""
+    rt = _runtime(device)
+    torch.manual_seed(seed)
+    model = prepare_segmentation_model(source, num_classes, mode).to(rt.device)
+    if rt.cuda and rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=weight_decay)
+    drop_last = len(train) > batch_size
+    steps = max(1, len(train) // batch_size if drop_last else math.ceil(len(train) / batch_size))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step / steps, optim, epochs))
+    scaler = torch.amp.GradScaler("cuda", enabled=rt.use_amp and rt.dtype == torch.float16)
+    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=optim.label_smoothing)
+    start = 0
+    if resume is not None:
+        model.load_state_dict(resume["state_dict"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        start = resume["epoch"] + 1
+    for epoch in range(start, epochs):
+        torch.manual_seed(derive_seed(seed, "torch", epoch))
+        order = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))
+        model.train()
+        if mode == "linear_probe":
+            model.backbone.eval()  # frozen BatchNorm statistics
+        for images, masks in rt.loader(train, batch_size, shuffle=True, generator=order, drop_last=drop_last):
+            with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.use_amp):
+                logits = _logits(model(rt.inputs(images, source)))
+            loss = criterion(logits.float(), masks.to(rt.device, non_blocking=True))
+            if not torch.isfinite(loss):
+                raise DivergedError(f"segmentation transfer of '{source.name}' ({mode}, lr={lr}): loss became "
+                                    f"{loss.item()}; lower the learning rate or set optim.grad_clip_norm")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if optim.grad_clip_norm is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(params, optim.grad_clip_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+        if checkpoint is not None:
+            checkpoint({"epoch": epoch, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict()})
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
+    return model
+
+
+def predict(model: nn.Module, data: Dataset, source, batch_size: int, device) -> tuple[np.ndarray, float]:
+    """Per-image confusion matrices ``(n, classes, classes)`` of ``model`` on ``data`` and the mean per-pixel loss."""
+    rt = _runtime(device)
+    model.eval()
+    matrices, loss_sum, pixels = [], 0.0, 0
+    with torch.no_grad():
+        for images, masks in rt.loader(data, max(1, min(batch_size, 32))):
+            with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.use_amp):
+                logits = _logits(model(rt.inputs(images, source))).float()
+            masks = masks.to(rt.device)
+            loss_sum += float(nn.functional.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum"))
+            pixels += int((masks != IGNORE_INDEX).sum())
+            matrices.append(confusion_matrices(logits.argmax(1), masks, logits.shape[1]).cpu())
+    classes = model_classes(model)
+    per_image = torch.cat(matrices).numpy() if matrices else np.zeros((0, classes, classes), dtype=np.int64)
+    return per_image, loss_sum / max(pixels, 1)
+
+
+def model_classes(model: nn.Module) -> int:
+    last = [m for m in model.classifier.modules() if isinstance(m, nn.Conv2d)][-1]
+    return last.out_channels
+
+
+def evaluate_segmentation(model: nn.Module, data: Dataset, source, batch_size: int, device, seed: int = 0) -> dict:
+    """``{<metric>: value, <metric>_ci: [low, high], "loss", "images"}`` of ``model`` on ``data``."""
+    per_image, loss = predict(model, data, source, batch_size, device)
+    result = {name: float(value) for name, value in scores(per_image.sum(0)).items()}
+    for name, interval in bootstrap_intervals(per_image, derive_rng(seed, "bootstrap")).items():
+        result[f"{name}_ci"] = interval
+    result.update({"loss": loss, "images": int(per_image.shape[0])})
+    return result
+
+
+@torch.no_grad()
+def examples_png(model: nn.Module, data: Dataset, source, device, class_names, title: str, count: int = 4) -> bytes:
+    """Image / label map / prediction of the first ``count`` items of ``data``."""
+    from services.train.plots import triplets_png
+
+    rt = _runtime(device)
+    model.eval()
+    items = [data[i] for i in range(min(count, len(data)))]
+    if not items:
+        return b""
+    images = torch.stack([image for image, _ in items])
+    logits = _logits(model(rt.inputs(images, source))).float()
+    return triplets_png([image.numpy() for image, _ in items], [mask.numpy() for _, mask in items],
+                        list(logits.argmax(1).cpu().numpy()), logits.shape[1], title, class_names)
+
+
+def segmentation_trainer(source, mode: str, data, transfer, rt):
+    """The fit-and-score function of one (source, segmentation target, mode)."""
+    fit_set = Flips(data.train) if transfer.augment.horizontal_flip and mode == "finetune" else data.train
+    common = {"optim": transfer.optim, "epochs": transfer.epochs, "batch_size": transfer.batch_size, "device": rt}
+
+    def run(train_idx, evaluate_on, lr, wd, seed, **fit_kw):
+        model = fit_segmentation(source, mode, Subset(fit_set, train_idx), data.num_classes, lr=lr, weight_decay=wd,
+                                 seed=seed, **common, **fit_kw)
+        test = evaluate_segmentation(model, evaluate_on, source, transfer.batch_size, rt, seed)
+        if evaluate_on is data.test:  # the final fit: pictures of its first held-out images for the report
+            test["_examples_png"] = examples_png(model, data.test, source, rt, data.classes,
+                                                 f"{source.name} -> {data.name} ({mode})")
+        return test, evaluate_segmentation(model, Subset(data.train, train_idx), source, transfer.batch_size, rt, seed)
+    return Trainer(run, fit_set, data.train, data.test, False)
