@@ -49,6 +49,20 @@ class DatasetSpec(StrictModel):
     def kind(self) -> str:
         return self.family.family
 
+    @model_validator(mode="after")
+    def _cue_conflict(self):
+        if not self.render.cue_conflict and not self.render.class_texture.enabled:
+            return self
+        if self.kind not in ("procsynth", "morphsynth"):
+            raise ValueError(f"render.cue_conflict / render.class_texture: only for procsynth and morphsynth datasets, "
+                             f"not {self.kind}")
+        if self.render.cue_conflict and self.classes < 2:
+            raise ValueError(f"render.cue_conflict: needs at least 2 classes (shape of one, texture of another), got {self.classes}")
+        if self.render.cue_conflict and self.kind == "procsynth" and not self.render.class_texture.enabled:
+            raise ValueError("render.cue_conflict: procsynth classes are all grey and have no appearance of their own; "
+                             "set render.class_texture.enabled: true (and the same class_texture on the non-conflict dataset)")
+        return self
+
 
 class StoreSpec(StrictModel):
     url: str = Field(
