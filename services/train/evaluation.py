@@ -1,8 +1,7 @@
 """Evaluations of finished pre-training runs that train no network: shape bias and a linear depth probe.
 
-Run by the train stage after transfer (:func:`run_evaluations`); each (evaluation, run) pair writes one
-JSON at :func:`services.train.api.evaluation_key` and is skipped when it is already there. The methods
-are in :mod:`services.train.shapebias` and :mod:`services.train.depthprobe`; this module holds what they
+Run by the train stage after transfer (:func:`services.train.evaluate.run_evaluations`). The methods are
+in :mod:`services.train.shapebias` and :mod:`services.train.depthprobe`; this module holds what they
 share: a finished run's network with its input transform, and the samples of a rendered dataset.
 """
 
@@ -21,13 +20,11 @@ from services.common.errors import ObjectNotFoundError, SpecError
 from services.common.spec.experiment import ExperimentSpec
 from services.common.store import Store
 from services.render.api import RGB_MEMBERS, decode_rgb, find_rgb
-from services.train.api import evaluation_id, evaluation_key
 from services.train.data import dataset_shards, iter_shard_samples, to_model_input
 from services.train.loop import run_prefix
 from services.train.models import head_parameter_names, load_verified_checkpoint, logits_of, model_from_checkpoint
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -128,36 +125,3 @@ def batches(items: list, size: int) -> Iterator[list]:
 def stack_images(images: list[np.ndarray]) -> torch.Tensor:
     """Same-sized (h, w, 3) uint8 arrays → (N, h, w, 3) uint8 tensor."""
     return torch.from_numpy(np.stack(images))
-
-
-def run_evaluations(spec: ExperimentSpec, store: Store, *, progress: Progress | None = None,
-                    mine: Callable[[int], bool] = lambda i: True) -> dict:
-    """Every (evaluation, run) pair of ``spec.evaluation`` not yet in the store; returns a summary.
-
-    ``mine(i)`` picks this worker's share (entry ``i`` in shape_bias then depth_probe order).
-    """
-    from services.train.depthprobe import evaluate_depth_probe
-    from services.train.shapebias import evaluate_shape_bias
-
-    summary: dict = {}
-    entries = [(e, evaluate_shape_bias) for e in spec.evaluation.shape_bias] + \
-              [(e, evaluate_depth_probe) for e in spec.evaluation.depth_probe]
-    for i, (entry, evaluate) in enumerate(entries):
-        if not mine(i):
-            continue
-        eid = evaluation_id(spec, entry)
-        results = summary[entry.name] = {}
-        for j, run in enumerate(entry.runs):
-            key = evaluation_key(eid, run)
-            if progress is not None:
-                progress(f"evaluate {entry.name}", j, len(entry.runs))
-            if store.exists(key):
-                results[run] = {"status": "skipped", "key": key}
-                continue
-            result = evaluate(spec, entry, store, run)
-            result.update(evaluation=entry.name, evaluation_id=eid, run=run, run_id=spec.run_id(run))
-            store.put_json(key, result)
-            results[run] = {"status": "done", "key": key}
-        if progress is not None:
-            progress(f"evaluate {entry.name}", len(entry.runs), len(entry.runs))
-    return summary
