@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+import json
 
 import numpy as np
 import pytest
@@ -303,3 +304,79 @@ def test_nyu_labeled_mat_and_depth_folder_are_read_in_their_layouts(tmp_path):
     np.save(tmp_path / "folder" / "test" / "a.depth.npy", depths[0][:3])
     with pytest.raises(SpecError, match="a.depth.npy is"):
         list(folder_pairs(str(tmp_path / "folder"), "test", 10))
+
+
+# -- end to end: the train job evaluates a real checkpoint ------------------------------------
+def write_conflict_dataset(store, dataset_id: str, classes: int, views: int, size: int = 16) -> None:
+    """Cue-conflict samples in render's layout: class A's silhouette (synthetic_shards' shapes) in class B's hue."""
+    import io
+
+    from services.common.manifest import Manifest, put_with_entry, write_manifest
+    from services.common.seeds import derive_rng
+    from services.render.output import DeterministicTarWriter
+    from tests.train.synthetic_shards import _png, draw_sample
+
+    buffer = io.BytesIO()
+    writer = DeterministicTarWriter(buffer)
+    count = 0
+    for a in range(classes):
+        for v in range(views):
+            b = (a + 1 + v % (classes - 1)) % classes
+            rng = derive_rng(9, "conflict", a, v)
+            shape_rgb, mask = draw_sample(a, classes, size, rng)
+            colour_rgb, colour_mask = draw_sample(b, classes, size, derive_rng(9, "colour", a, v))
+            colour = colour_rgb[colour_mask][0]  # class B's hue
+            rgb = np.where(mask[..., None], colour, shape_rgb).astype(np.uint8)
+            record = {"class_index": a, "shape_class": a, "texture_class": b, "cue_conflict": True}
+            writer.write(f"{a:05d}_0_{v:05d}", {"rgb.png": _png(rgb), "json": json.dumps(record).encode(),
+                                                "cls": str(a).encode()})
+            count += 1
+    writer.close()
+    key = f"datasets/{dataset_id}/train-00000.tar"
+    entry = put_with_entry(store, key, buffer.getvalue(), split="train", shard=0, samples=count)
+    manifest = Manifest(kind="dataset", metadata={"classes": classes, "splits": {"train": count}})
+    manifest.upsert(entry)
+    write_manifest(store, f"datasets/{dataset_id}/manifest.json", manifest)
+
+
+def test_train_job_evaluates_shape_bias_and_depth_of_a_trained_run(tmp_path):
+    from services.train.api import evaluation_id, evaluation_key
+    from services.train.job import run_job
+    from tests.train.synthetic_shards import write_dataset
+
+    texture = {"class_texture": {"enabled": True}}
+    spec = parse_spec({
+        "name": "ev",
+        "datasets": [{"name": "shapes", "family": {"family": "procsynth"}, "classes": 3, "render": texture},
+                     {"name": "conflict", "family": {"family": "procsynth"}, "classes": 3, "meshes_from": "shapes",
+                      "render": texture | {"cue_conflict": True}},
+                     {"name": "others", "family": {"family": "procsynth"}, "classes": 2}],
+        "pretrain": [{"name": "own", "datasets": ["shapes"], "model": "resnet18", "input_size": 16, "epochs": 1,
+                      "batch_size": 8, "workers": 0},
+                     {"name": "other", "datasets": ["others"], "model": "resnet18", "input_size": 16, "epochs": 1,
+                      "batch_size": 8, "workers": 0}],
+        "evaluation": {"shape_bias": [{"name": "sb", "runs": ["own", "other"], "conflict": "conflict", "probe": "shapes",
+                                       "bootstrap": 200}],
+                       "depth_probe": [{"name": "dp", "runs": ["own"], "dataset": "shapes", "pixels_per_image": 16}]},
+    })
+    store = LocalStore(tmp_path / "store")
+    write_dataset(store, spec.dataset_id("shapes"), classes=3, views={"train": 6, "val": 2}, size=16)
+    write_dataset(store, spec.dataset_id("others"), classes=2, views={"train": 4, "val": 1}, size=16)
+    write_conflict_dataset(store, spec.dataset_id("conflict"), classes=3, views=4)
+    summary = run_job(spec, store)
+    assert summary["evaluation"]["sb"] == {r: {"status": "done", "key": evaluation_key(evaluation_id(
+        spec, spec.evaluation.shape_bias[0]), r)} for r in ("own", "other")}
+    sb = evaluation_id(spec, spec.evaluation.shape_bias[0])
+    own, other = (store.get_json(evaluation_key(sb, r)) for r in ("own", "other"))
+    assert own["classifier"] == "head" and other["classifier"] == "probe"  # 'other' never saw these classes
+    for result in (own, other):
+        assert result["images"] == 12 and result["shape"] + result["texture"] + result["other"] == 12
+        assert result["run_id"] == spec.run_id(result["run"]) and result["evaluation"] == "sb"
+    assert other["probe"]["train_images"] == 18 and other["probe"]["val_images"] == 6
+    depth = store.get_json(evaluation_key(evaluation_id(spec, spec.evaluation.depth_probe[0]), "own"))
+    assert depth["layer"] == "layer4" and depth["test_images"] == 6 and depth["feature_channels"] == 512
+    assert 0 < depth["rmse_m"] < 1 and depth["baseline_rmse_m"] > 0
+    # a second run finds every result and recomputes nothing
+    again = run_job(spec, store)
+    assert {v["status"] for v in again["evaluation"]["sb"].values()} == {"skipped"}
+    json.dumps(again)
