@@ -27,6 +27,7 @@ Sources: ``cue_conflict_folder`` reads the standard set's layout (``<root>/<cate
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -166,12 +167,24 @@ def image_folder(root: str | Path, classes: tuple[str, ...]) -> list[tuple[Path,
 
 
 # -- decisions ---------------------------------------------------------------------------
-def _features(net: Network, images: list[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    feats, logits = [], []
-    for batch in batches(images, batch_size):
+def _features(net: Network, images: Iterable[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(penultimate features, logits) of a stream of same-sized images, a batch at a time (never all in memory)."""
+    feats, logits, batch = [], [], []
+
+    def flush():
         f, z = net.penultimate_and_logits(stack_images(batch))
         feats.append(f.numpy())
         logits.append(z.numpy())
+        batch.clear()
+
+    for image in images:
+        batch.append(image)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    if not feats:
+        raise SpecError(f"shape bias: run '{net.run}' got no images to decide on")
     return np.concatenate(feats), np.concatenate(logits)
 
 
@@ -223,19 +236,28 @@ def evaluate_shape_bias(spec: ExperimentSpec, entry: ShapeBiasSpec, store: Store
     rng = np.random.default_rng(entry.seed)
     probe_info = None
     if entry.kind == "renders":
-        conflict = [s for s in rendered_samples(store, spec.dataset_id(entry.conflict), "train")]
-        conflict += list(_val_samples(store, spec.dataset_id(entry.conflict)))
-        shape = np.array([s["record"]["shape_class"] for s in conflict])
-        texture = np.array([s["record"]["texture_class"] for s in conflict])
-        images = [s["rgb"] for s in conflict]  # one size per dataset; Network.inputs resizes each batch
+        dataset_id = spec.dataset_id(entry.conflict)
+        shapes, textures = [], []
+
+        def conflict_images():  # one size per dataset; Network.inputs resizes each batch
+            for split in (rendered_samples(store, dataset_id, "train"), _val_samples(store, dataset_id)):
+                for sample in split:
+                    if "shape_class" not in sample["record"]:
+                        raise SpecError(f"shape bias: {dataset_id} holds a sample without shape_class / texture_class "
+                                        "(not rendered with render.cue_conflict)")
+                    shapes.append(sample["record"]["shape_class"])
+                    textures.append(sample["record"]["texture_class"])
+                    yield sample["rgb"]
+
+        images = conflict_images()
         labels = list(range(spec.dataset(entry.conflict).classes))
     else:
         items = cue_conflict_folder(entry.path)
-        shape = np.array([i[1] for i in items])
-        texture = np.array([i[2] for i in items])
-        images = [load_image(i[0], net.input_size) for i in items]
+        shapes, textures = [i[1] for i in items], [i[2] for i in items]
+        images = (load_image(i[0], net.input_size) for i in items)
         labels = list(GEIRHOS_CATEGORIES)
     features, logits = _features(net, images, entry.batch_size)
+    shape, texture = np.array(shapes), np.array(textures)
     if use_head:
         if entry.kind == "renders":
             decision = logits.argmax(1)
@@ -272,17 +294,33 @@ def _train_probe(spec: ExperimentSpec, entry: ShapeBiasSpec, store: Store, net: 
             raise SpecError(f"evaluation '{entry.name}': run '{net.run}' needs a linear probe (it was not pre-trained "
                             "on the conflict classes), but the evaluation names no `probe` dataset")
         dataset_id = spec.dataset_id(entry.probe)
-        train = list(rendered_samples(store, dataset_id, "train"))
-        labels = np.array([s["cls"] for s in train])
-        keep = _even_subset(labels, entry.probe_max_images, rng)
-        features, _ = _features(net, [train[i]["rgb"] for i in keep], entry.batch_size)
-        probe = fit_probe(features, labels[keep], entry.seed)
-        val = list(_val_samples(store, dataset_id))
+        quota = -(-entry.probe_max_images // spec.dataset(entry.probe).classes)  # per class: evenly over classes
+        taken: dict[int, int] = {}
+        labels: list[int] = []
+
+        def probe_images():
+            for sample in rendered_samples(store, dataset_id, "train"):
+                if taken.get(sample["cls"], 0) < quota and len(labels) < entry.probe_max_images:
+                    taken[sample["cls"]] = taken.get(sample["cls"], 0) + 1
+                    labels.append(sample["cls"])
+                    yield sample["rgb"]
+
+        features, _ = _features(net, probe_images(), entry.batch_size)
+        probe = fit_probe(features, np.array(labels), entry.seed)
+        val_labels: list[int] = []
+
+        def val_images():
+            for sample in _val_samples(store, dataset_id):
+                val_labels.append(sample["cls"])
+                yield sample["rgb"]
+
         val_top1 = None
-        if val:
-            val_features, _ = _features(net, [s["rgb"] for s in val], entry.batch_size)
-            val_top1 = float((probe.predict(val_features) == np.array([s["cls"] for s in val])).mean())
-        return probe, {"dataset": entry.probe, "train_images": int(len(keep)), "val_images": len(val),
+        try:
+            val_features, _ = _features(net, val_images(), entry.batch_size)
+            val_top1 = float((probe.predict(val_features) == np.array(val_labels)).mean())
+        except SpecError:  # no val split
+            pass
+        return probe, {"dataset": entry.probe, "train_images": len(labels), "val_images": len(val_labels),
                        "val_top1": val_top1}
     if not entry.probe_path:
         raise SpecError(f"evaluation '{entry.name}': run '{net.run}' is not an ImageNet classifier, so its decisions "
@@ -291,7 +329,7 @@ def _train_probe(spec: ExperimentSpec, entry: ShapeBiasSpec, store: Store, net: 
     items = image_folder(entry.probe_path, GEIRHOS_CATEGORIES)
     labels = np.array([c for _, c in items])
     keep = _even_subset(labels, entry.probe_max_images, rng)
-    features, _ = _features(net, [load_image(items[i][0], net.input_size) for i in keep], entry.batch_size)
+    features, _ = _features(net, (load_image(items[i][0], net.input_size) for i in keep), entry.batch_size)
     probe = fit_probe(features, labels[keep], entry.seed)
     train_top1 = float((probe.predict(features) == labels[keep]).mean())
     return probe, {"path": entry.probe_path, "train_images": int(len(keep)), "train_top1": train_top1}
