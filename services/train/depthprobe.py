@@ -20,7 +20,7 @@ Data:
 - ``nyu_labeled_mat``: NYU-Depth v2's labeled set as distributed, ``nyu_depth_v2_labeled.mat`` (MATLAB
   v7.3 = HDF5, read with h5py: ``images`` (1449, 3, 640, 480) uint8 and ``depths`` (1449, 640, 480) metres,
   stored transposed), with the official split of ``splits.mat`` (``trainNdxs`` 795 / ``testNdxs`` 654,
-  1-based; scipy.io.loadmat). Pixels with depth 0 or beyond ``max_depth_m`` (10 m) are left out; no crop.
+  1-based; scipy.io.loadmat). Pixels with depth 0 or beyond ``max_depth_m`` (default 10 m) are left out; no crop.
 - ``depth_folder``: ``<path>/train`` and ``<path>/test``, each ``<name>.png`` (or .jpg) with
   ``<name>.depth.npy`` (float metres, same height and width; 0, NaN or inf = no depth).
 """
@@ -42,6 +42,7 @@ from services.common.store import Store
 from services.render.api import decode_depth
 from services.train.evaluation import Network, load_network, rendered_samples
 
+NYU_MAX_DEPTH_M = 10.0  # the Kinect's range, the usual cap of NYU-Depth v2 evaluations
 Pair = tuple[np.ndarray, np.ndarray]  # (h, w, 3) uint8 image, (h', w') float depth in metres (non-finite/0: none)
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # (N, H, W, 3) uint8 → (N, C, h, w) float
 
@@ -140,7 +141,7 @@ def _grouped(pairs: Iterable[Pair], batch_size: int) -> Iterator[list[Pair]]:
 
 
 def fit_depth_probe(features_of: FeatureFn, train: Iterable[Pair], test: Iterable[Pair], *, ridge: float = 1e-3,
-                    pixels_per_image: int = 256, max_depth_m: float = 10.0, batch_size: int = 32, seed: int = 0) -> dict:
+                    pixels_per_image: int = 256, max_depth_m: float = math.inf, batch_size: int = 32, seed: int = 0) -> dict:
     """Fit the linear readout on ``train`` pairs, score it on ``test`` pairs (see the module docstring)."""
     rng = np.random.default_rng(seed)
     acc, channels, shape, train_images = Ridge(), None, None, 0
@@ -248,8 +249,10 @@ def evaluate_depth_probe(spec: ExperimentSpec, entry: DepthProbeSpec, store: Sto
         train, test = (nyu_pairs(entry.path, entry.splits_path, s, entry.max_images) for s in ("train", "test"))
     else:
         train, test = (folder_pairs(entry.path, s, entry.max_images) for s in ("train", "test"))
+    max_depth = entry.max_depth_m or (NYU_MAX_DEPTH_M if entry.kind == "nyu_labeled_mat" else math.inf)
     result = fit_depth_probe(feature_fn(net, layer), train, test, ridge=entry.ridge,
-                             pixels_per_image=entry.pixels_per_image, max_depth_m=entry.max_depth_m,
+                             pixels_per_image=entry.pixels_per_image, max_depth_m=max_depth,
                              batch_size=entry.batch_size, seed=entry.seed)
-    result.update(kind=entry.kind, layer=layer, model=net.model_name, input_size=net.input_size)
+    result.update(kind=entry.kind, layer=layer, model=net.model_name, input_size=net.input_size,
+                  max_depth_m=None if math.isinf(max_depth) else max_depth)
     return result

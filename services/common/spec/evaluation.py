@@ -81,7 +81,10 @@ class DepthProbeSpec(StrictModel):
     ridge: float = Field(default=1e-3, ge=0, le=1e3, description="Ridge penalty relative to the mean feature variance.")
     pixels_per_image: int = Field(default=256, ge=1, le=1_000_000, description="Valid pixels drawn per fitting image (all are scored).")
     max_images: int = Field(default=1000, ge=2, le=1_000_000, description="At most this many fitting images (and as many test images).")
-    max_depth_m: float = Field(default=10.0, gt=0, le=1000, description="Pixels farther than this (or without depth) are left out (NYU: 10 m).")
+    max_depth_m: float | None = Field(
+        default=None, gt=0, le=1000,
+        description="Pixels farther than this (or without depth) are left out; default: 10 m for NYU-Depth v2 (its "
+        "sensor's range), no limit otherwise (renders: only background pixels have no depth).")
     input_size: int | None = Field(default=None, ge=16, le=1024, description="Shorter side of the network input; default: the run's input size.")
     batch_size: int = Field(default=32, ge=1, le=4096, description="Images per forward pass.")
     seed: int = Field(default=0, ge=0, le=SEED_MAX, description="Seed of the pixel draws.")
