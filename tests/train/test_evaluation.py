@@ -197,6 +197,31 @@ def test_cue_conflict_folder_is_read_and_decided_through_the_16_class_mapping(tm
     assert out["per_shape_class"]["cat"]["texture"] == 2
 
 
+def test_other_networks_decide_the_standard_set_through_a_16_class_probe(tmp_path, monkeypatch):
+    fake_cue_conflict_set(tmp_path / "cc")
+    for category in GEIRHOS_CATEGORIES:  # natural images of the 16 categories: here, their hue
+        (tmp_path / "probe" / category).mkdir(parents=True)
+        for n in range(3):
+            Image.fromarray(np.zeros((40, 50, 3), np.uint8) + np.array(_hue_of(category), np.uint8)).save(
+                tmp_path / "probe" / category / f"{n}.jpg")
+    entry = {"name": "geirhos", "runs": ["net"], "kind": "cue_conflict_folder", "path": str(tmp_path / "cc"),
+             "bootstrap": 100}
+    spec = parse_spec({"name": "sb", "datasets": [{"name": "d", "family": {"family": "procsynth"}, "classes": 16}],
+                       "pretrain": [{"name": "net", "datasets": ["d"], "model": "resnet18"}],
+                       "evaluation": {"shape_bias": [entry]}})
+    monkeypatch.setattr(shapebias, "load_network", lambda *a, **k: network(ColourOnly(16), classes=16))
+    store = LocalStore(tmp_path / "store")
+    with pytest.raises(SpecError, match="set probe_path"):
+        evaluate_shape_bias(spec, spec.evaluation.shape_bias[0], store, "net")
+    spec.evaluation.shape_bias[0].probe_path = str(tmp_path / "probe")
+    out = evaluate_shape_bias(spec, spec.evaluation.shape_bias[0], store, "net")
+    assert out["classifier"] == "probe" and out["probe"]["train_images"] == 48 and out["probe"]["train_top1"] == 1.0
+    assert out["images"] == 32 and out["texture"] == 32 and out["shape_bias"] == 0.0  # a colour-only network
+    spec.evaluation.shape_bias[0].classifier = "head"
+    with pytest.raises(SpecError, match="was not pre-trained on the conflict images' classes"):
+        evaluate_shape_bias(spec, spec.evaluation.shape_bias[0], store, "net")
+
+
 def test_cue_conflict_folder_errors_name_the_problem(tmp_path):
     with pytest.raises(Exception, match="is not a folder"):
         cue_conflict_folder(tmp_path / "missing")
