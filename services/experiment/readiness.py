@@ -46,7 +46,10 @@ def missing_inputs(stage: str, spec: ExperimentSpec, store: Store) -> list[str]:
     if stage == "render":
         return _missing_meshes(spec, store)
     if stage == "train":
-        return _missing_shards(spec, store, {name for run in spec.pretrain for name in run.datasets})
+        names = {name for run in spec.pretrain for name in run.datasets}
+        for entry in spec.evaluation.shape_bias + spec.evaluation.depth_probe:  # read after transfer, same job
+            names |= {d for d in (getattr(entry, f, None) for f in ("conflict", "probe", "dataset")) if d is not None}
+        return _missing_shards(spec, store, names)
     if stage == "neuro":
         needed = {run for s in spec.scoring for run in s.runs}
         return [

@@ -162,6 +162,24 @@ def render_record(record: dict, mesh: trimesh.Trimesh | None = None, store: Stor
         if store is None or not record.get("mesh_key"):
             raise ValueError("render_record needs the mesh, or a store and a record with a mesh_key")
         mesh = load_mesh(store, record["mesh_key"])
+    if record.get("albedo_from"):  # a morphsynth cue-conflict image: another class's albedo on this mesh
+        from services.render.renderers.texture import transfer_albedo
+
+        if store is None:
+            raise ValueError("render_record: this record wears the albedo of another mesh (albedo_from); give a store")
+        mesh = transfer_albedo(mesh, load_mesh(store, record["albedo_from"]))
     renderer = get_renderer(record["image_size"], record.get("backend", "auto"))
     renderer.set_mesh(mesh, record["material"])
-    return renderer.render(record)
+    return textured_view(renderer.render(record), record)
+
+
+def textured_view(view, record: dict):
+    """``view`` with the record's ``class_texture`` laid on (unchanged when it has none)."""
+    texture = record.get("class_texture")
+    if not texture:
+        return view
+    from services.render.renderers.gl import RenderedView
+    from services.render.renderers.texture import apply_texture
+
+    return RenderedView(rgb=apply_texture(view.rgb, view.depth, view.mask, record, texture), depth=view.depth,
+                        mask=view.mask)

@@ -17,6 +17,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from services.common.spec import ExperimentSpec, content_hash, spec_to_yaml
 from services.common.store import LocalStore, Store
 from services.render.api import contact_sheet_key, dataset_manifest_key
+from services.train.api import evaluation_id, evaluation_key
 
 
 def report_prefix(spec: ExperimentSpec) -> str:
@@ -88,6 +89,7 @@ def collect_report(spec: ExperimentSpec, store: Store, timings: dict[str, float]
 
     transfer = _transfer_table(spec, store)
     scores, comparisons = _score_tables(spec, store)
+    shape_bias, depth_probe = _evaluations(spec, store)
 
     return {
         "experiment": spec.name,
@@ -102,6 +104,8 @@ def collect_report(spec: ExperimentSpec, store: Store, timings: dict[str, float]
         "segmentation": segmentation,
         "scores": scores,
         "comparisons": comparisons,
+        "shape_bias": shape_bias,
+        "depth_probe": depth_probe,
         "timings": history["runs"],
     }
 
@@ -217,6 +221,38 @@ def _score_tables(spec: ExperimentSpec, store: Store) -> tuple[list[dict], list[
                     }
                 )
     return scores, comparisons
+
+
+def _evaluations(spec: ExperimentSpec, store: Store) -> tuple[list[dict], list[dict]]:
+    """Per shape-bias entry: one bar per run (value, CI, counts); per depth-probe entry: a row per run."""
+    shape_bias, depth_probe = [], []
+    for entry in spec.evaluation.shape_bias:
+        eid = evaluation_id(spec, entry)
+        rows = []
+        for run in entry.runs:
+            result = _json(store, evaluation_key(eid, run))
+            if result is None:
+                rows.append({"run": run, "missing": True})
+                continue
+            ci = result.get("ci") or [None, None]
+            rows.append({"run": run, "missing": False, "shape_bias": result.get("shape_bias"), "ci_low": ci[0],
+                         "ci_high": ci[1], "images": result.get("images"), "shape": result.get("shape"),
+                         "texture": result.get("texture"), "other": result.get("other"),
+                         "classifier": result.get("classifier"), "confidence": result.get("confidence")})
+        shape_bias.append({"name": entry.name, "id": eid, "kind": entry.kind,
+                           "source": entry.conflict if entry.kind == "renders" else "standard cue-conflict set",
+                           "rows": rows})
+    for entry in spec.evaluation.depth_probe:
+        eid = evaluation_id(spec, entry)
+        rows = []
+        for run in entry.runs:
+            result = _json(store, evaluation_key(eid, run))
+            rows.append({"run": run, "missing": result is None,
+                         **{k: (result or {}).get(k) for k in ("rmse_m", "baseline_rmse_m", "rmse_image_mean_m",
+                                                                "abs_rel", "layer", "test_images", "test_pixels")}})
+        depth_probe.append({"name": entry.name, "id": eid, "kind": entry.kind,
+                            "source": entry.dataset if entry.kind == "renders" else entry.path, "rows": rows})
+    return shape_bias, depth_probe
 
 
 def _strip_images(obj: Any) -> Any:

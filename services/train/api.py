@@ -56,3 +56,20 @@ def verified_final_checkpoint(store: Store, prefix: str) -> bytes:
     else:
         log.warning("%s: %s has no checkpoint_sha256 (an older run); reading it unverified", key, done_at)
     return data
+
+
+# -- evaluations (shape bias, depth probe) ------------------------------------------------
+def evaluation_id(spec, entry) -> str:
+    """Store name of one evaluation entry (``spec.evaluation.shape_bias[i]`` or ``depth_probe[i]``): its name plus a
+    hash of the entry, the run ids it evaluates and the datasets it reads."""
+    from services.common.spec.experiment import content_hash
+
+    datasets = [getattr(entry, f, None) for f in ("conflict", "probe", "dataset")]
+    inputs = {"entry": entry, "runs": {r: spec.run_id(r) for r in entry.runs},
+              "datasets": [spec.dataset_id(d) for d in datasets if d is not None]}
+    return f"{entry.name}-{content_hash(inputs)}"
+
+
+def evaluation_key(evaluation_id: str, run_name: str) -> str:
+    """``evaluations/<evaluation_id>/<run>.json``: one run's result (see docs/evaluation.md for the fields)."""
+    return f"evaluations/{evaluation_id}/{run_name}.json"

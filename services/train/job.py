@@ -1,4 +1,4 @@
-"""Batch entry point of the train stage: pre-training runs, then transfers.
+"""Batch entry point of the train stage: pre-training runs, then transfers, then evaluations.
 
 Work split. Pre-training run ``i`` (in spec order) belongs to job index ``i % count``;
 transfer ``j`` to index ``j % count``. Under ``torchrun`` (``WORLD_SIZE`` > 1) the
@@ -10,8 +10,12 @@ raises :class:`ObjectNotFoundError` naming the missing manifest, and a transfer 
 pre-training run has not finished names the missing ``done.json`` (a Kubernetes Job
 retries; ``flatland run`` orders the stages).
 
+Evaluations (``spec.evaluation``: shape bias, depth probes; :mod:`services.train.evaluate`) run with
+the transfers (part ``all`` or ``transfer``), entry ``k`` on index ``k % count``.
+
 Resume. Runs with ``done.json`` are skipped; unfinished runs continue from their
-newest epoch checkpoint; transfers skip combinations already in the store.
+newest epoch checkpoint; transfers skip combinations already in the store, evaluations
+(run, entry) pairs whose result is there.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ def run_job(
     spec: ExperimentSpec, store: Store, *, index: int = 0, count: int = 1,
     progress: Callable[[str, int, int], None] | None = None, part: str = "all",
 ) -> dict:
-    """Pre-train this worker's runs, then run its transfers.
+    """Pre-train this worker's runs, then run its transfers and evaluations.
 
     ``part`` narrows the work: ``"pretrain"`` (run ``i`` goes to index ``i % count``; an Argo
     step per run), ``"transfer"`` (every run must be done already), or ``"all"``.
@@ -70,4 +74,9 @@ def run_job(
             "results": [{k: r.get(k) for k in ("source", "target", "mode", "metric", "test_score", "test_top1")}
                         for r in result["results"]],
         }
+    if spec.evaluation.shape_bias or spec.evaluation.depth_probe:  # after transfer: every run is done by now
+        from services.train.evaluate import run_evaluations
+
+        summary["evaluation"] = run_evaluations(
+            spec, store, progress=progress, mine=(lambda i: True) if distributed else (lambda i: i % count == index))
     return summary

@@ -22,7 +22,7 @@ def tiny_spec():
          "render": {"image_size": 32, "views_per_instance": 2, "shard_size": 4}},
     ]
     data["pretrain"] = [{"name": "net", "datasets": ["shapes"], "model": "resnet18", "input_size": 32, "epochs": 1}]
-    data["transfer"], data["scoring"] = [], []
+    data["transfer"], data["scoring"], data["evaluation"] = [], [], {}
     return parse_spec(data)
 
 

@@ -63,6 +63,16 @@ def store_with_results(tmp_path):
             "figures": [f"scores/{run}/planted-it-predictivity.png"],
         },
     )
+    from services.train.api import evaluation_id, evaluation_key
+
+    sb = evaluation_id(spec, spec.evaluation.shape_bias[0])
+    store.put_json(evaluation_key(sb, "net3d"), {"shape_bias": 0.8, "ci": [0.7, 0.9], "images": 48, "shape": 24,
+                                                  "texture": 6, "other": 18, "classifier": "head", "confidence": 0.95})
+    store.put_json(evaluation_key(sb, "net2d"), {"shape_bias": 0.25, "ci": [0.1, 0.4], "images": 48, "shape": 5,
+                                                  "texture": 15, "other": 28, "classifier": "probe", "confidence": 0.95})
+    dp = evaluation_id(spec, spec.evaluation.depth_probe[0])
+    store.put_json(evaluation_key(dp, "net3d"), {"rmse_m": 0.123, "baseline_rmse_m": 0.456, "rmse_image_mean_m": 0.11,
+                                                  "abs_rel": 0.01, "layer": "layer4", "test_images": 24})
     store.put_json(
         "runs/digits-transfer-abc/transfer.json",
         {"results": [
@@ -82,6 +92,11 @@ def test_report_contents(store_with_results):
     assert "90.0% (+10.0)" in html  # transfer against from-scratch
     assert re.search(r'<tr style="font-weight:bold"><td>layer3</td><td>0.520</td>', html)  # best layer
     assert "synthetic planted benchmark" in html
+    # shape bias per run as bars with intervals; depth-probe RMSE per run (net2d not probed yet)
+    assert re.search(r'<rect class="bias-bar" data-run="net3d" data-value="0.8" x="110" y="5" width="336.0"', html)
+    assert html.count('class="bias-ci"') == 2 and "0.700–0.900" in html and "24 / 6 / 18" in html
+    assert re.search(r"<td>net3d</td><td>layer4</td><td>0.123</td><td>0.456</td>", html)
+    assert re.search(r'<td>net2d</td><td colspan="6" class="missing">not evaluated yet</td>', html)
     report = json.loads(Path(path).with_name("report.json").read_text())
     assert report["timings"][-1]["stages_s"] == {"meshgen": 1.5, "render": 2.0}
     assert "src" not in json.dumps(report["datasets"])  # images stay out of the JSON
@@ -101,4 +116,7 @@ def test_report_renders_in_browser(store_with_results, tmp_path):
     broken = int(re.search(r'data-images-broken="(\d+)"', body).group(1))
     assert broken == 0
     assert loaded == len(spec.datasets) + 3
+    # the bars as the browser laid them out: width / axis width = the shape bias of each run
+    bars = dict(item.split("=") for item in re.search(r'data-shape-bias-bars="([^"]*)"', body).group(1).split(","))
+    assert {run: float(v) for run, v in bars.items()} == {"net3d": 0.8, "net2d": 0.25}
     assert "Uncaught" not in log, log[-2000:]

@@ -16,6 +16,7 @@ from pydantic import Field, PrivateAttr, ValidationError, model_validator
 from services.common.errors import SpecError
 from services.common.spec.base import SEED_MAX, Name, StrictModel
 from services.common.spec.loading import parse_document, read_spec_text
+from services.common.spec.evaluation import EvaluationSpec
 from services.common.spec.local import LocalSpec
 from services.common.spec.meshgen import Fractal2DParams, MorphSynthParams, ProcSynthParams
 from services.common.spec.neuro import NeuralDataSpec, ScoringSpec
@@ -48,6 +49,20 @@ class DatasetSpec(StrictModel):
     @property
     def kind(self) -> str:
         return self.family.family
+
+    @model_validator(mode="after")
+    def _cue_conflict(self):
+        if not self.render.cue_conflict and not self.render.class_texture.enabled:
+            return self
+        if self.kind not in ("procsynth", "morphsynth"):
+            raise ValueError(f"render.cue_conflict / render.class_texture: only for procsynth and morphsynth datasets, "
+                             f"not {self.kind}")
+        if self.render.cue_conflict and self.classes < 2:
+            raise ValueError(f"render.cue_conflict: needs at least 2 classes (shape of one, texture of another), got {self.classes}")
+        if self.render.cue_conflict and self.kind == "procsynth" and not self.render.class_texture.enabled:
+            raise ValueError("render.cue_conflict: procsynth classes are all grey and have no appearance of their own; "
+                             "set render.class_texture.enabled: true (and the same class_texture on the non-conflict dataset)")
+        return self
 
 
 class StoreSpec(StrictModel):
@@ -178,6 +193,7 @@ class ExperimentSpec(StrictModel):
     transfer: list[TransferSpec] = Field(default_factory=list, max_length=MAX_ENTRIES, description="Fine-tuning and linear probes of pre-trained networks.")
     neural_data: list[NeuralDataSpec] = Field(default_factory=list, max_length=MAX_ENTRIES, description="Neural benchmarks (user files, or the planted synthetic one).")
     scoring: list[ScoringSpec] = Field(default_factory=list, max_length=MAX_ENTRIES, description="Neural predictivity and RSA of pre-trained networks.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Shape bias and depth probes of pre-trained runs (run by the train stage after transfer).")
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="How `flatland k8s manifests` runs this experiment as Kubernetes Jobs.")
     local: LocalSpec = Field(default_factory=LocalSpec, description="How `flatland run` uses the local machine (worker processes).")
     _dataset_index: dict[str, int] = PrivateAttr(default_factory=dict)
@@ -230,6 +246,7 @@ class ExperimentSpec(StrictModel):
             for b in s.benchmarks:
                 if b not in neural:
                     raise ValueError(f"scoring[{i}].benchmarks: unknown neural_data '{b}' (known: {_few_list(sorted(neural))})")
+        self._check_evaluation(runs, by_name)
         # Scores live at scores/<run_id>/<benchmark>.json: two entries scoring the same pair
         # would overwrite each other's results on every run.
         pairs = sum(len(s.runs) * len(s.benchmarks) for s in self.scoring)
@@ -247,6 +264,44 @@ class ExperimentSpec(StrictModel):
                         )
                     scored[r, b] = i
         return self
+
+    def _check_evaluation(self, runs: set[str], by_name: dict) -> None:
+        names = Counter(e.name for e in self.evaluation.shape_bias + self.evaluation.depth_probe)
+        repeated = sorted(n for n, c in names.items() if c > 1)
+        if repeated:
+            raise ValueError(f"evaluation names must be unique across shape_bias and depth_probe; repeated: {_few(repeated)}")
+        for section in ("shape_bias", "depth_probe"):
+            for i, e in enumerate(getattr(self.evaluation, section)):
+                where = f"evaluation.{section}[{i}]"
+                for r in e.runs:
+                    if r not in runs:
+                        raise ValueError(f"{where}.runs: unknown pretrain run '{r}' (known: {_few_list(sorted(runs))})")
+                for field in ("conflict", "probe", "dataset"):
+                    name = getattr(e, field, None)
+                    if name is not None and name not in by_name:
+                        raise ValueError(f"{where}.{field}: unknown dataset '{name}' (known: {_few_list(sorted(by_name))})")
+        for i, e in enumerate(self.evaluation.shape_bias):
+            if e.kind != "renders":
+                continue
+            where = f"evaluation.shape_bias[{i}]"
+            conflict = by_name[e.conflict]
+            if conflict.kind not in ("procsynth", "morphsynth") or not conflict.render.cue_conflict:
+                raise ValueError(f"{where}.conflict: dataset '{e.conflict}' is not a cue-conflict dataset "
+                                 "(procsynth/morphsynth with render.cue_conflict: true)")
+            if e.probe is not None:
+                probe = by_name[e.probe]
+                if probe.kind != conflict.kind or probe.render.cue_conflict or probe.classes != conflict.classes \
+                        or (probe.meshes_from or probe.name) != (conflict.meshes_from or conflict.name) \
+                        or probe.render.class_texture != conflict.render.class_texture:
+                    raise ValueError(
+                        f"{where}.probe: dataset '{e.probe}' must show the conflict set's classes without conflict: "
+                        "no cue_conflict, the same meshes (meshes_from) and classes, and the same class_texture")
+        for i, e in enumerate(self.evaluation.depth_probe):
+            if e.kind == "renders":
+                d = by_name[e.dataset]
+                if d.kind not in ("procsynth", "morphsynth") or "depth" not in d.render.outputs or d.render.val_fraction <= 0:
+                    raise ValueError(f"evaluation.depth_probe[{i}].dataset: '{e.dataset}' must be a procsynth/morphsynth "
+                                     "dataset that stores depth (render.outputs) and holds out a val split (val_fraction > 0)")
 
     def __eq__(self, other) -> bool:
         # Fields only: the private dataset index is a lookup cache, not part of the spec.

@@ -106,6 +106,29 @@ class PlanarVariationSpec(StrictModel):
     translate: Distribution = Field(default_factory=lambda: _u(-0.08, 0.08), description="Shift along each image axis, as a fraction of the image side (drawn for x, then y).")
 
 
+class ClassTextureSpec(StrictModel):
+    """A surface texture per class (a solid texture: a function of the point on the object, so it sticks to the
+    surface from every viewpoint), for cue-conflict studies on families whose classes have no appearance of their
+    own (procsynth is grey). Class ``c``'s texture is two colours (hues spread by the golden angle over the classes,
+    plus a seeded jitter) mixed by a sum of ``waves`` random plane waves in object coordinates (bounding radius = 1),
+    drawn from ``seed`` and the class alone: two datasets with the same ``class_texture`` give every class the same
+    texture. The rendered shading is multiplied by the texture's albedo over the material's base colour.
+    """
+
+    enabled: bool = Field(default=False, description="Give every image its class's surface texture (cue-conflict renders: another class's).")
+    seed: int = Field(default=0, ge=0, lt=2**63, description="Seed of the textures (with the class index); not the dataset seed, so a conflict set and its non-conflict twin share textures.")
+    waves: int = Field(default=6, ge=1, le=64, description="Plane waves summed per texture.")
+    frequency: tuple[float, float] = Field(default=(1.0, 3.0), description="Range of the waves' frequencies, cycles per bounding radius, drawn per class (a class-specific texture scale).")
+    saturation: float = Field(default=0.8, ge=0, le=1, description="HSV saturation of the two colours of a texture.")
+
+    @model_validator(mode="after")
+    def _range(self):
+        low, high = self.frequency
+        if not 0 < low <= high <= 100:
+            raise ValueError(f"frequency must satisfy 0 < low <= high <= 100, got {self.frequency}")
+        return self
+
+
 class RenderSettings(StrictModel):
     image_size: int = Field(default=224, ge=16, le=2048, description="Square image side (pixels).")
     views_per_instance: int = Field(default=10, ge=1, le=100_000, description="Images rendered of each mesh instance.")
@@ -131,10 +154,23 @@ class RenderSettings(StrictModel):
         "and store about 1/3 of the bytes.",
     )
     rgb_format: RgbFormat = Field(default="png", description=_RGB_FORMAT_DOC)
+    class_texture: ClassTextureSpec = Field(
+        default_factory=ClassTextureSpec,
+        description="A solid surface texture per class (off by default); procsynth needs it for cue-conflict renders.",
+    )
+    cue_conflict: bool = Field(
+        default=False,
+        description="Cue-conflict renders: each image shows the shape of its class A and the surface appearance of "
+        "another class B (the class texture of B with class_texture, else B's morphsynth albedo), B cycling over the "
+        "other classes; the record holds shape_class (= the sample's class) and texture_class. For shape-bias evaluation.",
+    )
 
     @model_validator(mode="after")
     def _outputs(self):
         _check_outputs(self.outputs, ("rgb", "depth", "seg", "mask"), "procsynth/morphsynth")
+        if self.class_texture.enabled and self.planar_variation.enabled:
+            raise ValueError("class_texture: not with planar_variation (the texture is laid on the 3D render, before any "
+                             "2D warp); switch one of them off")
         return self
 
 
