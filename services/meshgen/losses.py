@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import torch
 
+from services.common.errors import FlatlandError
+
 CHUNK = 4096  # query points per nearest-neighbour block: a (4096, m) distance block at a time
 
 
-class LossError(ValueError):
+class LossError(FlatlandError, ValueError):
     """Bad input to a loss (the message names the argument)."""
 
 

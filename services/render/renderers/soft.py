@@ -36,12 +36,14 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from services.common.errors import FlatlandError
+
 CUTOFF = math.log(1e4)  # a face's probability is dropped below 1e-4 (PyTorch3D's blur radius: log(1/1e-4 - 1) sigma)
 DEFAULT_SIGMA = 0.5  # px^2
 DEFAULT_CHUNK_PAIRS = 1 << 21  # (face, pixel) pairs per chunk: ~2M pairs, ~300 MB of float32 work space
 
 
-class SoftRasterError(ValueError):
+class SoftRasterError(FlatlandError, ValueError):
     """Bad input to the soft rasteriser (the message names the argument)."""
 
 
@@ -268,6 +270,53 @@ def soft_silhouette(vertices: torch.Tensor, faces: torch.Tensor, cameras: Camera
     return (-torch.expm1(-log_t)).reshape(n, size, size)
 
 
+def orbit_records(azimuths_deg, elevations_deg, *, image_size: int, centre, radius: float, fov_deg: float = 30.0,
+                  margin: float = 1.1) -> list[dict]:
+    """Render records (the fields :func:`cameras_from_records` and the GL renderer read) of cameras around a mesh.
+
+    The object's ``centre`` goes to the origin (``object.pose``) and each camera looks at it from
+    ``direction(azimuth, elevation)`` at the distance where the bounding sphere (``radius``, times
+    ``margin``) just fits the field of view, as :mod:`services.render.sampling` places ``distance: auto``
+    cameras; lights are one head light, the material the render default.
+    """
+    from services.common.spec.render import MaterialSpec
+    from services.render.sampling import RECORD_VERSION, direction, intrinsics, look_at
+
+    if len(azimuths_deg) != len(elevations_deg) or len(azimuths_deg) == 0:
+        raise SoftRasterError(f"azimuths_deg, elevations_deg: need the same non-zero number of angles, got "
+                              f"{len(azimuths_deg)} and {len(elevations_deg)}")
+    if not (radius > 0 and math.isfinite(radius)):
+        raise SoftRasterError(f"radius: must be a positive finite number, got {radius}")
+    distance = margin * radius / math.sin(math.radians(fov_deg) / 2)
+    object_pose = np.eye(4)
+    object_pose[:3, 3] = -np.asarray(centre, dtype=float)
+    records = []
+    for az, el in zip(azimuths_deg, elevations_deg):
+        pose = look_at(direction(float(az), float(el)) * distance, np.zeros(3))
+        records.append({
+            "kind": "mesh", "version": RECORD_VERSION, "image_size": int(image_size), "backend": "auto",
+            "camera": {"pose": pose.tolist(), "azimuth_deg": float(az), "elevation_deg": float(el), "roll_deg": 0.0,
+                       "fov_deg": fov_deg, "distance": distance, "znear": max(1e-3, (distance - radius) * 0.5),
+                       "zfar": distance + 2.0 * radius, "intrinsics": intrinsics(int(image_size), fov_deg)},
+            "lights": [{"kind": "directional", "intensity": 3.0, "color": [1.0, 1.0, 1.0], "pose": pose.tolist()}],
+            "ambient": 0.3, "material": MaterialSpec().model_dump(mode="json"),
+            "object": {"scale": 1.0, "centre": [float(c) for c in centre], "radius": float(radius),
+                       "pose": object_pose.tolist()},
+            "background": {"kind": "plain", "color": [0.0, 0.0, 0.0]},
+        })
+    return records
+
+
+def render_masks(mesh, records: list[dict]) -> np.ndarray:
+    """(n, H, W) bool silhouettes of a trimesh drawn by the GL renderer (pyrender) from ``records``."""
+    from services.render.renderers.gl import SceneRenderer
+
+    size = int(records[0]["image_size"])
+    with SceneRenderer(size, records[0].get("backend", "auto")) as renderer:
+        renderer.set_mesh(mesh, records[0]["material"])
+        return np.stack([renderer.render(record).mask for record in records])
+
+
 def hard_silhouette(vertices, faces, cameras: Cameras, chunk_pairs: int = DEFAULT_CHUNK_PAIRS) -> np.ndarray:
     """(n, H, W) bool: pixel centres covered by a projected face (the ``sigma -> 0`` limit)."""
     with torch.no_grad():
@@ -276,5 +325,5 @@ def hard_silhouette(vertices, faces, cameras: Cameras, chunk_pairs: int = DEFAUL
         return (soft_silhouette(v, f, cameras, sigma=1e-8, chunk_pairs=chunk_pairs) > 0.5).numpy()
 
 
-__all__ = ["Cameras", "DEFAULT_SIGMA", "SoftRasterError", "cameras_from_records", "hard_silhouette", "project",
-           "soft_silhouette"]
+__all__ = ["Cameras", "DEFAULT_SIGMA", "SoftRasterError", "cameras_from_records", "hard_silhouette", "orbit_records",
+           "project", "render_masks", "soft_silhouette"]
