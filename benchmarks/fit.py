@@ -7,7 +7,7 @@ iterations at the default FitParams, with the resulting silhouette IoU on 4 held
 (forward + backward) and losses (forward + backward of everything else).
 
 ``raster_views_per_s``: the soft rasteriser alone, forward + backward, views per second: a level-4
-ico-sphere seen from 20 views at 128 x 128, sigma 0.5 px^2 (median of ``--repeats``). Baseline: none
+ico-sphere seen from 20 views at 128 x 128, sigma 0.1 px^2 (the fit default) (median of ``--repeats``). Baseline: none
 exists here (PyTorch3D / nvdiffrast have no build); the named reference is the same call at 1 view.
 
 Prints readable lines, then LAST one JSON line.
@@ -49,7 +49,7 @@ def bench_raster(views: int, repeats: int) -> float:
     for _ in range(repeats + 1):  # the first is a warm-up
         v = torch.tensor(sphere.vertices, dtype=torch.float32, requires_grad=True)
         t = time.perf_counter()
-        render_api.soft_silhouette(v, faces, cams, sigma=0.5).sum().backward()
+        render_api.soft_silhouette(v, faces, cams, sigma=0.1).sum().backward()
         rates.append(views / (time.perf_counter() - t))
     return statistics.median(rates[1:])
 

@@ -298,10 +298,10 @@ def iter_fit(target: FitTarget, params: FitParams) -> Iterator[FitStep | FitResu
         if not math.isfinite(float(total.detach())):
             raise FitError(f"the fit diverged at step {step} (loss {float(total)}); lower lr (now {lr})")
         if step % params.log_every == 0 or step == params.iterations or step == 1:
-            row = {"iteration": step, "loss": float(total), **{k: float(v) for k, v in terms.items()},
+            row = {"iteration": step, "loss": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()},
                    "seconds": time.perf_counter() - started}
             history.append(row)
-            yield FitStep(step, params.iterations, float(total), {k: float(v) for k, v in terms.items()},
+            yield FitStep(step, params.iterations, row["loss"], {k: float(v.detach()) for k, v in terms.items()},
                           row["seconds"])
     fit_seconds = time.perf_counter() - started
 
@@ -321,6 +321,80 @@ def iter_fit(target: FitTarget, params: FitParams) -> Iterator[FitStep | FitResu
                                     threshold=params.fscore_threshold, seed=params.seed))
     timing = {"fit_seconds": fit_seconds, "raster_seconds": raster_s, "loss_seconds": loss_s}
     yield FitResult(mesh=fitted, metrics=metrics, history=history, timing=timing)
+
+
+MESH_FORMATS = ("glb", "gltf", "obj", "ply", "stl", "off")
+
+
+def parse_params(params: FitParams | dict | str | None) -> FitParams:
+    """FitParams from a model, a dict or JSON text ("" for the defaults); errors name the field (``params.<field>``)."""
+    from pydantic import ValidationError
+
+    from services.common.errors import SpecError
+    from services.common.spec.experiment import format_validation_error
+    from services.common.spec.loading import parse_json_field
+
+    if isinstance(params, FitParams):
+        return params
+    if isinstance(params, str):
+        params = parse_json_field(params, "params_json", default={})
+    if not isinstance(params or {}, dict):
+        raise SpecError("params: must be a JSON object of FitParams fields")
+    try:
+        return FitParams.model_validate(params or {})
+    except ValidationError as exc:
+        raise SpecError("params." + format_validation_error(exc).replace("\n", "; params.")) from None
+
+
+def load_mesh(data: bytes, fmt: str = "glb", name: str = "mesh") -> trimesh.Trimesh:
+    """A triangle mesh from file bytes (``fmt`` one of :data:`MESH_FORMATS`); errors name ``name``."""
+    fmt = (fmt or "glb").lower().lstrip(".")
+    if fmt not in MESH_FORMATS:
+        raise FitError(f"{name}_format: must be one of {', '.join(MESH_FORMATS)}, got {fmt!r}")
+    try:
+        mesh = trimesh.load(io.BytesIO(data), file_type=fmt, force="mesh", process=False)
+    except Exception as exc:  # noqa: BLE001 - the many parser errors of trimesh become one named error
+        raise FitError(f"{name}: could not read {len(data)} bytes as {fmt}: {type(exc).__name__}: {exc}") from None
+    return _check_mesh(mesh, name)
+
+
+def decode_masks(pngs: list[bytes]) -> np.ndarray:
+    """(n, H, W) bool masks from PNG bytes (non-zero = object; the first channel of colour images)."""
+    from PIL import Image
+
+    masks = []
+    for i, data in enumerate(pngs):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                array = np.asarray(image)
+        except Exception as exc:  # noqa: BLE001
+            raise FitError(f"masks_png[{i}]: not a readable image: {type(exc).__name__}: {exc}") from None
+        if array.ndim == 3:
+            array = array[..., 0]
+        masks.append(array > 0)
+    if len({m.shape for m in masks}) > 1:
+        raise FitError(f"masks_png: every mask needs the same size, got {sorted({m.shape for m in masks})}")
+    return np.stack(masks)
+
+
+def prepare(params: FitParams | dict | str | None, *, mesh: bytes = b"", mesh_format: str = "glb",
+            masks_png: list[bytes] | None = None, records: list[dict] | str | None = None) -> tuple[FitParams, FitTarget, str]:
+    """Parameters, target and fit id from raw inputs (what the RPC and the CLI receive): a mesh or masks + records."""
+    params = parse_params(params)
+    masks_png = list(masks_png or [])
+    if bool(mesh) == bool(masks_png):
+        raise FitError("target: give either a mesh or masks with their records, not both and not neither")
+    if mesh:
+        return params, target_from_mesh(load_mesh(mesh, mesh_format), params), fit_id_for(params, mesh)
+    if isinstance(records, str):
+        from services.common.spec.loading import parse_json_field
+
+        records = parse_json_field(records, "records_json", default=[])
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise FitError("records_json: must be a JSON list of render records (objects), one per mask")
+    masks = decode_masks(masks_png)
+    return (params, target_from_masks(masks, records, params),
+            fit_id_for(params, json.dumps(records, sort_keys=True).encode(), *masks_png))
 
 
 def fit(target: FitTarget, params: FitParams) -> FitResult:
@@ -378,5 +452,5 @@ def write_fit(store: Store, fit_id: str, result: FitResult, params: FitParams) -
     return entries
 
 
-__all__ = ["FitError", "FitResult", "FitStep", "FitTarget", "fit", "fit_id_for", "fit_key", "held_out_angles",
+__all__ = ["MESH_FORMATS", "decode_masks", "load_mesh", "parse_params", "prepare", "FitError", "FitResult", "FitStep", "FitTarget", "fit", "fit_id_for", "fit_key", "held_out_angles",
            "iter_fit", "mesh_metrics", "orbit_angles", "target_from_masks", "target_from_mesh", "write_fit"]

@@ -41,18 +41,26 @@ def silhouette_loss(rendered: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return ((rendered - target.to(rendered.dtype)) ** 2).mean()
 
 
-def nearest(x: torch.Tensor, y: torch.Tensor, chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest(x: torch.Tensor, y: torch.Tensor, chunk: int = CHUNK, method: str = "kdtree") -> tuple[torch.Tensor, torch.Tensor]:
     """For each point of ``x``, the squared distance to its nearest point of ``y`` (differentiable) and its index.
 
-    Brute force in blocks of ``chunk`` query points, so memory is ``chunk * len(y)`` distances at a time.
+    The index search needs no gradient: ``method="kdtree"`` (default) asks scipy's ``cKDTree``;
+    ``"brute"`` compares all pairs in blocks of ``chunk`` query points (memory ``chunk * len(y)``).
+    The distance is then recomputed in torch from the matched points, so gradients flow to both sets.
     """
     _points("x", x)
     _points("y", y)
-    index = []
     with torch.no_grad():
-        for start in range(0, len(x), chunk):
-            index.append(torch.cdist(x[start:start + chunk], y).argmin(dim=1))
-    index = torch.cat(index)
+        if method == "kdtree":
+            from scipy.spatial import cKDTree
+
+            _, found = cKDTree(y.detach().cpu().double().numpy()).query(x.detach().cpu().double().numpy(), k=1)
+            index = torch.as_tensor(found, dtype=torch.long, device=x.device)
+        elif method == "brute":
+            index = torch.cat([torch.cdist(x[start:start + chunk], y).argmin(dim=1)
+                               for start in range(0, len(x), chunk)])
+        else:
+            raise LossError(f"method: must be 'kdtree' or 'brute', got {method!r}")
     return ((x - y[index]) ** 2).sum(dim=1), index
 
 

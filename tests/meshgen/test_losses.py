@@ -63,9 +63,13 @@ def test_chamfer_between_concentric_spheres_sampled_is_the_radius_gap_squared():
 def test_nearest_finds_the_right_index():
     y = torch.tensor([[0.0, 0, 0], [10, 0, 0], [0, 10, 0]])
     x = torch.tensor([[9.0, 1, 0], [0, 0, 1], [1, 8, 0]])
-    d, i = nearest(x, y, chunk=2)
-    assert i.tolist() == [1, 0, 2]
-    assert d.tolist() == pytest.approx([2.0, 1.0, 5.0])
+    for method in ("kdtree", "brute"):
+        d, i = nearest(x, y, chunk=2, method=method)
+        assert i.tolist() == [1, 0, 2]
+        assert d.tolist() == pytest.approx([2.0, 1.0, 5.0])
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(500, 3, generator=g), torch.rand(300, 3, generator=g)
+    assert torch.equal(nearest(a, b, chunk=64, method="brute")[1], nearest(a, b)[1])
 
 
 def test_edge_loss_of_a_unit_grid():

@@ -164,7 +164,8 @@ def _pairs_plan(uv: torch.Tensor, depth: torch.Tensor, faces: torch.Tensor, came
                 ny[view_id, face_id].long())
 
 
-TILE_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128)
+# square tile sides (pixels): few shapes keep per-chunk overhead low, ratios <= 1.5 keep padding low
+TILE_SIZES = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 
 
 def _tile(n: torch.Tensor) -> torch.Tensor:
@@ -241,7 +242,7 @@ def soft_silhouette(vertices: torch.Tensor, faces: torch.Tensor, cameras: Camera
     total = n * size * size
     flat_u, flat_v = uv[..., 0].reshape(-1), uv[..., 1].reshape(-1)
     rows = (view_id[:, None] * uv.shape[1] + faces[face_id]).T  # (3, entries): rows of flat_u / flat_v
-    tx, ty = _tile(nx), _tile(ny)
+    tx = ty = _tile(torch.maximum(nx, ny))
     # group the (view, face) entries by tile shape, then cut each group into chunks of <= chunk_pairs pairs
     chunks = []
     if len(tx):
