@@ -397,6 +397,45 @@ def prepare(params: FitParams | dict | str | None, *, mesh: bytes = b"", mesh_fo
             fit_id_for(params, json.dumps(records, sort_keys=True).encode(), *masks_png))
 
 
+def read_mask_folder(folder) -> tuple[list[bytes], list[dict]]:
+    """Masks and their render records from a folder, as a lab or an unpacked render shard gives them.
+
+    Either ``records.json`` (a list of records, one per PNG in sorted name order), or beside every mask
+    ``<name>.png`` / ``<name>.mask.png`` its record ``<name>.json`` (a render shard's ``mask.png`` and ``json``
+    members). PNGs named ``*.rgb.png``, ``*.seg.png`` or ``*.depth.png`` are not masks and are skipped.
+    """
+    from pathlib import Path
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FitError(f"masks folder: {folder} is not a directory")
+    skip = (".rgb.png", ".seg.png", ".depth.png")
+    pngs = sorted(p for p in folder.glob("*.png") if not p.name.endswith(skip))
+    if not pngs:
+        raise FitError(f"masks folder: no mask PNGs in {folder}")
+    listed = folder / "records.json"
+    if listed.exists():
+        try:
+            records = json.loads(listed.read_text())
+        except ValueError as exc:
+            raise FitError(f"{listed}: not JSON: {exc}") from None
+        if not isinstance(records, list) or len(records) != len(pngs):
+            raise FitError(f"{listed}: need a list of {len(pngs)} records (one per mask PNG, sorted by name), got "
+                           f"{len(records) if isinstance(records, list) else type(records).__name__}")
+    else:
+        records = []
+        for png in pngs:
+            stem = png.name[:-len(".mask.png")] if png.name.endswith(".mask.png") else png.stem
+            path = folder / f"{stem}.json"
+            if not path.exists():
+                raise FitError(f"masks folder: {png.name} has no record {path.name} (or give records.json)")
+            try:
+                records.append(json.loads(path.read_text()))
+            except ValueError as exc:
+                raise FitError(f"{path}: not JSON: {exc}") from None
+    return [p.read_bytes() for p in pngs], records
+
+
 def fit(target: FitTarget, params: FitParams) -> FitResult:
     """Run :func:`iter_fit` to the end and return its result."""
     result = None
@@ -452,5 +491,5 @@ def write_fit(store: Store, fit_id: str, result: FitResult, params: FitParams) -
     return entries
 
 
-__all__ = ["MESH_FORMATS", "decode_masks", "load_mesh", "parse_params", "prepare", "FitError", "FitResult", "FitStep", "FitTarget", "fit", "fit_id_for", "fit_key", "held_out_angles",
+__all__ = ["MESH_FORMATS", "read_mask_folder", "decode_masks", "load_mesh", "parse_params", "prepare", "FitError", "FitResult", "FitStep", "FitTarget", "fit", "fit_id_for", "fit_key", "held_out_angles",
            "iter_fit", "mesh_metrics", "orbit_angles", "target_from_masks", "target_from_mesh", "write_fit"]

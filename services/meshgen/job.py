@@ -58,3 +58,27 @@ def generate_classes_share(store: Store, spec: ExperimentSpec, dataset_name: str
             emit({"class_index": step.class_index, "generated": step.generated,
                   "entries": [(e.key, e.size, e.sha256) for e in step.entries]})
     return {"generated": generated, "skipped": skipped}
+
+
+def run_fit(params, store: Store, *, mesh: bytes = b"", mesh_format: str = "glb", masks_png: list[bytes] | None = None,
+            records: list[dict] | None = None, masks_folder: str | None = None,
+            progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Fit an ico-sphere to one target (a mesh, masks + records, or a folder of them) and store the outputs.
+
+    Returns ``{"fit_id", "metrics", "timing", "outputs": [store keys]}``; ``progress(message, done, total)``
+    is called every ``params.log_every`` steps.
+    """
+    from services.meshgen import fit as fitting  # torch: imported only for a fit
+
+    if masks_folder is not None:
+        masks_png, records = fitting.read_mask_folder(masks_folder)
+    params, target, fit_id = fitting.prepare(params, mesh=mesh, mesh_format=mesh_format, masks_png=masks_png,
+                                             records=records)
+    for event in fitting.iter_fit(target, params):
+        if isinstance(event, fitting.FitStep):
+            if progress is not None:
+                progress(f"{fit_id} loss {event.loss:.4g}", event.iteration, event.total)
+            continue
+        entries = fitting.write_fit(store, fit_id, event, params)
+        return {"fit_id": fit_id, "metrics": event.metrics, "timing": event.timing, "outputs": [e.key for e in entries]}
+    raise RuntimeError("the fit ended without a result")
