@@ -105,9 +105,10 @@ def orbit_angles(views: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def held_out_angles(views: int) -> tuple[np.ndarray, np.ndarray]:
-    """``views`` directions between the fitted ones: azimuths offset by 17 degrees, elevations -60..60."""
+    """``views`` directions from the fitted views' range but not on their orbit: azimuths offset by 17 degrees,
+    elevations in reverse order (0..180 covers the upper hemisphere only, so held-out views stay within it)."""
     k = (np.arange(views) + 0.5) / max(views, 1)
-    return -180.0 + 360.0 * k + 17.0, -60.0 + 120.0 * k
+    return -180.0 + 360.0 * k + 17.0, 180.0 * k[::-1]
 
 
 def _check_mesh(mesh: trimesh.Trimesh, name: str = "mesh") -> trimesh.Trimesh:
