@@ -10,7 +10,7 @@ losses; edge, normal-consistency and Laplacian losses regularise both.
 Targets (:class:`FitTarget`):
 
 - :func:`target_from_mesh`: a mesh; its silhouettes are drawn by the GL renderer from ``views``
-  cameras (elevations 0..180, azimuths -180..180 degrees) plus ``held_out_views`` others never
+  cameras (elevations 0..180, azimuths -180..180 degrees: :func:`orbit_angles`) plus ``held_out_views`` others never
   fitted; with ``target_mode: mesh`` its surface is fitted directly (3D-to-3D).
 - :func:`target_from_masks`: silhouettes (``n, H, W``) with their render records (the cameras as
   recorded with every render: ``camera.pose``, ``camera.intrinsics``, ``object.pose``).
@@ -99,9 +99,19 @@ class FitResult:
     timing: dict = field(default_factory=dict)
 
 
+GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
 def orbit_angles(views: int) -> tuple[np.ndarray, np.ndarray]:
-    """Azimuths -180..180 and elevations 0..180 degrees, ``views`` of each, paired in order (as published)."""
-    return np.linspace(-180.0, 180.0, views), np.linspace(0.0, 180.0, views)
+    """``views`` directions with elevations 0..180 and azimuths -180..180 degrees (the published ranges).
+
+    Elevations step evenly; azimuths follow a golden-ratio sequence, so the views spread over every
+    direction. (Pairing both ranges linearly, as PyTorch3D's tutorial does with elevations to 360, puts
+    every view on one side of the object, x <= 0, when elevations stop at 180: the other side is never
+    constrained, and views of it fail.)
+    """
+    k = np.arange(views)
+    return -180.0 + 360.0 * ((k * GOLDEN) % 1.0), 180.0 * (k + 0.5) / views
 
 
 def held_out_angles(views: int) -> tuple[np.ndarray, np.ndarray]:
