@@ -44,6 +44,7 @@ from services.common.manifest import ManifestEntry, put_with_entry
 from services.common.spec.meshgen import FitParams
 from services.common.store import Store
 from services.meshgen import losses as L
+from services.meshgen.api import fit_key
 from services.render import api as render_api
 
 LOSS_NAMES = ("silhouette", "chamfer", "quadric", "edge", "normal", "laplacian")
@@ -51,15 +52,6 @@ LOSS_NAMES = ("silhouette", "chamfer", "quadric", "edge", "normal", "laplacian")
 
 class FitError(FlatlandError, ValueError):
     """A fit that cannot start (bad target, masks and records that disagree); the message names the input."""
-
-
-def fit_prefix(fit_id: str) -> str:
-    return f"fits/{fit_id}/"
-
-
-def fit_key(fit_id: str, name: str) -> str:
-    """Store key of one output of a fit: ``mesh.glb``, ``losses.jsonl``, ``losses.png``, ``metrics.json``."""
-    return f"fits/{fit_id}/{name}"
 
 
 @dataclass
