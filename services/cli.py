@@ -254,6 +254,93 @@ def run(spec_path: str, store_url: str | None, only: tuple[str, ...], remote: st
 
 
 @main.command()
+@click.argument("target", metavar="TARGET", type=click.Path(exists=True))
+@click.option("--params", "params_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="FitParams as a JSON or YAML file (services/common/spec/meshgen.py).")
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+              help="Override one FitParams field (VALUE read as JSON when it parses), e.g. --set iterations=500.")
+@click.option("--store", "store_url", default=None, help="Store URL for fits/<fit_id>/ (default: $FLATLAND_STORE, then ./flatland-data).")
+def fit(target: str, params_path: str | None, overrides: tuple[str, ...], store_url: str | None) -> None:
+    """Fit an ico-sphere to TARGET by differentiable rendering and store the mesh, loss curves and metrics.
+
+    TARGET is a mesh file (.glb, .obj, .ply, .stl, .off: its silhouettes from 20 views are fitted, or its
+    surface with --set target_mode=mesh), or a folder of mask PNGs with their render records (records.json,
+    or <name>.json beside each <name>.png / <name>.mask.png, as an unpacked render shard holds them).
+    """
+    import yaml
+    from rich.progress import Progress
+
+    params: dict = {}
+    if params_path:
+        try:
+            params = yaml.safe_load(Path(params_path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            _fail(f"{params_path}: not JSON/YAML: {exc}", EXIT_BAD_INPUT)
+        if not isinstance(params, dict):
+            _fail(f"{params_path}: must hold a mapping of FitParams fields", EXIT_BAD_INPUT)
+    for item in overrides:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            _fail(f"--set {item!r}: expected FIELD=VALUE", EXIT_BAD_INPUT)
+        try:
+            params[field] = json.loads(value)
+        except ValueError:
+            params[field] = value
+    store = _open_store(None, store_url)
+    path = Path(target)
+    kwargs = {"masks_folder": str(path)} if path.is_dir() else {"mesh": path.read_bytes(),
+                                                                  "mesh_format": path.suffix.lstrip(".") or "glb"}
+    job = get_stage("meshgen").job()
+    try:
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("fitting", total=None)
+
+            def progress(message: str, done: int, total: int) -> None:
+                bar.update(task, description=message, completed=done, total=total)
+
+            summary = job.run_fit(params, store, progress=progress, **kwargs)
+    except (SpecError, ValueError) as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    except FlatlandError as exc:
+        _fail(str(exc))
+    metrics = summary["metrics"]
+    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("held_out_iou", "train_iou", "chamfer", "fscore") if k in metrics)
+    console.print(f"[bold green]fit {summary['fit_id']}:[/] {shown} in {summary['timing']['fit_seconds']:.1f} s")
+    for key in summary["outputs"]:
+        click.echo(key)
+
+
+@main.command("fit-dataset")
+@click.argument("spec_path", metavar="SPEC.yaml")
+@click.argument("dataset")
+@click.option("--classes", type=click.IntRange(min=1), default=3, show_default=True, help="Fit the first N classes.")
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE", help="Override one FitParams field.")
+@click.option("--store", "store_url", default=None, help="Store URL (default: $FLATLAND_STORE, then the spec's).")
+def fit_dataset(spec_path: str, dataset: str, classes: int, overrides: tuple[str, ...], store_url: str | None) -> None:
+    """Shape recoverability: fit the first classes of a rendered dataset from its masks; compare with the true meshes."""
+    spec = _load(spec_path)
+    store = _open_store(spec, store_url)
+    params: dict = {}
+    for item in overrides:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            _fail(f"--set {item!r}: expected FIELD=VALUE", EXIT_BAD_INPUT)
+        try:
+            params[field] = json.loads(value)
+        except ValueError:
+            params[field] = value
+    try:
+        summary = get_stage("meshgen").job().fit_dataset(spec, store, dataset, params, classes=classes)
+    except (SpecError, ValueError) as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+    except FlatlandError as exc:
+        _fail(str(exc))
+    for cls, m in summary["classes"].items():
+        click.echo(f"class {cls}: held-out IoU {m['held_out_iou']}, chamfer {m['chamfer']:.4g}, F-score {m['fscore']:.3f}")
+    click.echo(f"fits/{summary['dataset_id']}/recoverability.json")
+
+
+@main.command()
 @click.argument("spec_path", metavar="SPEC.yaml")
 @click.option("--store", "store_url", default=None, help="Store URL (default: $FLATLAND_STORE, then the spec's).")
 def report(spec_path: str, store_url: str | None) -> None:

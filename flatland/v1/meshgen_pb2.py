@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from flatland.v1 import common_pb2 as flatland_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66latland/v1/meshgen.proto\x12\x0b\x66latland.v1\x1a\x18\x66latland/v1/common.proto\"o\n\x13GenerateMeshRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x13\n\x0bparams_json\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x13\n\x0b\x63lass_index\x18\x04 \x01(\x05\x12\x10\n\x08instance\x18\x05 \x01(\x05\"w\n\x14GenerateMeshResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x12\n\nstats_json\x18\x03 \x01(\t\x12\x11\n\titem_seed\x18\x04 \x01(\x04\x12\x14\n\x0crelative_key\x18\x05 \x01(\t\"p\n\x16GenerateDatasetRequest\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.flatland.v1.ExperimentItem\x12\x13\n\x0bshard_index\x18\x02 \x01(\x05\x12\x13\n\x0bshard_count\x18\x03 \x01(\x05\"m\n\x14GenerateDatasetEvent\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.flatland.v1.ProgressEvent\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63lass_index\x18\x03 \x01(\x05\x32\xbb\x01\n\x07Meshgen\x12S\n\x0cGenerateMesh\x12 .flatland.v1.GenerateMeshRequest\x1a!.flatland.v1.GenerateMeshResponse\x12[\n\x0fGenerateDataset\x12#.flatland.v1.GenerateDatasetRequest\x1a!.flatland.v1.GenerateDatasetEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66latland/v1/meshgen.proto\x12\x0b\x66latland.v1\x1a\x18\x66latland/v1/common.proto\"o\n\x13GenerateMeshRequest\x12\x0e\n\x06\x66\x61mily\x18\x01 \x01(\t\x12\x13\n\x0bparams_json\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x13\n\x0b\x63lass_index\x18\x04 \x01(\x05\x12\x10\n\x08instance\x18\x05 \x01(\x05\"w\n\x14GenerateMeshResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x12\n\nstats_json\x18\x03 \x01(\t\x12\x11\n\titem_seed\x18\x04 \x01(\x04\x12\x14\n\x0crelative_key\x18\x05 \x01(\t\"p\n\x16GenerateDatasetRequest\x12,\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x1b.flatland.v1.ExperimentItem\x12\x13\n\x0bshard_index\x18\x02 \x01(\x05\x12\x13\n\x0bshard_count\x18\x03 \x01(\x05\"m\n\x14GenerateDatasetEvent\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.flatland.v1.ProgressEvent\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63lass_index\x18\x03 \x01(\x05\"\x88\x01\n\x0e\x46itMeshRequest\x12\x0c\n\x04mesh\x18\x01 \x01(\x0c\x12\x13\n\x0bmesh_format\x18\x02 \x01(\t\x12\x11\n\tmasks_png\x18\x03 \x03(\x0c\x12\x14\n\x0crecords_json\x18\x04 \x01(\t\x12\x13\n\x0bparams_json\x18\x05 \x01(\t\x12\x15\n\rstore_outputs\x18\x06 \x01(\x08\"\x89\x01\n\x0c\x46itMeshEvent\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x1a.flatland.v1.ProgressEvent\x12\x0e\n\x06\x66it_id\x18\x02 \x01(\t\x12\x13\n\x0blosses_json\x18\x03 \x01(\t\x12\x10\n\x08mesh_glb\x18\x04 \x01(\x0c\x12\x14\n\x0cmetrics_json\x18\x05 \x01(\t2\x80\x02\n\x07Meshgen\x12S\n\x0cGenerateMesh\x12 .flatland.v1.GenerateMeshRequest\x1a!.flatland.v1.GenerateMeshResponse\x12[\n\x0fGenerateDataset\x12#.flatland.v1.GenerateDatasetRequest\x1a!.flatland.v1.GenerateDatasetEvent0\x01\x12\x43\n\x07\x46itMesh\x12\x1b.flatland.v1.FitMeshRequest\x1a\x19.flatland.v1.FitMeshEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEDATASETREQUEST']._serialized_end=414
   _globals['_GENERATEDATASETEVENT']._serialized_start=416
   _globals['_GENERATEDATASETEVENT']._serialized_end=525
-  _globals['_MESHGEN']._serialized_start=528
-  _globals['_MESHGEN']._serialized_end=715
+  _globals['_FITMESHREQUEST']._serialized_start=528
+  _globals['_FITMESHREQUEST']._serialized_end=664
+  _globals['_FITMESHEVENT']._serialized_start=667
+  _globals['_FITMESHEVENT']._serialized_end=804
+  _globals['_MESHGEN']._serialized_start=807
+  _globals['_MESHGEN']._serialized_end=1063
 # @@protoc_insertion_point(module_scope)

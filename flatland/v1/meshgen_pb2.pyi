@@ -1,7 +1,8 @@
 from flatland.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -53,3 +54,33 @@ class GenerateDatasetEvent(_message.Message):
     dataset_id: str
     class_index: int
     def __init__(self, progress: _Optional[_Union[_common_pb2.ProgressEvent, _Mapping]] = ..., dataset_id: _Optional[str] = ..., class_index: _Optional[int] = ...) -> None: ...
+
+class FitMeshRequest(_message.Message):
+    __slots__ = ("mesh", "mesh_format", "masks_png", "records_json", "params_json", "store_outputs")
+    MESH_FIELD_NUMBER: _ClassVar[int]
+    MESH_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    MASKS_PNG_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_JSON_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    STORE_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    mesh: bytes
+    mesh_format: str
+    masks_png: _containers.RepeatedScalarFieldContainer[bytes]
+    records_json: str
+    params_json: str
+    store_outputs: bool
+    def __init__(self, mesh: _Optional[bytes] = ..., mesh_format: _Optional[str] = ..., masks_png: _Optional[_Iterable[bytes]] = ..., records_json: _Optional[str] = ..., params_json: _Optional[str] = ..., store_outputs: _Optional[bool] = ...) -> None: ...
+
+class FitMeshEvent(_message.Message):
+    __slots__ = ("progress", "fit_id", "losses_json", "mesh_glb", "metrics_json")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    FIT_ID_FIELD_NUMBER: _ClassVar[int]
+    LOSSES_JSON_FIELD_NUMBER: _ClassVar[int]
+    MESH_GLB_FIELD_NUMBER: _ClassVar[int]
+    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
+    progress: _common_pb2.ProgressEvent
+    fit_id: str
+    losses_json: str
+    mesh_glb: bytes
+    metrics_json: str
+    def __init__(self, progress: _Optional[_Union[_common_pb2.ProgressEvent, _Mapping]] = ..., fit_id: _Optional[str] = ..., losses_json: _Optional[str] = ..., mesh_glb: _Optional[bytes] = ..., metrics_json: _Optional[str] = ...) -> None: ...

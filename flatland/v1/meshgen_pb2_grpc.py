@@ -44,6 +44,11 @@ class MeshgenStub:
                 request_serializer=flatland_dot_v1_dot_meshgen__pb2.GenerateDatasetRequest.SerializeToString,
                 response_deserializer=flatland_dot_v1_dot_meshgen__pb2.GenerateDatasetEvent.FromString,
                 _registered_method=True)
+        self.FitMesh = channel.unary_stream(
+                '/flatland.v1.Meshgen/FitMesh',
+                request_serializer=flatland_dot_v1_dot_meshgen__pb2.FitMeshRequest.SerializeToString,
+                response_deserializer=flatland_dot_v1_dot_meshgen__pb2.FitMeshEvent.FromString,
+                _registered_method=True)
 
 
 class MeshgenServicer:
@@ -64,6 +69,15 @@ class MeshgenServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FitMesh(self, request, context):
+        """Fit an ico-sphere to a target by differentiable rendering (a mesh, or silhouettes with their
+        render records), streaming the losses as it goes; the last event carries the fitted mesh and
+        its metrics. With store_outputs the mesh, loss curves and metrics are written to fits/<fit_id>/.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshgenServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +90,11 @@ def add_MeshgenServicer_to_server(servicer, server):
                     servicer.GenerateDataset,
                     request_deserializer=flatland_dot_v1_dot_meshgen__pb2.GenerateDatasetRequest.FromString,
                     response_serializer=flatland_dot_v1_dot_meshgen__pb2.GenerateDatasetEvent.SerializeToString,
+            ),
+            'FitMesh': grpc.unary_stream_rpc_method_handler(
+                    servicer.FitMesh,
+                    request_deserializer=flatland_dot_v1_dot_meshgen__pb2.FitMeshRequest.FromString,
+                    response_serializer=flatland_dot_v1_dot_meshgen__pb2.FitMeshEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +151,33 @@ class Meshgen:
             '/flatland.v1.Meshgen/GenerateDataset',
             flatland_dot_v1_dot_meshgen__pb2.GenerateDatasetRequest.SerializeToString,
             flatland_dot_v1_dot_meshgen__pb2.GenerateDatasetEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FitMesh(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flatland.v1.Meshgen/FitMesh',
+            flatland_dot_v1_dot_meshgen__pb2.FitMeshRequest.SerializeToString,
+            flatland_dot_v1_dot_meshgen__pb2.FitMeshEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,6 +9,7 @@ Store layout::
     meshes/<dataset_id>/manifest.json                  one entry per stored item
     meshes/<dataset_id>/<class:05d>/<instance>.glb     procsynth, morphsynth meshes
     meshes/<dataset_id>/<class:05d>/ifs.json           fractal2d class definitions
+    fits/<fit_id>/mesh.glb, losses.jsonl, losses.png, metrics.json   one mesh fitted to silhouettes or a mesh
 """
 
 from __future__ import annotations
@@ -31,4 +32,9 @@ def ifs_key(dataset_id: str, class_index: int) -> str:
     return f"meshes/{dataset_id}/{class_dir(class_index)}/ifs.json"
 
 
-__all__ = ["MESH_FAMILIES", "ifs_key", "ifs_variants", "manifest_key", "mesh_key", "missing_classes"]
+def fit_key(fit_id: str, name: str) -> str:
+    """Store key of one output of a fit (``mesh.glb``, ``losses.jsonl``, ``losses.png``, ``metrics.json``)."""
+    return f"fits/{fit_id}/{name}"
+
+
+__all__ = ["fit_key", "MESH_FAMILIES", "ifs_key", "ifs_variants", "manifest_key", "mesh_key", "missing_classes"]

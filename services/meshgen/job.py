@@ -8,6 +8,7 @@ streamed); a damaged class is made again, byte-identical.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from services.common.spec.experiment import ExperimentSpec
@@ -58,3 +59,90 @@ def generate_classes_share(store: Store, spec: ExperimentSpec, dataset_name: str
             emit({"class_index": step.class_index, "generated": step.generated,
                   "entries": [(e.key, e.size, e.sha256) for e in step.entries]})
     return {"generated": generated, "skipped": skipped}
+
+
+def run_fit(params, store: Store, *, mesh: bytes = b"", mesh_format: str = "glb", masks_png: list[bytes] | None = None,
+            records: list[dict] | None = None, masks_folder: str | None = None,
+            progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Fit an ico-sphere to one target (a mesh, masks + records, or a folder of them) and store the outputs.
+
+    Returns ``{"fit_id", "metrics", "timing", "outputs": [store keys]}``; ``progress(message, done, total)``
+    is called every ``params.log_every`` steps.
+    """
+    from services.meshgen import fit as fitting  # torch: imported only for a fit
+
+    if masks_folder is not None:
+        masks_png, records = fitting.read_mask_folder(masks_folder)
+    params, target, fit_id = fitting.prepare(params, mesh=mesh, mesh_format=mesh_format, masks_png=masks_png,
+                                             records=records)
+    for event in fitting.iter_fit(target, params):
+        if isinstance(event, fitting.FitStep):
+            if progress is not None:
+                progress(f"{fit_id} loss {event.loss:.4g}", event.iteration, event.total)
+            continue
+        entries = fitting.write_fit(store, fit_id, event, params)
+        return {"fit_id": fit_id, "metrics": event.metrics, "timing": event.timing, "outputs": [e.key for e in entries]}
+    raise RuntimeError("the fit ended without a result")
+
+
+def fit_dataset(spec: ExperimentSpec, store: Store, dataset_name: str, params=None, *, classes: int = 3,
+                instance: int = 0, progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Shape recoverability of a rendered dataset: fit the first ``classes`` classes from their rendered masks.
+
+    For each class, every view of ``instance`` in the dataset's shards (``mask`` and ``json`` members, read
+    through ``services.render.api``) is a target; the fit is compared with the true mesh the records name
+    (``mesh_key``). Writes ``fits/<dataset_id>/<class:05d>/`` per class and ``fits/<dataset_id>/recoverability.json``
+    (per class and mean: held-out IoU, chamfer, F-score). Needs ``mask`` among the dataset's outputs and plain
+    camera views (not FlatWorld's 2D-warped ones).
+    """
+    import io
+    import tarfile
+
+    import numpy as np
+
+    from services.common.manifest import read_manifest
+    from services.meshgen import fit as fitting
+    from services.render import api as render_api
+
+    params = fitting.parse_params(params)
+    dataset_id = spec.dataset_id(dataset_name)
+    manifest = read_manifest(store, render_api.dataset_manifest_key(dataset_id))
+    if manifest is None:
+        raise fitting.FitError(f"dataset {dataset_name!r}: no render manifest at "
+                               f"{render_api.dataset_manifest_key(dataset_id)}; render it first")
+    views: dict[int, dict[str, dict]] = {}
+    for entry in manifest.entries:
+        if not entry.key.endswith(".tar"):
+            continue
+        with tarfile.open(fileobj=io.BytesIO(store.get_bytes(entry.key))) as tar:
+            for member in tar.getmembers():
+                base, _, suffix = member.name.partition(".")
+                parts = base.split("_")
+                if suffix not in ("json", "mask.png") or len(parts) != 3:
+                    continue
+                cls, inst = int(parts[0]), int(parts[1])
+                if cls < classes and inst == instance:
+                    views.setdefault(cls, {}).setdefault(base, {})[suffix] = tar.extractfile(member).read()
+    if not views:
+        raise fitting.FitError(f"dataset {dataset_name!r}: no samples of instance {instance} in classes < {classes}")
+    summary: dict = {"dataset": dataset_name, "dataset_id": dataset_id, "instance": instance, "classes": {},
+                     "params": params.model_dump(mode="json")}
+    for done, cls in enumerate(sorted(views), start=1):
+        samples = [views[cls][k] for k in sorted(views[cls])]
+        if any("mask.png" not in s for s in samples):
+            raise fitting.FitError(f"dataset {dataset_name!r}: samples have no mask.png; add 'mask' to render.outputs")
+        records = [json.loads(s["json"]) for s in samples]
+        masks = fitting.decode_masks([s["mask.png"] for s in samples])
+        truth = fitting.load_mesh(store.get_bytes(records[0]["mesh_key"]), "glb", name="mesh_key")
+        target = fitting.target_from_masks(masks, records, params, mesh=truth)
+        result = fitting.fit(target, params)
+        fitting.write_fit(store, f"{dataset_id}/{cls:05d}", result, params)
+        summary["classes"][str(cls)] = {k: result.metrics.get(k) for k in
+                                        ("held_out_iou", "train_iou", "chamfer", "fscore", "fit_seconds")}
+        if progress is not None:
+            progress(f"fit class {cls}", done, len(views))
+    for key in ("held_out_iou", "chamfer", "fscore"):
+        values = [c[key] for c in summary["classes"].values() if c.get(key) is not None]
+        summary[f"mean_{key}"] = float(np.mean(values)) if values else None
+    store.put_bytes(f"fits/{dataset_id}/recoverability.json", json.dumps(summary, indent=2, sort_keys=True).encode())
+    return summary

@@ -131,6 +131,40 @@ class MeshgenServicer(meshgen_pb2_grpc.MeshgenServicer):
                 class_index=-1 if step.class_index is None else step.class_index,
             )
 
+    def FitMesh(self, request, context):
+        from services.meshgen import fit as fitting  # torch: imported when a fit is asked for
+
+        try:
+            params, target, fit_id = fitting.prepare(
+                request.params_json, mesh=request.mesh, mesh_format=request.mesh_format or "glb",
+                masks_png=list(request.masks_png), records=request.records_json)
+            task = f"meshgen:fit:{fit_id}"
+            for event in fitting.iter_fit(target, params):
+                if not context.is_active():
+                    return
+                if isinstance(event, fitting.FitStep):
+                    yield meshgen_pb2.FitMeshEvent(
+                        progress=common_pb2.ProgressEvent(task=task, done=event.iteration, total=event.total,
+                                                          message=f"step {event.iteration}: loss {event.loss:.5g}"),
+                        fit_id=fit_id,
+                        losses_json=json.dumps({"iteration": event.iteration, "loss": event.loss, **event.losses}),
+                    )
+                    continue
+                outputs = []
+                if request.store_outputs:
+                    outputs = [common_pb2.StoreRef(key=e.key, size=e.size, sha256=e.sha256)
+                               for e in fitting.write_fit(self.store, fit_id, event, params)]
+                metrics = {**event.metrics, "timing": event.timing}
+                yield meshgen_pb2.FitMeshEvent(
+                    progress=common_pb2.ProgressEvent(
+                        task=task, done=params.iterations, total=params.iterations, finished=True, outputs=outputs,
+                        message=" ".join(f"{k} {metrics[k]:.4g}" for k in ("held_out_iou", "chamfer", "fscore")
+                                         if k in metrics)),
+                    fit_id=fit_id, mesh_glb=event.mesh.export(file_type="glb"),
+                    metrics_json=json.dumps(metrics, sort_keys=True))
+        except Exception as exc:  # noqa: BLE001
+            abort_with(context, exc)
+
 
 def register(server: grpc.Server, store: Store, registry=None, *, workers: int = 1) -> list[str]:
     """Add the Meshgen servicer to ``server`` (``GenerateDataset`` over ``workers`` processes); return the full service names."""

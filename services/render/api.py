@@ -47,9 +47,46 @@ def consolidate_manifest(spec: ExperimentSpec, store: Store, dataset_name: str) 
     return consolidate(spec, store, dataset_name)
 
 
+def soft_silhouette(vertices, faces, cameras, sigma: float | None = None, chunk_pairs: int | None = None):
+    """Differentiable soft silhouettes (n, H, W) of a mesh (torch); see :mod:`services.render.renderers.soft`."""
+    from services.render.renderers import soft  # torch: imported only when used
+
+    kwargs = {k: v for k, v in (("sigma", sigma), ("chunk_pairs", chunk_pairs)) if v is not None}
+    return soft.soft_silhouette(vertices, faces, cameras, **kwargs)
+
+
+def hard_silhouette(vertices, faces, cameras):
+    """(n, H, W) bool: the ``sigma -> 0`` limit of :func:`soft_silhouette` (pixel centres covered by a face)."""
+    from services.render.renderers import soft
+
+    return soft.hard_silhouette(vertices, faces, cameras)
+
+
+def cameras_from_records(records: list[dict], dtype=None):
+    """The cameras (pose, intrinsics, object pose) of render records, for :func:`soft_silhouette`."""
+    from services.render.renderers import soft
+
+    return soft.cameras_from_records(records) if dtype is None else soft.cameras_from_records(records, dtype)
+
+
+def orbit_records(azimuths_deg, elevations_deg, *, image_size: int, centre, radius: float, fov_deg: float = 30.0) -> list[dict]:
+    """Render records of cameras around a mesh's bounding sphere (one per azimuth/elevation pair)."""
+    from services.render.renderers import soft
+
+    return soft.orbit_records(azimuths_deg, elevations_deg, image_size=image_size, centre=centre, radius=radius,
+                              fov_deg=fov_deg)
+
+
+def render_masks(mesh, records: list[dict]):
+    """(n, H, W) bool silhouettes of a trimesh drawn by the GL renderer from render records."""
+    from services.render.renderers import soft
+
+    return soft.render_masks(mesh, records)
+
+
 __all__ = [
     "DEPTH_MAX_M", "DEPTH_PRECISION_M", "RGB_MEMBERS", "decode_depth", "decode_png", "decode_rgb", "find_rgb",
-    "SPLITS", "ShardTask", "SplitLayout", "all_shards", "consolidate_manifest", "contact_sheet_key",
+    "SPLITS", "ShardTask", "cameras_from_records", "hard_silhouette", "orbit_records", "render_masks", "soft_silhouette", "SplitLayout", "all_shards", "consolidate_manifest", "contact_sheet_key",
     "dataset_manifest_key", "dataset_shards", "layout", "part_key", "sample_key", "shard_index_key", "shard_key", "shard_plan",
     "shards_for_index", "split_counts",
 ]

@@ -93,3 +93,39 @@ def test_generate_dataset_bad_spec_and_unknown_dataset(stub):
             list(client.GenerateDataset(request, timeout=30))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in info.value.details()
+
+
+FIT = {"level": 1, "image_size": 24, "views": 6, "held_out_views": 2, "iterations": 12, "log_every": 4,
+       "views_per_iteration": 0}
+
+
+def test_fit_mesh_streams_losses_and_returns_mesh_and_metrics(stub):
+    client, store = stub
+    target = trimesh.creation.box(extents=[1.5, 0.8, 0.8]).export(file_type="glb")
+    request = meshgen_pb2.FitMeshRequest(mesh=target, params_json=json.dumps(FIT), store_outputs=True)
+    events = list(client.FitMesh(request, timeout=120))
+    steps, final = events[:-1], events[-1]
+    assert [e.progress.done for e in steps] == [1, 4, 8, 12] and all(e.progress.total == 12 for e in steps)
+    assert all("silhouette" in json.loads(e.losses_json) for e in steps)
+    assert final.progress.finished and final.fit_id.startswith("fit-") and final.fit_id == steps[0].fit_id
+    mesh = trimesh.load(io.BytesIO(final.mesh_glb), file_type="glb", force="mesh")
+    assert len(mesh.vertices) == 42  # level-1 ico-sphere
+    metrics = json.loads(final.metrics_json)
+    assert 0 < metrics["held_out_iou"] <= 1 and metrics["chamfer"] > 0 and "timing" in metrics
+    keys = sorted(ref.key for ref in final.progress.outputs)
+    assert keys == sorted(f"fits/{final.fit_id}/{n}" for n in ("losses.jsonl", "losses.png", "mesh.glb", "metrics.json"))
+    assert store.get_json(f"fits/{final.fit_id}/metrics.json")["iterations"] == 12
+
+
+@pytest.mark.parametrize("fields, text", [
+    ({}, "either a mesh or masks"),
+    ({"mesh": b"garbage"}, "mesh: could not read"),
+    ({"mesh": b"x", "params_json": '{"level": 12}'}, "params.level"),
+    ({"masks_png": [b"x"], "records_json": "[{}]"}, "masks_png[0]"),
+])
+def test_fit_mesh_bad_requests_are_invalid_argument(stub, fields, text):
+    client, _ = stub
+    with pytest.raises(grpc.RpcError) as info:
+        list(client.FitMesh(meshgen_pb2.FitMeshRequest(**fields), timeout=30))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert text in info.value.details()

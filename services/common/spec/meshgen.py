@@ -260,3 +260,55 @@ class Fractal2DParams(StrictModel):
                 f"search_pad={self.search_pad}; lower filling_rate or raise search_points"
             )
         return self
+
+
+class FitLossWeights(StrictModel):
+    """Weights of the fitting losses (0 switches a loss off). Defaults: PyTorch3D's mesh-fitting tutorials."""
+
+    silhouette: float = Field(default=1.0, ge=0, description="Mean squared difference of rendered and target silhouettes.")
+    chamfer: float = Field(default=1.0, ge=0, description="Chamfer distance to the target surface (mesh targets only).")
+    edge: float = Field(default=1.0, ge=0, description="Mean squared edge length (keeps the mesh even).")
+    normal: float = Field(default=0.01, ge=0, description="1 - cos between normals of faces sharing an edge.")
+    laplacian: float = Field(default=1.0, ge=0, description="Mean norm of the uniform Laplacian (smoothness).")
+    quadric: float = Field(default=0.0, ge=0, description="Squared distance to the target's face planes near each vertex "
+                           "(mesh targets only; sharp detail).")
+
+
+class FitParams(StrictModel):
+    """Fitting an ico-sphere to silhouettes or to a mesh by differentiable rendering (meshgen ``fit``).
+
+    The fit works in the target's normalised frame (bounding-box centre at 0, bounding radius 1), so the
+    learning rate, loss weights and the F-score threshold do not depend on the target's size; chamfer and
+    F-score are reported in that frame (units of the target's bounding radius).
+    """
+
+    level: int = Field(default=4, ge=0, le=6, description="Ico-sphere subdivision level (4: 2,562 vertices, 5,120 faces).")
+    init_radius: float = Field(default=1.0, gt=0, le=4, description="Radius of the starting sphere, in target bounding radii.")
+    iterations: int = Field(default=300, ge=1, le=100_000, description="Optimiser steps.")
+    optimizer: Literal["sgd", "adam"] = Field(default="sgd", description="SGD with momentum (as published: it beat Adam) or Adam.")
+    lr: float | None = Field(default=None, gt=0, description="Learning rate; default 1.0 for sgd, 0.01 for adam.")
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum.")
+    weights: FitLossWeights = Field(default_factory=FitLossWeights, description="Loss weights.")
+    image_size: int = Field(default=128, ge=16, le=1024, description="Silhouette side (pixels) when rendering a mesh target.")
+    views: int = Field(default=20, ge=1, le=1000, description="Target views rendered of a mesh target (elevations 0..180, "
+                       "azimuths -180..180 degrees).")
+    held_out_views: int = Field(default=4, ge=0, le=100, description="Extra views of a mesh target never fitted, for the "
+                                "held-out silhouette IoU; for silhouette-folder targets, every k-th view is held out "
+                                "instead when this is > 0 (k = views / held_out_views).")
+    views_per_iteration: int = Field(default=4, ge=0, le=1000, description="Target views rendered per step, drawn at "
+                                     "random (0: all). PyTorch3D's tutorial draws 2 of 20; 4 keeps a 300-step fit of "
+                                     "20 views at 128 px to minutes on one core.")
+    fov_deg: float = Field(default=30.0, gt=1, lt=170, description="Field of view of the views rendered of a mesh target.")
+    sigma: float = Field(default=0.1, gt=0, le=100, description="Soft rasteriser edge sharpness, pixels² (PyTorch3D's 1e-4 "
+                         "in NDC² is 0.41 px² at 128 px). Sharper than that by default: the union of the many faces "
+                         "near a silhouette's rim dilates a blurry silhouette, and the fit then shrinks the mesh.")
+    points: int = Field(default=5000, ge=100, le=200_000, description="Surface points sampled per step for the chamfer loss "
+                        "and for the chamfer / F-score metrics.")
+    fscore_threshold: float = Field(default=0.05, gt=0, le=1, description="F-score distance threshold, in target bounding radii.")
+    target_mode: Literal["silhouettes", "mesh"] = Field(default="silhouettes", description="With a mesh target: fit its "
+                                                         "rendered silhouettes (2D-to-3D) or its surface (3D-to-3D).")
+    seed: int = Field(default=0, ge=0, lt=2**32, description="Seed of view and point sampling.")
+    log_every: int = Field(default=10, ge=1, le=100_000, description="Steps between progress events / loss-curve rows.")
+
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (1.0 if self.optimizer == "sgd" else 0.01)
