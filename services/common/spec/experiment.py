@@ -248,6 +248,10 @@ class ExperimentSpec(StrictModel):
             if source.task == "segmentation":
                 raise ValueError(f"pretrain[{i}].init_from: run '{p.init_from}' is a segmentation network; start from a "
                                  "classification or 3d_prior run")
+            if (source.mean, source.std) != (p.mean, p.std):
+                raise ValueError(f"pretrain[{i}].init_from: run '{p.init_from}' normalises its inputs with mean "
+                                 f"{list(source.mean)}, std {list(source.std)}, this run with {list(p.mean)}, "
+                                 f"{list(p.std)}; set this run's mean and std to the ones its weights learned with")
             if p.model.startswith(("vit_", "maxvit_")) and source.input_size != p.input_size:
                 raise ValueError(f"pretrain[{i}].init_from: {p.model}'s weights depend on the input size; run "
                                  f"'{p.init_from}' uses {source.input_size}, this run {p.input_size}")

@@ -226,6 +226,9 @@ class PretrainSpec(StrictModel):
             if self.kind != "synthetic":
                 raise ValueError("task 3d_prior trains a backbone: it needs kind: synthetic (start it from a "
                                  "torchvision_pretrained run with init_from)")
+            if self.search is not None:
+                raise ValueError("search: the cross-validated search ranks settings by top-1; task 3d_prior has no "
+                                 "classes to score (set optim.lr and optim.weight_decay yourself)")
         elif self.prior is not None:
             raise ValueError(f"prior: settings of task 3d_prior; this run's task is {self.task!r}")
         if self.init_from is not None and self.init_from == self.name:
