@@ -89,11 +89,6 @@ class Prior3DSpec(StrictModel):
         default="masked", description="Depth target off the object (stored as no surface): 'masked' leaves those pixels out of "
         "L_depth; 'far' asks for the far end of the box there.")
     loss: Prior3DLossSpec = Field(default_factory=Prior3DLossSpec, description="Loss weights.")
-    fov_deg: float = Field(default=60.0, gt=1, lt=170, description="Image folders (`image_folder`): the vertical field of view their depth maps assume (no camera is recorded).")
-    image_folder: str | None = Field(
-        default=None, description="Train on a folder of <name>.png images with <name>.depth.npy depth maps (metres; "
-        "non-finite or <= 0: no surface) instead of the rendered datasets, e.g. natural images with pseudo-depth. "
-        "Their camera: fov_deg, looking at the median depth.")
 
     @model_validator(mode="after")
     def _shapes(self):

@@ -203,12 +203,11 @@ class RadianceField(nn.Module):
     def forward(self, planes: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``planes`` (N, 3, C, R, R), ``points`` (N, P, 3) -> density (N, P) >= 0, colour (N, P, 3) in [0, 1]."""
         n, p, _ = points.shape
-        pairs = (points[..., [0, 1]], points[..., [0, 2]], points[..., [1, 2]])  # xy, xz, yz planes
-        features = 0
-        for k, coords in enumerate(pairs):
-            sampled = F.grid_sample(planes[:, k], coords.view(n, p, 1, 2), mode="bilinear", padding_mode="zeros",
-                                    align_corners=False)  # (N, C, P, 1)
-            features = features + sampled[..., 0].transpose(1, 2)
+        c, r = planes.shape[2], planes.shape[-1]
+        coords = torch.stack([points[..., :2], points[..., ::2], points[..., 1:]], dim=1)  # xy, xz, yz
+        sampled = F.grid_sample(planes.reshape(n * 3, c, r, r), coords.view(n * 3, p, 1, 2), mode="bilinear",
+                                padding_mode="zeros", align_corners=False)  # (3N, C, P, 1): one call for the planes
+        features = sampled.view(n, 3, c, p).sum(1).transpose(1, 2)
         out = self.mlp(features)
         return F.softplus(out[..., 0]), torch.sigmoid(out[..., 1:])
 
