@@ -49,12 +49,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -548,10 +550,11 @@ def decode_pair(
 
 
 def decode_views(
-    png: bytes, maps: dict[str, bytes], size: int, augment: AugmentSpec | None, rng: np.random.Generator
+    png: bytes, maps: dict[str, bytes | torch.Tensor], size: int, augment: AugmentSpec | None, rng: np.random.Generator
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """:func:`decode_image` with its integer maps (label maps, 16-bit depth steps: greyscale PNGs) under the same
-    crop, resize and flip (nearest neighbour), and where each output pixel comes from.
+    crop, resize and flip (nearest neighbour), and where each output pixel comes from. A map may also be
+    given decoded, as an (H, W) int64 tensor.
 
     Returns ``((size, size, 3) uint8 image, {name: (size, size) int64 map}, view)``; ``view`` is the (2, 3)
     float64 affine map from continuous output pixel coordinates (x right, y down, pixel centres at
@@ -563,7 +566,7 @@ def decode_views(
     height, width = image.shape[1:]
     decoded: dict[str, torch.Tensor] = {}
     for name, data in maps.items():
-        decoded[name] = decode_label_map(data)
+        decoded[name] = data if isinstance(data, torch.Tensor) else decode_label_map(data)
         if tuple(decoded[name].shape) != (height, width):
             kind = "label map" if name == "seg" else f"{name} map"
             raise ValueError(f"{kind} is {tuple(decoded[name].shape)}, its image {(height, width)}")
@@ -833,7 +836,78 @@ class ShardStream(IterableDataset):
             reported = self.corrupt
 
 
-def make_loader(stream: ShardStream, *, batch_size: int, workers: int, train: bool, pin_memory: bool = False) -> DataLoader:
+class FolderStream(IterableDataset):
+    """Images with depth maps beside them, as a 3D-prior run reads them: ``<name>.png`` (or .jpg/.jpeg/.webp)
+    with ``<name>.depth.npy`` (float depth along the viewing axis in metres; non-finite or <= 0: no surface).
+
+    Yields what a :class:`ShardStream` with ``members=("depth.png", "json")`` yields: ``image``, ``label`` (0),
+    ``key`` (the path), ``corrupt`` (0), ``depth`` (millimetre steps, 0 off the surface, as render stores them),
+    ``view`` and ``record`` (a pinhole camera of vertical field of view ``fov_deg`` at the image's median depth).
+    Training reads the images in a random order per epoch (``derive_rng(seed, "folder", epoch)``), ranks and
+    loader workers taking every n-th; without ``augment`` in name order.
+
+    Raises :class:`FlatlandError` naming the folder when it holds no such pairs, or an image without its depth
+    map; and naming the file for a depth map that is not a 2-D array of the image's size.
+    """
+
+    IMAGES = (".png", ".jpg", ".jpeg", ".webp")
+
+    def __init__(self, root: str, *, input_size: int, augment: AugmentSpec | None, fov_deg: float, seed: int = 0,
+                 epoch: int = 0, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        folder = Path(root)
+        if not folder.is_dir():
+            raise FlatlandError(f"prior.image_folder: {root} is not a directory")
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in self.IMAGES and p.is_file())
+        missing = [p.name for p in images if not p.with_suffix(".depth.npy").is_file()]
+        if missing:
+            raise FlatlandError(f"prior.image_folder: {len(missing)} image(s) in {root} have no depth map beside them "
+                                f"(<name>.depth.npy), e.g. {', '.join(missing[:3])}")
+        if not images:
+            raise FlatlandError(f"prior.image_folder: no images (<name>.png with <name>.depth.npy) in {root}")
+        self.images = [str(p) for p in images]
+        self.input_size, self.augment, self.fov_deg = input_size, augment, fov_deg
+        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.images[self.rank::self.world_size])
+
+    def _sample(self, path: str, rng: np.random.Generator) -> dict:
+        data = Path(path).read_bytes()
+        depth_path = Path(path).with_suffix(".depth.npy")
+        try:
+            depth = np.load(depth_path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise FlatlandError(f"{depth_path}: not a readable .npy array ({exc})") from None
+        image = decode_encoded(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        height, width = image.shape[1:]
+        if depth.ndim != 2 or depth.shape != (height, width) or not np.issubdtype(depth.dtype, np.number):
+            raise FlatlandError(f"{depth_path}: depth must be a 2-D numeric array of its image's size {(height, width)}, "
+                                f"got {depth.dtype} {depth.shape}")
+        depth = depth.astype(np.float64)
+        surface = np.isfinite(depth) & (depth > 0)
+        if not surface.any():
+            raise FlatlandError(f"{depth_path}: no finite positive depth anywhere")
+        steps = np.zeros(depth.shape, dtype=np.int64)  # millimetres, as render stores depth (0: no surface)
+        steps[surface] = np.clip(np.rint(depth[surface] / 1e-3), 1, 65534).astype(np.int64)
+        focal = 0.5 * height / math.tan(math.radians(self.fov_deg) / 2)
+        record = {"camera": {"distance": float(np.median(depth[surface])), "fov_deg": self.fov_deg,
+                             "intrinsics": {"fx": focal, "fy": focal, "cx": width / 2, "cy": height / 2}}}
+        out, maps, view = decode_views(data, {"depth": torch.from_numpy(steps)}, self.input_size, self.augment, rng)
+        return {"image": out, "label": 0, "key": path, "corrupt": 0, "depth": maps["depth"], "view": view,
+                "record": json.dumps(record)}
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        order = (derive_rng(self.seed, "folder", self.epoch).permutation(len(self.images)) if self.augment is not None
+                 else np.arange(len(self.images)))
+        rng = derive_rng(self.seed, "folder", self.epoch, self.rank, worker)
+        for i in order[self.rank::self.world_size][worker::workers]:
+            yield self._sample(self.images[i], rng)
+
+
+def make_loader(stream: IterableDataset, *, batch_size: int, workers: int, train: bool, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over ``stream``; training drops each worker's last partial batch."""
     return DataLoader(
         stream,

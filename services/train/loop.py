@@ -275,6 +275,9 @@ class PretrainRun:
         if self.trial is not None:  # all folds but one, of the searched fraction
             folds = self.trial.train_folds
             expected_train = int(expected_train * folds.fraction * (folds.folds - 1) / folds.folds)
+        own = objective.sample_stream(epoch=0, rank=0, world_size=1)  # samples not from rendered datasets
+        if own is not None:
+            expected_train = len(own)
         steps_per_epoch = max(1, expected_train // (run.batch_size * ctx.world_size))
 
         torch.manual_seed(derive_seed(run.seed, "torch", "init"))
@@ -328,11 +331,13 @@ class PretrainRun:
         for epoch in range(start_epoch, run.epochs):
             epoch_start = time.time()
             torch.manual_seed(derive_seed(run.seed, "torch", epoch))
-            stream = ShardStream(store.url, train_shards, tables, input_size=run.input_size, augment=run.augment,
-                                 shuffle_buffer=run.shuffle_buffer, seed=run.seed, epoch=epoch, rank=ctx.rank,
-                                 world_size=ctx.world_size, max_corrupt_fraction=run.max_corrupt_fraction,
-                                 folds=self.trial.train_folds if self.trial else None,
-                                 with_seg=objective.reads_label_maps, members=objective.reads_members)
+            stream = objective.sample_stream(epoch=epoch, rank=ctx.rank, world_size=ctx.world_size)
+            if stream is None:  # the run's rendered datasets
+                stream = ShardStream(store.url, train_shards, tables, input_size=run.input_size, augment=run.augment,
+                                     shuffle_buffer=run.shuffle_buffer, seed=run.seed, epoch=epoch, rank=ctx.rank,
+                                     world_size=ctx.world_size, max_corrupt_fraction=run.max_corrupt_fraction,
+                                     folds=self.trial.train_folds if self.trial else None,
+                                     with_seg=objective.reads_label_maps, members=objective.reads_members)
             loader = make_loader(stream, batch_size=run.batch_size, workers=run.workers, train=True, pin_memory=use_cuda)
             train_model.train()
             sums = np.zeros(3 + objective.sum_width)  # loss*n, n, corrupt, then the objective's metric sums

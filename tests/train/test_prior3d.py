@@ -230,3 +230,37 @@ def test_records_without_a_camera_are_refused(local_store):
                   members=sample_members)
     with pytest.raises(FlatlandError, match="has no camera"):
         pretrain(spec, "p", local_store)
+
+
+def write_folder(folder, count=6, size=32):
+    from PIL import Image
+
+    from services.render.api import decode_depth, decode_rgb
+
+    folder.mkdir()
+    for i in range(count):
+        members = sphere_members(i % 3, 0, i, 3, size, seed=1)
+        Image.fromarray(decode_rgb(members["rgb.png"])).save(folder / f"img{i}.png")
+        depth = decode_depth(members["depth.png"]).astype(np.float64)
+        np.save(folder / f"img{i}.depth.npy", np.where(np.isfinite(depth), depth, np.nan))
+
+
+def test_an_image_folder_with_depth_maps_trains_the_prior(local_store, tmp_path):
+    folder = tmp_path / "natural"
+    write_folder(folder)
+    spec = make_spec(datasets=[], batch_size=3, epochs=1, prior={**TINY, "image_folder": str(folder), "fov_deg": 40})
+    summary = pretrain(spec, "p", local_store)
+    assert [r["train_samples"] for r in [summary["final"]]] == [6] and summary["final"]["train_depth_mse"] > 0
+    ckpt = load_verified_checkpoint(local_store, f"runs/{spec.run_id('p')}")
+    model = torchvision.models.get_model(ckpt["model"], num_classes=ckpt["num_classes"])
+    model.load_state_dict(ckpt["state_dict"])
+    # bad input is named
+    (folder / "img0.depth.npy").unlink()
+    with pytest.raises(FlatlandError, match=r"1 image\(s\) in .* have no depth map beside them .*img0.png"):
+        pretrain(make_spec(datasets=[], epochs=3, prior={**TINY, "image_folder": str(folder)}), "p", local_store)
+    np.save(folder / "img0.depth.npy", np.ones((5, 5)))
+    with pytest.raises(FlatlandError, match=r"img0.depth.npy: depth must be a 2-D numeric array of its image's size"):
+        pretrain(make_spec(datasets=[], epochs=4, batch_size=6, prior={**TINY, "image_folder": str(folder)}), "p",
+                 local_store)
+    with pytest.raises(SpecError, match="remove datasets"):
+        make_spec(prior={**TINY, "image_folder": str(folder)})

@@ -89,6 +89,12 @@ class Prior3DSpec(StrictModel):
         default="masked", description="Depth target off the object (stored as no surface): 'masked' leaves those pixels out of "
         "L_depth; 'far' asks for the far end of the box there.")
     loss: Prior3DLossSpec = Field(default_factory=Prior3DLossSpec, description="Loss weights.")
+    image_folder: str | None = Field(
+        default=None, description="Train on a folder of <name>.png images, each with <name>.depth.npy beside it (float "
+        "depth along the viewing axis in metres; non-finite or <= 0: no surface), e.g. natural images with pseudo-depth, "
+        "instead of rendered `datasets` (then none). No camera is recorded there: a pinhole of `fov_deg` looking at the "
+        "image's median depth. Every image trains; there is no validation split.")
+    fov_deg: float = Field(default=60.0, gt=1, lt=170, description="image_folder: the vertical field of view the depth maps assume.")
 
     @model_validator(mode="after")
     def _shapes(self):
@@ -238,9 +244,12 @@ class PretrainSpec(StrictModel):
     def _distinct_datasets(self):
         if len(set(self.datasets)) != len(self.datasets):
             raise ValueError(f"datasets: each dataset may appear once in a mix, got {self.datasets}")
+        folder = self.task == "3d_prior" and self.prior is not None and self.prior.image_folder is not None
+        if folder and (self.datasets or self.class_budget is not None):
+            raise ValueError("prior.image_folder: the run trains on that folder; remove datasets and class_budget")
         if self.kind == "synthetic":
-            if not self.datasets:
-                raise ValueError("datasets: a synthetic run needs at least one dataset")
+            if not self.datasets and not folder:
+                raise ValueError("datasets: a synthetic run needs at least one dataset (task 3d_prior: or prior.image_folder)")
             if self.weights or self.weights_path:
                 raise ValueError("weights / weights_path belong to kind: torchvision_pretrained runs")
         else:

@@ -15,6 +15,7 @@ files and Prometheus gauges. An objective owns the rest:
 - :meth:`Objective.output_classes` — the network's outputs for the run's classes (segmentation adds background);
 - :meth:`Objective.checkpoint_extras` — what a checkpoint needs besides the weights;
 - optional hooks: :attr:`~Objective.reads_members` (further sample members the loader reads),
+  :meth:`Objective.sample_stream` (training samples that are not the run's rendered datasets),
   :meth:`Objective.forward` (how the network is called, when it needs more than the images),
   :meth:`Objective.start_from` / :meth:`Objective.load_initial` (a run's ``init_from`` weights) and
   :meth:`Objective.checkpoint_model` (the part of the network the final checkpoint keeps).
@@ -31,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import IterableDataset
 
 from services.common.spec.train import PretrainSpec
 
@@ -63,6 +65,10 @@ class Objective(abc.ABC):
     def forward(self, model: nn.Module, x: torch.Tensor, targets: Any) -> Any:
         """The network's output for the normalised images ``x`` (and, if it needs them, the batch's targets)."""
         return model(x)
+
+    def sample_stream(self, *, epoch: int, rank: int, world_size: int) -> IterableDataset | None:
+        """Training samples from somewhere other than the run's rendered datasets (None: those, the default)."""
+        return None
 
     def start_from(self, checkpoint: dict | None) -> None:
         """The final checkpoint of the run's ``init_from`` run (None: from scratch), before the model is built."""

@@ -46,6 +46,7 @@ from torch.nn import functional as F
 
 from services.common.errors import FlatlandError, SpecError
 from services.render.api import DEPTH_UNIT_M
+from services.train.data import FolderStream
 from services.train.models import check_model_name, model_kwargs
 from services.train.objectives.base import Objective
 from services.train.objectives.registry import register_objective
@@ -413,8 +414,16 @@ class Prior3D(Objective):
         self.source_classes = None if checkpoint is None else int(checkpoint["num_classes"])
 
     def output_classes(self, num_classes: int) -> int:
-        # the (untrained) head keeps the source run's classes, so the checkpoint stays that run's model
-        return self.source_classes or num_classes
+        # the (untrained) head keeps the source run's classes, so the checkpoint stays that run's model; an image
+        # folder has no classes: one
+        return self.source_classes or max(num_classes, 1)
+
+    def sample_stream(self, *, epoch: int, rank: int, world_size: int):
+        if self.prior.image_folder is None:
+            return None
+        return FolderStream(self.prior.image_folder, input_size=self.run.input_size, augment=self.run.augment,
+                            fov_deg=self.prior.fov_deg, seed=self.run.seed, epoch=epoch, rank=rank,
+                            world_size=world_size)
 
     def build_model(self, num_classes: int) -> nn.Module:
         net = torchvision.models.get_model(self.run.model, weights=None, num_classes=num_classes,
