@@ -49,7 +49,8 @@ def sphere_members(class_index: int, instance: int, view: int, classes: int, siz
     surface = np.isfinite(depth)
     rgb = np.where(surface[..., None], (0.2 + 0.8 * shade[..., None]) * colour, 0.15)
     record = {"kind": "mesh", "class_index": class_index, "instance": instance, "view": view,
-              "camera": {"distance": DISTANCE, "fov_deg": FOV_DEG, "intrinsics": k}}
+              "camera": {"distance": DISTANCE, "fov_deg": FOV_DEG, "intrinsics": k},
+              "sphere": {"centre": centre.tolist(), "radius": radius}}  # for tests: the exact scene
     return {"rgb.png": encode_png((rgb * 255).round().astype(np.uint8)),
             "depth.png": encode_depth(np.where(surface, depth, np.inf)),
             "json": json.dumps(record).encode(), "cls": str(class_index).encode("ascii")}
