@@ -163,9 +163,25 @@ def test_losses_decrease_and_distillation_starts_at_zero(local_store):
     assert history[0]["distill"] == 0.0  # the backbone equals its frozen copy before the first step
     assert history[1]["distill"] > 0.0
     first, last = history[:8], history[-8:]
-    for term in ("rgb_mse", "depth_mse"):  # measured here: rgb 0.095 -> 0.047, depth 1.44 -> 0.58 m^2
+    # measured here: rgb 0.095 -> 0.047, depth 0.160 -> 0.065 (squared camera distances)
+    for term in ("rgb_mse", "depth_mse", "depth_mae_m"):
         before, after = np.mean([h[term] for h in first]), np.mean([h[term] for h in last])
         assert after < 0.7 * before, (term, before, after)
+
+
+def test_depth_loss_units():
+    targets = {"rgb": torch.zeros(2, 3, 2, 2), "depth": torch.ones(2, 4), "distance": torch.tensor([3.0, 10.0]),
+               "mask": torch.tensor([[True, True, False, False], [True, False, False, False]])}
+    output = {"rgb": torch.zeros(2, 3, 2, 2), "depth": torch.full((2, 4), 1.1), "distill": torch.tensor(0.0),
+              "density_l1": torch.tensor(0.0)}
+    terms = {}
+    for units in ("camera_distance", "metres"):
+        run = make_spec(prior={**TINY, "depth_units": units}).pretrain[0]
+        terms[units] = objective_for(run).terms(output, targets)
+    # three masked pixels, each 0.1 camera distances off: 0.3 m, 0.3 m and 1 m
+    assert torch.isclose(terms["camera_distance"]["depth_mse"], torch.tensor(0.01))
+    assert torch.isclose(terms["metres"]["depth_mse"], torch.tensor((0.09 + 0.09 + 1.0) / 3))
+    assert torch.isclose(terms["metres"]["depth_mae_m"], torch.tensor(1.6 / 3))
 
 
 def test_conv_ablation_trains_without_distillation(local_store):

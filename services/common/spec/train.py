@@ -52,7 +52,7 @@ class Prior3DLossSpec(StrictModel):
     """Weights of the 3D-prior loss L = rgb L_rgb + depth L_depth + distill L_dist + density_l1 L_norm."""
 
     rgb: float = Field(default=0.1, ge=0, description="Weight of L_rgb, the mean squared error of the rendered image (inputs in [0, 1]).")
-    depth: float = Field(default=1.0, ge=0, description="Weight of L_depth, the mean squared error of the rendered depth (metres).")
+    depth: float = Field(default=1.0, ge=0, description="Weight of L_depth, the mean squared error of the rendered depth (in `depth_units`).")
     distill: float = Field(default=1.0, ge=0, description="Weight of L_dist, the mean squared distance of the backbone's image tokens to a "
                            "frozen copy of the initial backbone's (0: no distillation, and no frozen copy is kept).")
     density_l1: float = Field(default=1e-3, ge=0, description="Weight of L_norm, the mean absolute density over every queried point.")
@@ -88,6 +88,10 @@ class Prior3DSpec(StrictModel):
     background: Literal["masked", "far"] = Field(
         default="masked", description="Depth target off the object (stored as no surface): 'masked' leaves those pixels out of "
         "L_depth; 'far' asks for the far end of the box there.")
+    depth_units: Literal["camera_distance", "metres"] = Field(
+        default="camera_distance", description="Units of L_depth's errors: 'camera_distance' (each image's depth divided by "
+        "its camera's distance to the look-at point: scale-free, so the loss weights mean the same for any object size, "
+        "as for the published method's relative pseudo-depth) or 'metres'.")
     loss: Prior3DLossSpec = Field(default_factory=Prior3DLossSpec, description="Loss weights.")
     image_folder: str | None = Field(
         default=None, description="Train on a folder of <name>.png images, each with <name>.depth.npy beside it (float "

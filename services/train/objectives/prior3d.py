@@ -51,7 +51,8 @@ from services.train.models import check_model_name, model_kwargs
 from services.train.objectives.base import Objective
 from services.train.objectives.registry import register_objective
 
-METRICS = ("rgb_mse", "depth_mse", "distill", "density_l1")
+#: per epoch: the four loss terms (depth_mse in ``prior.depth_units``), and the depth's mean absolute error in metres
+METRICS = ("rgb_mse", "depth_mse", "distill", "density_l1", "depth_mae_m")
 
 
 class RecordError(FlatlandError, ValueError):
@@ -469,13 +470,17 @@ class Prior3D(Objective):
                 "directions": torch.from_numpy(np.stack(directions)).float().to(device)}
 
     def terms(self, output: dict, targets: dict) -> dict[str, torch.Tensor]:
-        """The unweighted loss terms: L_rgb, L_depth (m^2, over the depth mask), L_dist, L_norm."""
+        """The unweighted loss terms L_rgb, L_depth (over the depth mask, in ``prior.depth_units``), L_dist, L_norm,
+        and ``depth_mae_m``, the mean absolute depth error in metres (a metric, not a loss)."""
         rgb_mse = F.mse_loss(output["rgb"].float(), targets["rgb"])
         mask = targets["mask"]
-        error = ((output["depth"].float() - targets["depth"]) * targets["distance"][:, None]) ** 2  # metres^2
-        depth_mse = (error * mask).sum() / mask.sum().clamp(min=1)
-        return {"rgb_mse": rgb_mse, "depth_mse": depth_mse, "distill": output["distill"],
-                "density_l1": output["density_l1"]}
+        error = output["depth"].float() - targets["depth"]  # units of the camera distance
+        metres = error * targets["distance"][:, None]
+        if self.prior.depth_units == "metres":
+            error = metres
+        count = mask.sum().clamp(min=1)
+        return {"rgb_mse": rgb_mse, "depth_mse": (error.square() * mask).sum() / count, "distill": output["distill"],
+                "density_l1": output["density_l1"], "depth_mae_m": (metres.abs() * mask).sum() / count}
 
     def loss(self, output: Any, targets: dict) -> torch.Tensor:
         w, t = self.prior.loss, self.terms(output, targets)
