@@ -287,3 +287,34 @@ def test_an_image_folder_with_depth_maps_trains_the_prior(local_store, tmp_path)
                  local_store)
     with pytest.raises(SpecError, match="remove datasets"):
         make_spec(prior={**TINY, "image_folder": str(folder)})
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_train_the_prior_to_identical_networks(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from services.common.store import LocalStore
+    from tests.train.test_distributed import free_port
+
+    store = LocalStore(tmp_path / "store")
+    spec = make_spec(epochs=1, batch_size=4, workers=0)
+    render(store, spec, train=8, val=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    worker = Path(__file__).with_name("ddp_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+               str(worker), str(store.root), spec.model_dump_json(), str(out)]
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((out / f"keys-{r}.json").read_text()) for r in range(2)]
+    a, b = (set(r["keys"]["0"]) for r in ranks)
+    assert a and b and not a & b  # disjoint shares of the rays' images
+    weights = [torch.load(out / f"weights-{r}.pt") for r in range(2)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # decoder, field, backbone alike
+    # rank 0's final checkpoint is its backbone alone
+    ckpt = load_verified_checkpoint(store, f"runs/{spec.run_id('p')}")
+    assert all(torch.equal(v, weights[0][f"backbone.net.{k}"]) for k, v in ckpt["state_dict"].items())
