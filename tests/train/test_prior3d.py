@@ -318,3 +318,17 @@ def test_two_gloo_ranks_train_the_prior_to_identical_networks(tmp_path):
     # rank 0's final checkpoint is its backbone alone
     ckpt = load_verified_checkpoint(store, f"runs/{spec.run_id('p')}")
     assert all(torch.equal(v, weights[0][f"backbone.net.{k}"]) for k, v in ckpt["state_dict"].items())
+
+
+def test_any_run_can_start_from_another(local_store):
+    base = {"datasets": ["spheres"], "model": "resnet18", "input_size": 32, "epochs": 1, "batch_size": 8, "workers": 0}
+    spec = make_spec(runs=[{"name": "a", **base, "optim": {"lr": 0.05, "warmup_epochs": 0}},
+                           {"name": "b", **base, "init_from": "a",
+                            "optim": {"lr": 1e-7, "warmup_epochs": 0, "schedule": "constant", "weight_decay": 0}}])
+    render(local_store, spec, train=8, val=2)
+    pretrain(spec, "a", local_store)
+    pretrain(spec, "b", local_store)
+    a, b = (load_verified_checkpoint(local_store, f"runs/{spec.run_id(n)}")["state_dict"] for n in "ab")
+    # b barely moved from a's weights (a fresh initialisation would be far from them)
+    assert torch.allclose(a["conv1.weight"], b["conv1.weight"], atol=1e-4)
+    assert torch.allclose(a["fc.weight"], b["fc.weight"], atol=1e-4)
