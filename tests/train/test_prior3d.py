@@ -323,12 +323,12 @@ def test_two_gloo_ranks_train_the_prior_to_identical_networks(tmp_path):
 def test_any_run_can_start_from_another(local_store):
     base = {"datasets": ["spheres"], "model": "resnet18", "input_size": 32, "epochs": 1, "batch_size": 8, "workers": 0}
     spec = make_spec(runs=[{"name": "a", **base, "optim": {"lr": 0.05, "warmup_epochs": 0}},
-                           {"name": "b", **base, "init_from": "a",
+                           {"name": "b", **base, "init_from": "a", "seed": 1,
                             "optim": {"lr": 1e-7, "warmup_epochs": 0, "schedule": "constant", "weight_decay": 0}}])
     render(local_store, spec, train=8, val=2)
     pretrain(spec, "a", local_store)
     pretrain(spec, "b", local_store)
     a, b = (load_verified_checkpoint(local_store, f"runs/{spec.run_id(n)}")["state_dict"] for n in "ab")
-    # b barely moved from a's weights (a fresh initialisation would be far from them)
+    # b barely moved from a's weights (a fresh initialisation, with another seed, would be far from them)
     assert torch.allclose(a["conv1.weight"], b["conv1.weight"], atol=1e-4)
     assert torch.allclose(a["fc.weight"], b["fc.weight"], atol=1e-4)
