@@ -215,6 +215,12 @@ def test_run_from_a_supervised_run_keeps_only_the_backbone(local_store):
     assert torch.equal(ckpt["state_dict"]["fc.weight"], start["state_dict"]["fc.weight"])
     assert not torch.equal(ckpt["state_dict"]["conv1.weight"], start["state_dict"]["conv1.weight"])
     assert ckpt["spec"]["task"] == "3d_prior"
+    # evaluation (shape bias, depth probe) reads it like any backbone, deciding by a probe: its head is the source's
+    from services.train.evaluation import load_network
+
+    net = load_network(spec, local_store, "p", device=torch.device("cpu"))
+    assert isinstance(net.module, torchvision.models.ResNet) and not net.classification
+    assert load_network(spec, local_store, "sup", device=torch.device("cpu")).classification
     # the run's id follows the run it starts from
     other = make_spec(runs=[{**supervised, "epochs": 2}, prior])
     assert other.run_id("p") != spec.run_id("p") and other.run_id("sup") != spec.run_id("sup")
