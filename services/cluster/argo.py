@@ -157,7 +157,8 @@ def build_workflow(spec: ExperimentSpec, spec_text: str, *, store_url: str | Non
             extra_objects.append(policy)
             templates.append(_operator_step(spec, f"train-run-{i}", obj))
             name = f"train-{run.name}"
-            tasks.append(m.DAGTask(name=name, template=f"train-run-{i}", dependencies=done_before or None))
+            after = done_before + ([f"train-{run.init_from}"] if run.init_from else [])  # init_from: that run first
+            tasks.append(m.DAGTask(name=name, template=f"train-run-{i}", dependencies=after or None))
             run_tasks.append(name)
         done_before = run_tasks
     elif spec.pretrain:
@@ -174,7 +175,9 @@ def build_workflow(spec: ExperimentSpec, spec_text: str, *, store_url: str | Non
         run_tasks = []
         for i, run in enumerate(spec.pretrain):  # run i is index i of count runs (services/train/job.py)
             name = f"train-{run.name}"
-            tasks.append(m.DAGTask(name=name, template="train-run", dependencies=done_before or None,
+            # a run that starts from another run's weights (init_from) also waits for that run
+            after = done_before + ([f"train-{run.init_from}"] if run.init_from else [])
+            tasks.append(m.DAGTask(name=name, template="train-run", dependencies=after or None,
                                    arguments=m.Arguments(parameters=[m.Parameter(name="index", value=str(i))])))
             run_tasks.append(name)
         done_before = run_tasks

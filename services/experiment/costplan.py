@@ -110,7 +110,10 @@ def plan_experiment(spec: ExperimentSpec, measured: dict | None = None, train_im
             pairs = len(r.search.lr) * len(r.search.weight_decay)
             search = int(pairs * r.search.folds * r.search.epochs * available * r.search.fraction)
         seen = available * r.epochs + search
-        runs.append(RunCost(r.name, r.model, seen, seen / gpu_rate / 3600 if gpu_rate else None, search))
+        # a 3D-prior step (decoder, volume rendering, the frozen copy) costs more than a supervised one: its own
+        # measured figure, or unmeasured
+        rate = gpu_rate if r.task != "3d_prior" else (train_images_per_s or _per_s(measured, "prior_train_images_per_s_gpu"))
+        runs.append(RunCost(r.name, r.model, seen, seen / rate / 3600 if rate else None, search))
     return {
         "experiment": spec.name,
         "datasets": datasets,

@@ -49,12 +49,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -83,6 +85,9 @@ _WANTED = (*RGB_MEMBERS, "cls")
 _WANTED_WITH_SEG = (*_WANTED, "seg.png")
 #: Label-map pixels of classes a mix leaves out: cross-entropy and the metrics skip them.
 IGNORE_INDEX = -100
+#: Further members a stream can read per sample (``members=``): the depth map (decoded like a label map: its
+#: 16-bit millimetre steps, cropped, resized and flipped with the image by nearest neighbour) and the record.
+EXTRA_MEMBERS = ("depth.png", "json")
 
 
 class EmptySplitError(FlatlandError):
@@ -242,6 +247,8 @@ class ShardIndex:
     seg_offsets: np.ndarray | None = None  # (n,) int64: where seg.png's bytes start (indexes made with_seg only)
     seg_sizes: np.ndarray | None = None
     seg_digests: np.ndarray | None = None
+    #: further members (:data:`EXTRA_MEMBERS`) -> (offsets, sizes, sha256 digests), for indexes made with ``members``
+    members: dict | None = None
 
     @classmethod
     def from_rows(cls, rows: list, unusable: int = 0, *, with_seg: bool = False) -> ShardIndex:
@@ -260,20 +267,30 @@ class ShardIndex:
         return index
 
 
-_INDEXES: dict[tuple[str, str, str, bool], ShardIndex] = {}  # per process: (store, shard, sha256, with_seg) -> index
+_INDEXES: dict[tuple, ShardIndex] = {}  # per process: (store, shard, sha256, with_seg, members) -> index
 
 
-def shard_index(store: Store, shard: ShardRef, *, with_seg: bool = False) -> ShardIndex:
+def shard_index(store: Store, shard: ShardRef, *, with_seg: bool = False, members: Sequence[str] = ()) -> ShardIndex:
     """The shard's sample index: render's ``….index.json`` when it names this shard's digest
     (and, ``with_seg``, lists the label maps' offsets too), otherwise one pass over the tar
     (checksum verified, like streaming). Cached per process.
+
+    ``members`` (of :data:`EXTRA_MEMBERS`) also locates those members of every sample; render's
+    index does not list them, so such an index always comes from one pass over the tar, and
+    samples without all of them count as unusable.
 
     Raises :class:`IntegrityError` naming the shard when its size disagrees with the manifest.
     """
     stored = store.size(shard.key)
     if stored != shard.size:
         raise IntegrityError(f"shard {shard.key}: {stored} bytes in the store, manifest says {shard.size} (corrupt or truncated)")
-    cache_key = (store.url, shard.key, shard.sha256, with_seg)
+    members = tuple(members)
+    unknown = [m for m in members if m not in EXTRA_MEMBERS]
+    if unknown:
+        raise ValueError(f"members: unknown sample members {unknown}; known: {list(EXTRA_MEMBERS)}")
+    cache_key = (store.url, shard.key, shard.sha256, with_seg, members)
+    if cache_key not in _INDEXES and members:
+        _INDEXES[cache_key] = _scan_index(store, shard, with_seg=with_seg, members=members)
     if cache_key not in _INDEXES:
         try:
             document = store.get_json(shard_index_key(shard.key))
@@ -291,14 +308,15 @@ def shard_index(store: Store, shard: ShardRef, *, with_seg: bool = False) -> Sha
     return _INDEXES[cache_key]
 
 
-def _scan_index(store: Store, shard: ShardRef, *, with_seg: bool = False) -> ShardIndex:
-    """Index a shard by reading it once (for shards rendered before indexes, or label-map indexes, existed)."""
+def _scan_index(store: Store, shard: ShardRef, *, with_seg: bool = False, members: tuple[str, ...] = ()) -> ShardIndex:
+    """Index a shard by reading it once (for shards rendered before indexes, or label-map indexes, existed;
+    and for indexes of further ``members``)."""
     reader = _HashingReader(store.open_read(shard.key))
     buffered = io.BufferedReader(reader, 1 << 20)
     samples: dict[str, dict] = {}
     try:
         try:
-            for member in _tar_members(buffered, shard.key, _WANTED_WITH_SEG if with_seg else _WANTED):
+            for member in _tar_members(buffered, shard.key, (*(_WANTED_WITH_SEG if with_seg else _WANTED), *members)):
                 key, _, extension = member["fname"].partition(".")
                 samples.setdefault(key, {})[extension] = member
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
@@ -311,20 +329,33 @@ def _scan_index(store: Store, shard: ShardRef, *, with_seg: bool = False) -> Sha
         raise IntegrityError(
             f"shard {shard.key}: sha256 {reader.digest.hexdigest()[:12]}…, manifest says {shard.sha256[:12]}… "
             "(the shard changed after it was listed; re-render it)")
-    rows, unusable = [], 0
-    for key, members in samples.items():
+    rows, extra, unusable = [], [], 0
+    for key, found in samples.items():
         try:
-            cls = int(members["cls"]["data"].decode("ascii").strip())
-            rgb = members[find_rgb(members) or "rgb.png"]  # KeyError: no image
+            cls = int(found["cls"]["data"].decode("ascii").strip())
+            rgb = found[find_rgb(found) or "rgb.png"]  # KeyError: no image
+            further = [found[m] for m in members]  # KeyError: a member the caller needs is missing
         except (KeyError, ValueError, UnicodeDecodeError):
             unusable += 1
             continue
         row = [key, cls, rgb["offset"], len(rgb["data"]), hashlib.sha256(rgb["data"]).hexdigest()]
-        if "seg.png" in members:
-            seg = members["seg.png"]
+        if "seg.png" in found:
+            seg = found["seg.png"]
             row += [seg["offset"], len(seg["data"]), hashlib.sha256(seg["data"]).hexdigest()]
+        elif with_seg:
+            unusable += 1
+            continue
         rows.append(row)
-    return ShardIndex.from_rows(rows, unusable, with_seg=with_seg)
+        extra.append([(m["offset"], len(m["data"]), hashlib.sha256(m["data"]).hexdigest()) for m in further])
+    index = ShardIndex.from_rows(rows, unusable, with_seg=with_seg)
+    if members:
+        table = {}
+        for position, name in enumerate(members):
+            table[name] = (np.array([e[position][0] for e in extra], dtype=np.int64),
+                           np.array([e[position][1] for e in extra], dtype=np.int64),
+                           np.array([e[position][2] for e in extra], dtype="S64"))
+        index = replace(index, members=table)
+    return index
 
 
 @dataclass(frozen=True)
@@ -514,38 +545,66 @@ def decode_pair(
     """:func:`decode_image`, and with ``seg_png`` its label map under the same crop, resize and flip
     (nearest neighbour, so labels stay labels): ((size, size, 3) uint8, (size, size) int64 or None).
     """
+    image, maps, _ = decode_views(png, {} if seg_png is None else {"seg": seg_png}, size, augment, rng)
+    return image, maps.get("seg")
+
+
+def decode_views(
+    png: bytes, maps: dict[str, bytes | torch.Tensor], size: int, augment: AugmentSpec | None, rng: np.random.Generator
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """:func:`decode_image` with its integer maps (label maps, 16-bit depth steps: greyscale PNGs) under the same
+    crop, resize and flip (nearest neighbour), and where each output pixel comes from. A map may also be
+    given decoded, as an (H, W) int64 tensor.
+
+    Returns ``((size, size, 3) uint8 image, {name: (size, size) int64 map}, view)``; ``view`` is the (2, 3)
+    float64 affine map from continuous output pixel coordinates (x right, y down, pixel centres at
+    ``i + 0.5``) to those of the stored image: a camera ray through output pixel ``p`` is the stored
+    image's ray through ``view @ [p, 1]``, so crops, resizes and flips keep image, depth and rays consistent.
+    """
     # PNG, WebP or JPEG (the render stage's rgb_format), told apart by their first bytes
     image = decode_encoded(torch.frombuffer(bytearray(png), dtype=torch.uint8), mode=ImageReadMode.RGB)  # (3, H, W)
     height, width = image.shape[1:]
-    seg = None
-    if seg_png is not None:
-        seg = decode_label_map(seg_png)
-        if tuple(seg.shape) != (height, width):
-            raise ValueError(f"label map is {tuple(seg.shape)}, its image {(height, width)}")
+    decoded: dict[str, torch.Tensor] = {}
+    for name, data in maps.items():
+        decoded[name] = data if isinstance(data, torch.Tensor) else decode_label_map(data)
+        if tuple(decoded[name].shape) != (height, width):
+            kind = "label map" if name == "seg" else f"{name} map"
+            raise ValueError(f"{kind} is {tuple(decoded[name].shape)}, its image {(height, width)}")
+    # source = (x0 + sx * u, y0 + sy * v) for a pixel (u, v) of the current image
+    x0, y0, sx, sy = 0.0, 0.0, 1.0, 1.0
     if augment is not None and augment.random_resized_crop:
         left, top, right, bottom = random_resized_crop_box(width, height, augment.crop_scale, augment.crop_ratio, rng)
         image = image[:, top:bottom, left:right]
-        seg = None if seg is None else seg[top:bottom, left:right]
+        decoded = {k: v[top:bottom, left:right] for k, v in decoded.items()}
+        x0, y0 = float(left), float(top)
     elif augment is not None and augment.random_crop:
         if min(height, width) < size:  # too small to crop: scale up first (FractalDB's images are larger)
             scale = size / min(height, width)
-            height, width = max(size, round(height * scale)), max(size, round(width * scale))
+            new_height, new_width = max(size, round(height * scale)), max(size, round(width * scale))
+            sx, sy = width / new_width, height / new_height
+            height, width = new_height, new_width
             image = nn_functional.interpolate(image[None].float(), size=(height, width), mode="bilinear",
                                               align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
-            seg = None if seg is None else _resize_labels(seg, height, width)
+            decoded = {k: _resize_labels(v, height, width) for k, v in decoded.items()}
         top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
         image = image[:, top:top + size, left:left + size]
-        seg = None if seg is None else seg[top:top + size, left:left + size]
+        decoded = {k: v[top:top + size, left:left + size] for k, v in decoded.items()}
+        x0, y0 = x0 + sx * left, y0 + sy * top
+    crop_height, crop_width = image.shape[1:]
     if image.shape[1:] != (size, size):
         batch = image[None].contiguous(memory_format=torch.channels_last)
         image = nn_functional.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-    if seg is not None and tuple(seg.shape) != (size, size):
-        seg = _resize_labels(seg, size, size)
+    sx, sy = sx * crop_width / size, sy * crop_height / size
+    decoded = {k: v if tuple(v.shape) == (size, size) else _resize_labels(v, size, size) for k, v in decoded.items()}
+    flip = False
     if augment is not None and augment.horizontal_flip and rng.random() < 0.5:
         image = image.flip(2)
-        seg = None if seg is None else seg.flip(1)
+        decoded = {k: v.flip(1) for k, v in decoded.items()}
+        flip = True
+    view = torch.tensor([[-sx if flip else sx, 0.0, x0 + (sx * size if flip else 0.0)], [0.0, sy, y0]],
+                        dtype=torch.float64)
     # For a channels-last result this permute is already contiguous (no copy).
-    return image.permute(1, 2, 0).contiguous(), None if seg is None else seg.contiguous()
+    return image.permute(1, 2, 0).contiguous(), {k: v.contiguous() for k, v in decoded.items()}, view
 
 
 def _resize_labels(labels: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -581,6 +640,12 @@ class ShardStream(IterableDataset):
         yield it as ``"seg"``, an (input_size, input_size) int64 tensor under the image's crop,
         resize and flip, its classes renumbered by the label table (0 stays background, classes a
         mix leaves out become :data:`IGNORE_INDEX`). Samples without one count as corrupt.
+    members : sequence of str
+        Further members of :data:`EXTRA_MEMBERS` to read: ``depth.png`` is yielded as ``"depth"``, an
+        (input_size, input_size) int64 map of its stored millimetre steps (0: no surface) under the image's
+        crop, resize and flip (nearest neighbour); ``json`` as ``"record"``, the sample's record text. With
+        any of them each sample also carries ``"view"`` (see :func:`decode_views`). Samples without them
+        count as corrupt.
 
     Training streams (``augment`` given) index every shard when created (render's indexes
     or one pass over each shard; cached per process) and read samples by random access in
@@ -603,9 +668,14 @@ class ShardStream(IterableDataset):
         max_corrupt_fraction: float = 0.01,
         folds: Folds | None = None,
         with_seg: bool = False,
+        members: Sequence[str] = (),
     ):
         super().__init__()
         self.with_seg = with_seg
+        self.members = tuple(members)
+        unknown = [m for m in self.members if m not in EXTRA_MEMBERS]
+        if unknown:
+            raise ValueError(f"members: unknown sample members {unknown}; known: {list(EXTRA_MEMBERS)}")
         self.store_url = store_url
         self.shards = list(shards)
         self.units = split_units([WorkUnit(s) for s in shards], world_size, rank)
@@ -624,7 +694,7 @@ class ShardStream(IterableDataset):
         self.random_access = augment is not None or folds is not None
         if self.random_access:  # training (a global random order) or a cross-validation fold
             store = open_store(store_url)
-            self.indexes = [shard_index(store, s, with_seg=with_seg) for s in self.shards]
+            self.indexes = [shard_index(store, s, with_seg=with_seg, members=self.members) for s in self.shards]
             self.order = epoch_order(self.indexes, [s.source for s in self.shards], self.label_tables, seed=seed,
                                      split=self.split, epoch=epoch, rank=rank, world_size=world_size, folds=folds,
                                      shuffle=augment is not None)
@@ -633,7 +703,7 @@ class ShardStream(IterableDataset):
         """(raw sample, label) for the worker's units; counts and skips bad ones."""
         for unit in units:
             table = self.label_tables[unit.shard.source]
-            wanted = _WANTED_WITH_SEG if self.with_seg else _WANTED
+            wanted = (*(_WANTED_WITH_SEG if self.with_seg else _WANTED), *self.members)
             for index, sample in enumerate(iter_shard_samples(store, unit.shard, wanted)):
                 if index % unit.stride != unit.offset:
                     continue
@@ -645,6 +715,9 @@ class ShardStream(IterableDataset):
                         raise ValueError(f"class {original} outside 0..{len(table) - 1}")
                     if self.with_seg and "seg.png" not in sample:
                         raise KeyError("no label map (seg.png)")
+                    for member in self.members:
+                        if member not in sample:
+                            raise KeyError(f"no {member}")
                 except (KeyError, ValueError, UnicodeDecodeError) as exc:
                     self._count_corrupt(sample, exc, allowed)
                     continue
@@ -674,15 +747,24 @@ class ShardStream(IterableDataset):
             raise IntegrityError(f"{self.corrupt} corrupt samples in split '{self.split}' (samples without an image "
                                  f"or class), more than max_corrupt_fraction={self.max_corrupt_fraction}")
 
-        def fetch(row) -> tuple[bytes, bytes | None]:
+        def fetch(row) -> tuple[bytes, bytes | None, dict[str, bytes]]:
             shard, index = self.shards[row[0]], self.indexes[row[0]]
             data = store.read_range(shard.key, int(index.offsets[row[1]]), int(index.sizes[row[1]]))
+            further = {}
+            for name in self.members:
+                offsets, sizes, digests = index.members[name]
+                further[name] = store.read_range(shard.key, int(offsets[row[1]]), int(sizes[row[1]]))
+                if hashlib.sha256(further[name]).hexdigest().encode() != digests[row[1]]:
+                    raise IntegrityError(f"shard {shard.key}: sample {index.keys[row[1]].decode()}: its {name} does "
+                                         "not match its sha256 in the shard index (the shard changed after it was "
+                                         "indexed; re-render it)")
             if not self.with_seg:
-                return data, None
-            return data, store.read_range(shard.key, int(index.seg_offsets[row[1]]), int(index.seg_sizes[row[1]]))
+                return data, None, further
+            return (data, store.read_range(shard.key, int(index.seg_offsets[row[1]]), int(index.seg_sizes[row[1]])),
+                    further)
 
         reported = 0
-        for row, (data, seg_data) in _prefetched(fetch, rows, store.range_read_concurrency):
+        for row, (data, seg_data, further) in _prefetched(fetch, rows, store.range_read_concurrency):
             shard, index = self.shards[row[0]], self.indexes[row[0]]
             key = index.keys[row[1]].decode()
             if hashlib.sha256(data).hexdigest().encode() != index.digests[row[1]]:
@@ -692,25 +774,39 @@ class ShardStream(IterableDataset):
                 raise IntegrityError(f"shard {shard.key}: sample {key}: its seg.png does not match its sha256 in the "
                                      "shard index (the shard changed after it was rendered; re-render it)")
             try:
-                image, seg = self._decode(data, seg_data, shard.source, rng)
+                image, seg, extra = self._decode(data, seg_data, shard.source, rng, further)
             except (RuntimeError, ValueError) as exc:  # libpng reports a bad image as RuntimeError
                 self._count_corrupt({"__key__": key, "__url__": shard.key}, exc, allowed)
                 continue
-            sample = {"image": image, "label": int(row[2]), "key": f"{shard.key}#{key}", "corrupt": self.corrupt - reported}
+            sample = {"image": image, "label": int(row[2]), "key": f"{shard.key}#{key}", "corrupt": self.corrupt - reported,
+                      **extra}
             if seg is not None:
                 sample["seg"] = seg
             yield sample
             reported = self.corrupt
 
-    def _decode(self, data: bytes, seg_data: bytes | None, source: int,
-                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        image, seg = decode_pair(data, seg_data, self.input_size, self.augment, rng)
+    def _decode(self, data: bytes, seg_data: bytes | None, source: int, rng: np.random.Generator,
+                further: dict[str, bytes] | None = None) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+        """(image, renumbered label map or None, the further members' entries: ``depth``, ``record``, ``view``)."""
+        further = further or {}
+        maps = {} if seg_data is None else {"seg": seg_data}
+        if "depth.png" in further:
+            maps["depth"] = further["depth.png"]
+        image, decoded, view = decode_views(data, maps, self.input_size, self.augment, rng)
+        seg = decoded.get("seg")
         if seg is not None:
             table = self.seg_tables[source]
             if int(seg.max()) >= len(table):
                 raise ValueError(f"label map value {int(seg.max())} outside 0..{len(table) - 1} (class + 1)")
             seg = table[seg]
-        return image, seg
+        extra: dict = {}
+        if self.members:
+            extra["view"] = view
+        if "depth" in decoded:
+            extra["depth"] = decoded["depth"]
+        if "json" in further:
+            extra["record"] = further["json"].decode("utf-8")
+        return image, seg, extra
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -726,20 +822,92 @@ class ShardStream(IterableDataset):
         reported = 0
         for sample, label in self._samples(store, units, allowed):
             try:
-                image, seg = self._decode(sample[find_rgb(sample)], sample.get("seg.png") if self.with_seg else None,
-                                          sample["__source__"], rng)
+                image, seg, extra = self._decode(sample[find_rgb(sample)],
+                                                 sample.get("seg.png") if self.with_seg else None,
+                                                 sample["__source__"], rng, {m: sample[m] for m in self.members})
             except (RuntimeError, ValueError) as exc:  # libpng reports a bad image as RuntimeError
                 self._count_corrupt(sample, exc, allowed)
                 continue
             out = {"image": image, "label": label, "key": f"{sample['__url__']}#{sample['__key__']}",
-                   "corrupt": self.corrupt - reported}
+                   "corrupt": self.corrupt - reported, **extra}
             if seg is not None:
                 out["seg"] = seg
             yield out
             reported = self.corrupt
 
 
-def make_loader(stream: ShardStream, *, batch_size: int, workers: int, train: bool, pin_memory: bool = False) -> DataLoader:
+class FolderStream(IterableDataset):
+    """Images with depth maps beside them, as a 3D-prior run reads them: ``<name>.png`` (or .jpg/.jpeg/.webp)
+    with ``<name>.depth.npy`` (float depth along the viewing axis in metres; non-finite or <= 0: no surface).
+
+    Yields what a :class:`ShardStream` with ``members=("depth.png", "json")`` yields: ``image``, ``label`` (0),
+    ``key`` (the path), ``corrupt`` (0), ``depth`` (millimetre steps, 0 off the surface, as render stores them),
+    ``view`` and ``record`` (a pinhole camera of vertical field of view ``fov_deg`` at the image's median depth).
+    Training reads the images in a random order per epoch (``derive_rng(seed, "folder", epoch)``), ranks and
+    loader workers taking every n-th; without ``augment`` in name order.
+
+    Raises :class:`FlatlandError` naming the folder when it holds no such pairs, or an image without its depth
+    map; and naming the file for a depth map that is not a 2-D array of the image's size.
+    """
+
+    IMAGES = (".png", ".jpg", ".jpeg", ".webp")
+
+    def __init__(self, root: str, *, input_size: int, augment: AugmentSpec | None, fov_deg: float, seed: int = 0,
+                 epoch: int = 0, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        folder = Path(root)
+        if not folder.is_dir():
+            raise FlatlandError(f"prior.image_folder: {root} is not a directory")
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in self.IMAGES and p.is_file())
+        missing = [p.name for p in images if not p.with_suffix(".depth.npy").is_file()]
+        if missing:
+            raise FlatlandError(f"prior.image_folder: {len(missing)} image(s) in {root} have no depth map beside them "
+                                f"(<name>.depth.npy), e.g. {', '.join(missing[:3])}")
+        if not images:
+            raise FlatlandError(f"prior.image_folder: no images (<name>.png with <name>.depth.npy) in {root}")
+        self.images = [str(p) for p in images]
+        self.input_size, self.augment, self.fov_deg = input_size, augment, fov_deg
+        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.images[self.rank::self.world_size])
+
+    def _sample(self, path: str, rng: np.random.Generator) -> dict:
+        data = Path(path).read_bytes()
+        depth_path = Path(path).with_suffix(".depth.npy")
+        try:
+            depth = np.load(depth_path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise FlatlandError(f"{depth_path}: not a readable .npy array ({exc})") from None
+        image = decode_encoded(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        height, width = image.shape[1:]
+        if depth.ndim != 2 or depth.shape != (height, width) or not np.issubdtype(depth.dtype, np.number):
+            raise FlatlandError(f"{depth_path}: depth must be a 2-D numeric array of its image's size {(height, width)}, "
+                                f"got {depth.dtype} {depth.shape}")
+        depth = depth.astype(np.float64)
+        surface = np.isfinite(depth) & (depth > 0)
+        if not surface.any():
+            raise FlatlandError(f"{depth_path}: no finite positive depth anywhere")
+        steps = np.zeros(depth.shape, dtype=np.int64)  # millimetres, as render stores depth (0: no surface)
+        steps[surface] = np.clip(np.rint(depth[surface] / 1e-3), 1, 65534).astype(np.int64)
+        focal = 0.5 * height / math.tan(math.radians(self.fov_deg) / 2)
+        record = {"camera": {"distance": float(np.median(depth[surface])), "fov_deg": self.fov_deg,
+                             "intrinsics": {"fx": focal, "fy": focal, "cx": width / 2, "cy": height / 2}}}
+        out, maps, view = decode_views(data, {"depth": torch.from_numpy(steps)}, self.input_size, self.augment, rng)
+        return {"image": out, "label": 0, "key": path, "corrupt": 0, "depth": maps["depth"], "view": view,
+                "record": json.dumps(record)}
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        order = (derive_rng(self.seed, "folder", self.epoch).permutation(len(self.images)) if self.augment is not None
+                 else np.arange(len(self.images)))
+        rng = derive_rng(self.seed, "folder", self.epoch, self.rank, worker)
+        for i in order[self.rank::self.world_size][worker::workers]:
+            yield self._sample(self.images[i], rng)
+
+
+def make_loader(stream: IterableDataset, *, batch_size: int, workers: int, train: bool, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over ``stream``; training drops each worker's last partial batch."""
     return DataLoader(
         stream,

@@ -80,9 +80,9 @@ def load_network(spec: ExperimentSpec, store: Store, run: str, *, input_size: in
                                   f"no {run_prefix(run_id)}/done.json")
     ckpt = load_verified_checkpoint(store, run_prefix(run_id))
     run_spec = next(p for p in spec.pretrain if p.name == run)
-    if run_spec.task != "classification":
+    if run_spec.task not in ("classification", "3d_prior"):
         raise SpecError(f"evaluation: run '{run}' is a {run_spec.task} network; shape bias and depth probes read "
-                        "classification backbones")
+                        "classification and 3D-prior backbones")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = model_from_checkpoint(ckpt).to(device).eval()
     heads = {key.rsplit(".", 1)[0] for key in head_parameter_names(ckpt["model"], ckpt["input_size"])}
@@ -92,7 +92,9 @@ def load_network(spec: ExperimentSpec, store: Store, run: str, *, input_size: in
                    num_classes=int(ckpt["num_classes"]), input_size=int(input_size or ckpt["input_size"]),
                    mean=tuple(ckpt["mean"]), std=tuple(ckpt["std"]), module=module,
                    head=heads.pop() if len(heads) == 1 else None,
-                   classification=objective == "classification", device=device)
+                   # a 3D-prior run's checkpoint keeps the head of the run it started from, untrained while its backbone
+                   # moved: a probe reads it, not that head
+                   classification=objective == "classification" and run_spec.task == "classification", device=device)
 
 
 def rendered_samples(store: Store, dataset_id: str, split: str, members: tuple[str, ...] = ("json",),

@@ -57,7 +57,9 @@ from services.common.store import Store
 from services.train import metrics as prom
 from services.train.data import EmptySplitError, Folds, ShardStream, dataset_shards, make_loader, to_model_input
 from services.train.mixes import LabelMap, mix_for_run
-from services.train.models import checkpoint_dict, load_checkpoint, read_done, save_checkpoint, unwrap
+from services.train.models import (
+    checkpoint_dict, load_checkpoint, load_verified_checkpoint, read_done, save_checkpoint, unwrap,
+)
 from services.train.objectives import Objective, objective_for
 from services.train.objectives.classification import topk_correct  # noqa: F401  (kept importable from here)
 from services.train.plots import curves_png, filters_png, triplets_png
@@ -123,6 +125,8 @@ def lr_factor(epoch_progress: float, optim: OptimSpec, epochs: int) -> float:
         return (epoch_progress + 1e-3) / optim.warmup_epochs
     if optim.schedule == "step":
         return optim.step_gamma ** int(epoch_progress // optim.step_size)
+    if optim.schedule == "constant":
+        return 1.0
     span = max(epochs - optim.warmup_epochs, 1e-9)
     t = min(max((epoch_progress - optim.warmup_epochs) / span, 0.0), 1.0)
     return 0.5 * (1.0 + math.cos(math.pi * t))
@@ -261,6 +265,8 @@ class PretrainRun:
         started = time.time()
         label_map = mix_for_run(self.spec, run, store)
         objective = self.objective
+        source = self._initial_checkpoint()
+        objective.start_from(source)
         self.num_classes = objective.output_classes(label_map.num_classes)  # segmentation: + background
         if ctx.is_main:
             store.put_json(self.key("label_map.json"), label_map.to_json())
@@ -269,17 +275,31 @@ class PretrainRun:
         if self.trial is not None:  # all folds but one, of the searched fraction
             folds = self.trial.train_folds
             expected_train = int(expected_train * folds.fraction * (folds.folds - 1) / folds.folds)
+        own = objective.sample_stream(epoch=0, rank=0, world_size=1)  # samples not from rendered datasets
+        if own is not None:
+            expected_train = len(own)
         steps_per_epoch = max(1, expected_train // (run.batch_size * ctx.world_size))
 
         torch.manual_seed(derive_seed(run.seed, "torch", "init"))
-        model = objective.build_model(self.num_classes).to(ctx.device)
+        model = objective.build_model(self.num_classes)
+        if source is not None:  # resuming below replaces these weights with the epoch checkpoint's
+            try:
+                objective.load_initial(model, source)
+            except RuntimeError as exc:
+                raise FlatlandError(f"run {self.run_id}: init_from '{run.init_from}': its checkpoint does not load into "
+                                    f"this run's network: {str(exc)[:500]}") from None
+        model = model.to(ctx.device)
         self.model = model
         use_cuda = ctx.device.type == "cuda"
         channels_last = use_cuda and run.channels_last
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(model.parameters(), lr=run.optim.lr, momentum=run.optim.momentum,
-                                    weight_decay=run.optim.weight_decay)
+        trained = [p for p in model.parameters() if p.requires_grad]
+        if run.optim.optimizer == "adam":
+            optimizer = torch.optim.Adam(trained, lr=run.optim.lr, weight_decay=run.optim.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(trained, lr=run.optim.lr, momentum=run.optim.momentum,
+                                        weight_decay=run.optim.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step / steps_per_epoch, run.optim, run.epochs))
         amp_dtype = torch.bfloat16 if run.amp_dtype == "bfloat16" else torch.float16
@@ -311,11 +331,13 @@ class PretrainRun:
         for epoch in range(start_epoch, run.epochs):
             epoch_start = time.time()
             torch.manual_seed(derive_seed(run.seed, "torch", epoch))
-            stream = ShardStream(store.url, train_shards, tables, input_size=run.input_size, augment=run.augment,
-                                 shuffle_buffer=run.shuffle_buffer, seed=run.seed, epoch=epoch, rank=ctx.rank,
-                                 world_size=ctx.world_size, max_corrupt_fraction=run.max_corrupt_fraction,
-                                 folds=self.trial.train_folds if self.trial else None,
-                                 with_seg=objective.reads_label_maps)
+            stream = objective.sample_stream(epoch=epoch, rank=ctx.rank, world_size=ctx.world_size)
+            if stream is None:  # the run's rendered datasets
+                stream = ShardStream(store.url, train_shards, tables, input_size=run.input_size, augment=run.augment,
+                                     shuffle_buffer=run.shuffle_buffer, seed=run.seed, epoch=epoch, rank=ctx.rank,
+                                     world_size=ctx.world_size, max_corrupt_fraction=run.max_corrupt_fraction,
+                                     folds=self.trial.train_folds if self.trial else None,
+                                     with_seg=objective.reads_label_maps, members=objective.reads_members)
             loader = make_loader(stream, batch_size=run.batch_size, workers=run.workers, train=True, pin_memory=use_cuda)
             train_model.train()
             sums = np.zeros(3 + objective.sum_width)  # loss*n, n, corrupt, then the objective's metric sums
@@ -331,7 +353,7 @@ class PretrainRun:
                 x = to_model_input(batch["image"], ctx.device, channels_last=channels_last, mean=run.mean, std=run.std)
                 y = objective.targets(batch, ctx.device)
                 with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp):
-                    output = train_model(x)
+                    output = objective.forward(train_model, x, y)
                     loss = objective.loss(output, y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -346,7 +368,8 @@ class PretrainRun:
                     raise DivergedError(
                         f"run {self.run_id}: training loss became {loss_value} in epoch {epoch}; lower optim.lr, "
                         "raise optim.warmup_epochs or set optim.grad_clip_norm")
-                sums += [loss_value * len(y), len(y), int(batch["corrupt"].sum()), *objective.metric_sums(output, y)]
+                n = x.shape[0]
+                sums += [loss_value * n, n, int(batch["corrupt"].sum()), *objective.metric_sums(output, y)]
             del batches, loader
             if ctx.distributed:
                 # DDP syncs buffers (BatchNorm statistics) from rank 0 at each forward; after the
@@ -389,6 +412,18 @@ class PretrainRun:
             dist.barrier()
         return summary
 
+    def _initial_checkpoint(self) -> dict | None:
+        """The verified final checkpoint of the run's ``init_from`` run, or None (from scratch)."""
+        if self.run.init_from is None:
+            return None
+        source_id = self.spec.run_id(self.run.init_from)
+        try:
+            return load_verified_checkpoint(self.store, run_prefix(source_id))
+        except ObjectNotFoundError:
+            raise ObjectNotFoundError(
+                f"run {self.run_id} starts from run '{self.run.init_from}', which has not finished: no "
+                f"{run_prefix(source_id)}/done.json (train it first; runs train in the order listed)") from None
+
     def _shards(self, label_map: LabelMap):
         run = self.run
         train, val, tables = [], [], []
@@ -427,16 +462,16 @@ class PretrainRun:
                              seed=run.seed, rank=ctx.rank, world_size=ctx.world_size,
                              max_corrupt_fraction=run.max_corrupt_fraction,
                              folds=self.trial.val_folds if self.trial else None,
-                             with_seg=objective.reads_label_maps)
+                             with_seg=objective.reads_label_maps, members=objective.reads_members)
         sums = np.zeros(2 + objective.sum_width)  # loss*n, n, then the objective's metric sums
         per_sample = []
         for batch in make_loader(stream, batch_size=run.batch_size, workers=run.workers, train=False):
             x = to_model_input(batch["image"], ctx.device, channels_last=channels_last, mean=run.mean, std=run.std)
             y = objective.targets(batch, ctx.device)
             with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=use_amp):
-                output = model(x)
+                output = objective.forward(model, x, y)
             output = output.float() if isinstance(output, torch.Tensor) else output
-            sums += [float(objective.loss(output, y)) * len(y), len(y), *objective.metric_sums(output, y)]
+            sums += [float(objective.loss(output, y)) * x.shape[0], x.shape[0], *objective.metric_sums(output, y)]
             rows = objective.per_sample(output, y)
             if rows is not None:
                 per_sample.append(rows)
@@ -540,8 +575,9 @@ class PretrainRun:
                             f"{self.run_id}: validation images, label maps (class + 1), predictions")
 
     def _finish(self, model, records: list[dict], label_map: LabelMap, summary: dict, examples=None) -> None:
-        ckpt = self._checkpoint(model, self.run.epochs - 1, num_classes=self.num_classes,
-                                label_map=label_map.to_json())
+        # the objective says what is kept (the 3D prior: its backbone alone, a plain torchvision model)
+        ckpt = self._checkpoint(self.objective.checkpoint_model(unwrap(model)), self.run.epochs - 1,
+                                num_classes=self.num_classes, label_map=label_map.to_json())
         size, digest = save_checkpoint(self.store, self.key("checkpoints/final.pt"), ckpt)
         # consumers (transfer, neuro) verify final.pt against these before using it
         summary["checkpoint_size"], summary["checkpoint_sha256"] = size, digest

@@ -37,6 +37,14 @@ for _metric, _help in (("pixel_accuracy", "Pixel accuracy"), ("iou_macro", "Mean
                        ("f1_micro", "F1 of the pooled pixel counts")):
     for _split in ("train", "val"):
         _VALUES[f"{_split}_{_metric}"] = (f"flatland_train_{_metric}", f"{_help} of the last epoch (0-1).", _split)
+# 3D-prior runs (task: 3d_prior): the loss terms of the last epoch and the depth error in metres
+for _metric, _help in (("rgb_mse", "Mean squared error of the rendered image (0-1 values)"),
+                       ("depth_mse", "Mean squared depth error (prior.depth_units, squared)"),
+                       ("depth_mae_m", "Mean absolute depth error in metres"),
+                       ("distill", "Mean squared distance of the backbone's tokens to its frozen initial copy's"),
+                       ("density_l1", "Mean absolute density of the queried points")):
+    for _split in ("train", "val"):
+        _VALUES[f"{_split}_{_metric}"] = (f"flatland_train_{_metric}", f"{_help}, last epoch.", _split)
 
 
 def _metrics(registry: CollectorRegistry, labels: tuple[str, ...]) -> dict[str, object]:

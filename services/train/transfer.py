@@ -71,7 +71,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from services.common.errors import FlatlandError, ObjectNotFoundError
 from services.common.seeds import derive_seed
-from services.common.spec.experiment import ExperimentSpec, content_hash
+from services.common.spec.experiment import ExperimentSpec, content_hash, without_later_defaults
 from services.common.spec.train import OptimSpec, TransferSpec
 from services.common.store import Store
 from services.train.data import IMAGENET_MEAN, IMAGENET_STD
@@ -425,7 +425,8 @@ def cross_validate(run, train_set: Dataset, labels: np.ndarray, transfer: Transf
 
 def transfer_id(spec: ExperimentSpec, transfer: TransferSpec) -> str:
     targets = [t for t in spec.targets if t.name in transfer.targets]
-    inputs = {"transfer": transfer, "targets": targets, "pretrained": [spec.run_id(n) for n in transfer.pretrained],
+    inputs = {"transfer": without_later_defaults(transfer), "targets": targets,
+              "pretrained": [spec.run_id(n) for n in transfer.pretrained],
               "seed": spec.seed}
     return f"{transfer.name}-{content_hash(inputs)}"
 

@@ -217,5 +217,9 @@ def test_full_study_workflow_validates():
     for obj in objs:
         validate_object(obj)
     order, deps, pods = walk(workflow_of(objs))
-    assert sum(1 for n in pods if n.startswith("train-")) == len(spec.pretrain) == 10  # Table 2, FlatWorld, 3 ImageNet baselines
+    # Table 2, FlatWorld, two 3D-prior runs, 3 ImageNet baselines
+    assert sum(1 for n in pods if n.startswith("train-")) == len(spec.pretrain) == 12
+    # a 3D-prior run starts from its supervised run's weights: its step waits for that run's
+    assert deps["train-r50-procsynth-prior"] == {"render", "train-r50-procsynth"}
+    assert deps["train-r50-morphsynth-prior"] == {"render", "train-r50-morphsynth"}
     assert len(pods["render"]) == workplan.render_completions(spec)

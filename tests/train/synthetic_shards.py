@@ -78,14 +78,17 @@ def write_dataset(
     seed: int = 0,
     corrupt_keys: frozenset[str] = frozenset(),
     index: bool = True,
+    members=None,
 ) -> Manifest:
     """Write ``views[split]`` views per class for each split, plus the manifest, as render does:
     shards in class order, written by render's tar writer with their sample index
     (``index=False`` leaves the index out, as for shards rendered before indexes existed).
 
     ``corrupt_keys`` samples get an undecodable rgb.png (the manifest still matches the
-    shard, as when a renderer wrote bad data).
+    shard, as when a renderer wrote bad data). ``members(class, instance, view, classes, size, seed)``
+    replaces :func:`sample_members` as the maker of each sample's members.
     """
+    members_of = members
     manifest = Manifest(kind="dataset", metadata={"family": "synthetic", "dataset": dataset_id.rsplit("-", 1)[0],
                                                   "classes": classes, "image_size": size, "splits": {}})
     for split_index, (split, per_class) in enumerate(views.items()):
@@ -95,7 +98,7 @@ def write_dataset(
         samples = []
         for c, v in items:  # class order, like render's plan
             key = f"{c:05d}_0_{v:05d}"
-            members = sample_members(c, 0, v, classes, size, seed)
+            members = (members_of or sample_members)(c, 0, v, classes, size, seed)
             if key in corrupt_keys:
                 members["rgb.png"] = b"\x89PNG\r\n\x1a\n not really a png"
             samples.append((key, members))

@@ -232,6 +232,29 @@ class ExperimentSpec(StrictModel):
             for d in p.datasets:
                 if d not in datasets:
                     raise ValueError(f"pretrain[{i}].datasets: unknown dataset '{d}' (known: {_few_list(sorted(datasets))})")
+        position = {p.name: i for i, p in enumerate(self.pretrain)}
+        for i, p in enumerate(self.pretrain):
+            if p.init_from is None:
+                continue
+            if p.init_from not in position:
+                raise ValueError(f"pretrain[{i}].init_from: unknown pretrain run '{p.init_from}' (known: {_few_list(sorted(runs))})")
+            source = self.pretrain[position[p.init_from]]
+            if position[p.init_from] > i:
+                raise ValueError(f"pretrain[{i}].init_from: run '{p.init_from}' must be listed before '{p.name}' "
+                                 "(runs train in the order listed)")
+            if source.model != p.model:
+                raise ValueError(f"pretrain[{i}].init_from: run '{p.init_from}' trains {source.model}, this run {p.model}; "
+                                 "a run starts from weights of its own architecture")
+            if source.task == "segmentation":
+                raise ValueError(f"pretrain[{i}].init_from: run '{p.init_from}' is a segmentation network; start from a "
+                                 "classification or 3d_prior run")
+            if (source.mean, source.std) != (p.mean, p.std):
+                raise ValueError(f"pretrain[{i}].init_from: run '{p.init_from}' normalises its inputs with mean "
+                                 f"{list(source.mean)}, std {list(source.std)}, this run with {list(p.mean)}, "
+                                 f"{list(p.std)}; set this run's mean and std to the ones its weights learned with")
+            if p.model.startswith(("vit_", "maxvit_")) and source.input_size != p.input_size:
+                raise ValueError(f"pretrain[{i}].init_from: {p.model}'s weights depend on the input size; run "
+                                 f"'{p.init_from}' uses {source.input_size}, this run {p.input_size}")
         for i, t in enumerate(self.transfer):
             for r in t.pretrained:
                 if r not in runs:
@@ -336,10 +359,29 @@ class ExperimentSpec(StrictModel):
         return self.dataset_id(d.meshes_from or d.name)
 
     def run_id(self, name: str) -> str:
-        """Store name of a pre-training run: name plus a hash of the run and its datasets."""
+        """Store name of a pre-training run: name plus a hash of the run, its datasets and the run it starts from."""
         run = next(p for p in self.pretrain if p.name == name)
-        inputs = {"run": run, "datasets": [self.dataset_id(d) for d in run.datasets]}
+        inputs = {"run": without_later_defaults(run), "datasets": [self.dataset_id(d) for d in run.datasets]}
+        if run.init_from is not None:
+            inputs["init_from"] = self.run_id(run.init_from)
         return f"{run.name}-{content_hash(inputs)}"
+
+
+#: Fields added after runs were first named, with their defaults: left out of a run's hash while they keep them,
+#: so the runs of earlier specs keep their ids (and their finished outputs in the store).
+LATER_DEFAULTS = {("init_from",): None, ("prior",): None, ("optim", "optimizer"): "sgd"}
+
+
+def without_later_defaults(model) -> dict:
+    """``model``'s JSON dump without the :data:`LATER_DEFAULTS` fields that hold their default."""
+    dump = model.model_dump(mode="json")
+    for path, default in LATER_DEFAULTS.items():
+        parent = dump
+        for part in path[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and path[-1] in parent and parent[path[-1]] == default:
+            del parent[path[-1]]
+    return dump
 
 
 def _jsonable(obj: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -32,15 +33,82 @@ class AugmentSpec(StrictModel):
 
 
 class OptimSpec(StrictModel):
-    lr: float = Field(default=0.1, gt=0, description="Peak learning rate (SGD).")
+    optimizer: Literal["sgd", "adam"] = Field(
+        default="sgd", description="'sgd' (with `momentum`) or 'adam' (torch's Adam, betas (0.9, 0.999); `momentum` "
+        "unused); pre-training runs only (transfers train with SGD).")
+    lr: float = Field(default=0.1, gt=0, description="Peak learning rate.")
     momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum.")
     weight_decay: float = Field(default=1e-4, ge=0, description="L2 weight decay.")
-    schedule: Literal["cosine", "step"] = Field(default="cosine", description="Learning-rate schedule after warm-up: cosine to zero, or step decay.")
+    schedule: Literal["cosine", "step", "constant"] = Field(
+        default="cosine", description="Learning-rate schedule after warm-up: cosine to zero, step decay, or constant.")
     warmup_epochs: float = Field(default=1.0, ge=0, description="Linear warm-up length (epochs, may be fractional).")
     step_size: int = Field(default=30, ge=1, le=10_000, description="Step schedule: epochs between decays.")
     step_gamma: float = Field(default=0.1, gt=0, le=1, description="Step schedule: factor applied at each decay.")
     label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
     grad_clip_norm: float | None = Field(default=None, gt=0, description="Clip gradients to this global norm.")
+
+
+class Prior3DLossSpec(StrictModel):
+    """Weights of the 3D-prior loss L = rgb L_rgb + depth L_depth + distill L_dist + density_l1 L_norm."""
+
+    rgb: float = Field(default=0.1, ge=0, description="Weight of L_rgb, the mean squared error of the rendered image (inputs in [0, 1]).")
+    depth: float = Field(default=1.0, ge=0, description="Weight of L_depth, the mean squared error of the rendered depth (in `depth_units`).")
+    distill: float = Field(default=1.0, ge=0, description="Weight of L_dist, the mean squared distance of the backbone's image tokens to a "
+                           "frozen copy of the initial backbone's (0: no distillation, and no frozen copy is kept).")
+    density_l1: float = Field(default=1e-3, ge=0, description="Weight of L_norm, the mean absolute density over every queried point.")
+
+    @model_validator(mode="after")
+    def _some(self):
+        if self.rgb == 0 and self.depth == 0:
+            raise ValueError("rgb and depth weights are both 0: the decoder would learn nothing")
+        return self
+
+
+class Prior3DSpec(StrictModel):
+    """The 3D-prior objective (``task: 3d_prior``): see docs/3d-prior.md. Defaults are the published ones."""
+
+    decoder: Literal["triplane", "conv"] = Field(
+        default="triplane", description="'triplane': learnable triplane tokens cross-attend to the image tokens, are "
+        "upsampled to triplanes and volume-rendered (as published). 'conv': the ablation without triplanes: "
+        "upsampling convolutions from the image tokens straight to an image and a depth map.")
+    token_grid: int = Field(default=16, ge=2, le=64, description="Triplane tokens per plane side (published: 16, so 16 x 16 x 3 tokens).")
+    token_dim: int = Field(default=256, ge=8, le=4096, description="Width of the triplane tokens and the cross-attention.")
+    attention_heads: int = Field(default=8, ge=1, le=64, description="Heads of the cross-attention (must divide token_dim).")
+    attention_layers: int = Field(default=1, ge=1, le=16, description="Cross-attention blocks (attention + MLP, pre-norm, residual).")
+    triplane_resolution: int = Field(default=128, ge=4, le=1024, description="Side of each triplane (published: 128); token_grid times a power of two.")
+    triplane_channels: int = Field(default=32, ge=1, le=512, description="Feature channels C of each triplane.")
+    mlp_hidden: int = Field(default=64, ge=4, le=4096, description="Hidden width of the radiance field's two-layer MLP.")
+    samples_per_ray: int = Field(default=16, ge=2, le=1024, description="Stratified samples per camera ray (published: 16).")
+    importance_samples: int = Field(default=16, ge=0, le=1024, description="Further samples per ray drawn from the first pass's weights (0: none).")
+    render_size: int = Field(default=64, ge=4, le=1024, description="Rays per image side: the image and depth targets are resized to this (depth by nearest neighbour).")
+    box_half_size: float = Field(
+        default=0.4, gt=0, lt=1, description="Half side of the cube the triplanes span, in units of the camera's distance to the "
+        "look-at point (the cube is centred there, axes of the camera); rays are sampled through its depth range. "
+        "Renders fit the object's bounding sphere in view, so its radius is sin(fov / 2) / auto_fit_margin of the distance (0.30 at 40 degrees).")
+    background: Literal["masked", "far"] = Field(
+        default="masked", description="Depth target off the object (stored as no surface): 'masked' leaves those pixels out of "
+        "L_depth; 'far' asks for the far end of the box there.")
+    depth_units: Literal["camera_distance", "metres"] = Field(
+        default="camera_distance", description="Units of L_depth's errors: 'camera_distance' (each image's depth divided by "
+        "its camera's distance to the look-at point: scale-free, so the loss weights mean the same for any object size, "
+        "as for the published method's relative pseudo-depth) or 'metres'.")
+    loss: Prior3DLossSpec = Field(default_factory=Prior3DLossSpec, description="Loss weights.")
+    image_folder: str | None = Field(
+        default=None, description="Train on a folder of <name>.png images, each with <name>.depth.npy beside it (float "
+        "depth along the viewing axis in metres; non-finite or <= 0: no surface), e.g. natural images with pseudo-depth, "
+        "instead of rendered `datasets` (then none). No camera is recorded there: a pinhole of `fov_deg` looking at the "
+        "image's median depth. Every image trains; there is no validation split.")
+    fov_deg: float = Field(default=60.0, gt=1, lt=170, description="image_folder: the vertical field of view the depth maps assume.")
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        if self.token_dim % self.attention_heads:
+            raise ValueError(f"attention_heads ({self.attention_heads}) must divide token_dim ({self.token_dim})")
+        ratio = self.triplane_resolution / self.token_grid
+        if ratio < 1 or ratio != 2 ** round(math.log2(ratio)):
+            raise ValueError(f"triplane_resolution ({self.triplane_resolution}) must be token_grid ({self.token_grid}) "
+                             "times a power of two (each upsampling block doubles the side)")
+        return self
 
 
 class PretrainSearchSpec(StrictModel):
@@ -82,6 +150,14 @@ PRESETS: dict[str, dict] = {
 }
 
 
+#: What task 3d_prior fills in when the run does not set it (the published settings).
+PRIOR_DEFAULTS: dict = {
+    "model": "resnet50",
+    "epochs": 10,  # augment: the defaults already are random (resized) crops and horizontal flips only
+    "optim": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "schedule": "constant", "warmup_epochs": 0.0},
+}
+
+
 def _with_preset(preset: dict, given: dict) -> dict:
     """``given`` over ``preset``: what the spec sets wins, key by key inside augment and optim too."""
     merged = dict(preset)
@@ -113,23 +189,58 @@ class PretrainSpec(StrictModel):
         "FractalDB's pre-training (RandomCrop 224, no flip, Normalize(0.2, 0.5), SGD lr 0.1, weight decay 1e-4, "
         "batch 256, 90 epochs, step decay x0.1 at epochs 30 and 60).")
 
-    task: Literal["classification", "segmentation"] = Field(
+    task: Literal["classification", "segmentation", "3d_prior"] = Field(
         default="classification",
-        description="What the network learns. 'classification': the class of each image (cross-entropy, top-1/top-5). "
+        description="What the network learns (`objective` is another name for this field). 'classification': the class "
+        "of each image (cross-entropy, top-1/top-5). "
         "'segmentation': the label map of each image (each sample's seg.png: class + 1 on objects, 0 background), "
         "per-pixel cross-entropy over classes + 1 outputs, pixel accuracy / IoU / F1 micro- and macro-averaged; "
         "`model` is then a torchvision segmentation model (default fcn_resnet50; deeplabv3_resnet50, "
-        "lraspp_mobilenet_v3_large, ...), built from scratch (no backbone weights), and `epochs` defaults to 10.")
+        "lraspp_mobilenet_v3_large, ...), built from scratch (no backbone weights), and `epochs` defaults to 10. "
+        "'3d_prior': the proxy 3D reconstruction task of docs/3d-prior.md on each image's exact depth (settings in "
+        "`prior`); defaults as published: resnet50, 10 epochs, Adam lr 1e-4 at a constant rate, random crops and "
+        "flips; only the backbone is kept as the checkpoint. Usually `init_from` a supervised run.")
+    init_from: Name | None = Field(
+        default=None, description="Start from the final weights of this earlier pre-training run of the experiment (same "
+        "`model`; listed before this run) instead of a fresh initialisation.")
+    prior: Prior3DSpec | None = Field(default=None, description="task 3d_prior: its settings (filled with the defaults).")
 
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data):
+        if isinstance(data, dict) and "objective" in data:  # the issue's spelling of `task`
+            data = dict(data)
+            objective = data.pop("objective")
+            if data.get("task", objective) != objective:
+                raise ValueError(f"objective ({objective!r}) and task ({data['task']!r}) name the same thing; give one")
+            data["task"] = objective
         if isinstance(data, dict) and data.get("preset") in PRESETS:
             data = _with_preset(PRESETS[data["preset"]], data)
         if isinstance(data, dict) and data.get("task") == "segmentation":
             # the published noise-scene study: FCN-ResNet50, 10 epochs
             data = {"model": "fcn_resnet50", "epochs": 10, **data}
+        if isinstance(data, dict) and data.get("task") == "3d_prior":
+            data = _with_preset(PRIOR_DEFAULTS, data)
         return data
+
+    @model_validator(mode="after")
+    def _prior(self):
+        if self.task == "3d_prior":
+            if self.prior is None:
+                self.prior = Prior3DSpec()
+            if self.kind != "synthetic":
+                raise ValueError("task 3d_prior trains a backbone: it needs kind: synthetic (start it from a "
+                                 "torchvision_pretrained run with init_from)")
+            if self.search is not None:
+                raise ValueError("search: the cross-validated search ranks settings by top-1; task 3d_prior has no "
+                                 "classes to score (set optim.lr and optim.weight_decay yourself)")
+        elif self.prior is not None:
+            raise ValueError(f"prior: settings of task 3d_prior; this run's task is {self.task!r}")
+        if self.init_from is not None and self.init_from == self.name:
+            raise ValueError("init_from: a run cannot start from itself")
+        if self.kind == "torchvision_pretrained" and self.init_from is not None:
+            raise ValueError("init_from: a torchvision_pretrained run imports its weights; it starts from nothing else")
+        return self
 
     datasets: list[Name] = Field(default_factory=list, max_length=1000, description="Datasets to mix (uniformly); names from `datasets` (synthetic runs: at least one).")
 
@@ -137,9 +248,12 @@ class PretrainSpec(StrictModel):
     def _distinct_datasets(self):
         if len(set(self.datasets)) != len(self.datasets):
             raise ValueError(f"datasets: each dataset may appear once in a mix, got {self.datasets}")
+        folder = self.task == "3d_prior" and self.prior is not None and self.prior.image_folder is not None
+        if folder and (self.datasets or self.class_budget is not None):
+            raise ValueError("prior.image_folder: the run trains on that folder; remove datasets and class_budget")
         if self.kind == "synthetic":
-            if not self.datasets:
-                raise ValueError("datasets: a synthetic run needs at least one dataset")
+            if not self.datasets and not folder:
+                raise ValueError("datasets: a synthetic run needs at least one dataset (task 3d_prior: or prior.image_folder)")
             if self.weights or self.weights_path:
                 raise ValueError("weights / weights_path belong to kind: torchvision_pretrained runs")
         else:
@@ -344,6 +458,8 @@ class TransferSpec(StrictModel):
 
     @model_validator(mode="after")
     def _sizes(self):
+        if self.optim.optimizer != "sgd":
+            raise ValueError(f"optim.optimizer: transfers train with SGD; got {self.optim.optimizer!r}")
         if self.augment.resize is not None and self.input_size is not None and self.augment.resize < self.input_size:
             raise ValueError(f"augment.resize ({self.augment.resize}) must be at least input_size ({self.input_size}): "
                              "the input is a crop of the resized image")

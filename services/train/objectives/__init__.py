@@ -1,10 +1,10 @@
-"""Training objectives as plugins: classification and segmentation; the 3D prior next.
+"""Training objectives as plugins: classification, segmentation and the 3D prior.
 
 See :mod:`.base` for the interface. A run's objective is its spec's ``task``
 (``run.objective`` for runs that name one that way), classification otherwise.
 """
 
-from services.train.objectives import classification, segmentation  # noqa: F401  (registers the built-in objectives)
+from services.train.objectives import classification, prior3d, segmentation  # noqa: F401  (registers the built-in objectives)
 from services.train.objectives.base import Objective
 from services.train.objectives.registry import OBJECTIVES, get_objective, register_objective
 

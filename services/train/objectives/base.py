@@ -13,7 +13,12 @@ files and Prometheus gauges. An objective owns the rest:
 - :meth:`Objective.per_sample` and :meth:`Objective.intervals` — optional confidence intervals of the
   validation metrics (``val_<metric>_ci``);
 - :meth:`Objective.output_classes` — the network's outputs for the run's classes (segmentation adds background);
-- :meth:`Objective.checkpoint_extras` — what a checkpoint needs besides the weights.
+- :meth:`Objective.checkpoint_extras` — what a checkpoint needs besides the weights;
+- optional hooks: :attr:`~Objective.reads_members` (further sample members the loader reads),
+  :meth:`Objective.sample_stream` (training samples that are not the run's rendered datasets),
+  :meth:`Objective.forward` (how the network is called, when it needs more than the images),
+  :meth:`Objective.start_from` / :meth:`Objective.load_initial` (a run's ``init_from`` weights) and
+  :meth:`Objective.checkpoint_model` (the part of the network the final checkpoint keeps).
 
 A new objective is one module in this package whose class is decorated with
 :func:`~services.train.objectives.register_objective`.
@@ -27,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import IterableDataset
 
 from services.common.spec.train import PretrainSpec
 
@@ -38,6 +44,8 @@ class Objective(abc.ABC):
     metrics: ClassVar[tuple[str, ...]] = ()
     #: the loader also reads each sample's label map (``batch["seg"]``)
     reads_label_maps: ClassVar[bool] = False
+    #: further members the loader reads per sample (``services.train.data.EXTRA_MEMBERS``: depth maps, records)
+    reads_members: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, run: PretrainSpec):
         self.run = run
@@ -47,12 +55,31 @@ class Objective(abc.ABC):
         """A freshly initialised network for ``num_classes`` classes (no downloaded weights)."""
 
     @abc.abstractmethod
-    def targets(self, batch: dict, device: torch.device) -> torch.Tensor:
+    def targets(self, batch: dict, device: torch.device) -> Any:
         """The tensor the model's output is scored against, on ``device``."""
 
     @abc.abstractmethod
     def loss(self, output: Any, targets: torch.Tensor) -> torch.Tensor:
         """Mean loss of one batch (a scalar tensor that can be back-propagated)."""
+
+    def forward(self, model: nn.Module, x: torch.Tensor, targets: Any) -> Any:
+        """The network's output for the normalised images ``x`` (and, if it needs them, the batch's targets)."""
+        return model(x)
+
+    def sample_stream(self, *, epoch: int, rank: int, world_size: int) -> IterableDataset | None:
+        """Training samples from somewhere other than the run's rendered datasets (None: those, the default)."""
+        return None
+
+    def start_from(self, checkpoint: dict | None) -> None:
+        """The final checkpoint of the run's ``init_from`` run (None: from scratch), before the model is built."""
+
+    def load_initial(self, model: nn.Module, checkpoint: dict) -> None:
+        """Load the ``init_from`` run's weights into a freshly built ``model`` (default: every weight, strictly)."""
+        model.load_state_dict(checkpoint["state_dict"])
+
+    def checkpoint_model(self, model: nn.Module) -> nn.Module:
+        """The part of ``model`` the run's final checkpoint keeps (it must load into the torchvision model)."""
+        return model
 
     def output_classes(self, num_classes: int) -> int:
         """Outputs of the network for a run of ``num_classes`` classes."""
