@@ -32,7 +32,19 @@ def _is_flatworld(dataset) -> bool:
 
 
 def _synthetic(spec):
-    return [r for r in spec.pretrain if r.kind == "synthetic"]
+    """The supervised pre-training runs on synthetic data (Table 2 and the FlatWorld ablation); 3D-prior runs
+    continue from one of them and are checked separately."""
+    return [r for r in spec.pretrain if r.kind == "synthetic" and r.task != "3d_prior"]
+
+
+def test_3d_prior_runs_continue_the_procsynth_and_morphsynth_runs_on_their_data():
+    spec = load_spec(FULL_SPEC)
+    priors = [r for r in spec.pretrain if r.task == "3d_prior"]
+    runs = {r.name: r for r in spec.pretrain}
+    assert sorted(_families(spec, r) for r in priors) == [("morphsynth",), ("procsynth",)]
+    for run in priors:
+        source = runs[run.init_from]
+        assert source.task == "classification" and source.datasets == run.datasets and source.model == run.model
 
 
 def test_pretraining_runs_are_table_2_plus_the_flatworld_ablation():

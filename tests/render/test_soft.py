@@ -96,8 +96,12 @@ def test_gradients_match_finite_differences():
     assert float((grad * v.detach()).sum()) > 0
 
 
+# Peak memory from VmHWM (this process image's high-water mark): ru_maxrss would carry over the forking
+# parent's size through exec (3.5 GiB inside a full pytest run).
 MEMORY_SCRIPT = """
-import resource, sys, time, numpy as np, torch, trimesh
+import sys, time, numpy as np, torch, trimesh
+def hwm_kib():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 torch.set_num_threads(1)
 sys.path.insert(0, {root!r})
 from tests.render.test_soft import orbit_records
@@ -106,11 +110,11 @@ mesh = trimesh.creation.icosphere(5)
 faces = torch.as_tensor(mesh.faces[:10_000])
 v = torch.tensor(mesh.vertices * 1.05, dtype=torch.float32, requires_grad=True)
 cams = cameras_from_records(orbit_records(20, 128))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = hwm_kib()
 t = time.perf_counter()
 s = soft_silhouette(v, faces, cams)
 s.sum().backward()
-print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t, float(s.sum()), float(v.grad.abs().sum()))
+print(base, hwm_kib(), time.perf_counter() - t, float(s.sum()), float(v.grad.abs().sum()))
 """
 
 
