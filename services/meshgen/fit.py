@@ -263,7 +263,14 @@ def iter_fit(target: FitTarget, params: FitParams) -> Iterator[FitStep | FitResu
     started = time.perf_counter()
     n_views = 0 if cams is None else len(cams)
     per_step = n_views if params.views_per_iteration in (0,) else min(params.views_per_iteration, n_views)
+    last = max(params.iterations - 1, 1)
     for step in range(1, params.iterations + 1):
+        progress = (step - 1) / last  # 0 at the first step, 1 at the last
+        sigma = (params.sigma if params.sigma_start is None
+                 else params.sigma_start * (params.sigma / params.sigma_start) ** progress)
+        if params.lr_schedule == "cosine":
+            for group in optimiser.param_groups:
+                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * progress))
         optimiser.zero_grad(set_to_none=True)
         verts = base + offsets
         terms: dict[str, torch.Tensor] = {}
@@ -271,7 +278,7 @@ def iter_fit(target: FitTarget, params: FitParams) -> Iterator[FitStep | FitResu
         t0 = time.perf_counter()
         if mode == "silhouettes" and w.silhouette > 0:
             index = np.arange(n_views) if per_step == n_views else np.sort(rng.choice(n_views, per_step, replace=False))
-            rendered = render_api.soft_silhouette(centre + scale * verts, faces, cams.subset(index), sigma=params.sigma)
+            rendered = render_api.soft_silhouette(centre + scale * verts, faces, cams.subset(index), sigma=sigma)
         t1 = time.perf_counter()
         if rendered is not None:
             leaf = rendered.detach().requires_grad_(True)  # split the backward pass: losses here, rasteriser below

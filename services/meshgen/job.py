@@ -102,6 +102,7 @@ def fit_dataset(spec: ExperimentSpec, store: Store, dataset_name: str, params=No
 
     from services.common.manifest import read_manifest
     from services.meshgen import fit as fitting
+    from services.meshgen.api import recoverability_key
     from services.render import api as render_api
 
     params = fitting.parse_params(params)
@@ -144,5 +145,6 @@ def fit_dataset(spec: ExperimentSpec, store: Store, dataset_name: str, params=No
     for key in ("held_out_iou", "chamfer", "fscore"):
         values = [c[key] for c in summary["classes"].values() if c.get(key) is not None]
         summary[f"mean_{key}"] = float(np.mean(values)) if values else None
-    store.put_bytes(f"fits/{dataset_id}/recoverability.json", json.dumps(summary, indent=2, sort_keys=True).encode())
+    summary["classes_requested"] = classes
+    store.put_bytes(recoverability_key(dataset_id), json.dumps(summary, indent=2, sort_keys=True).encode())
     return summary

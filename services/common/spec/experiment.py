@@ -296,6 +296,18 @@ class ExperimentSpec(StrictModel):
                     raise ValueError(
                         f"{where}.probe: dataset '{e.probe}' must show the conflict set's classes without conflict: "
                         "no cue_conflict, the same meshes (meshes_from) and classes, and the same class_texture")
+        rec = self.evaluation.recoverability
+        for i, name in enumerate(rec.datasets if rec is not None else []):
+            where = f"evaluation.recoverability.datasets[{i}]"
+            if name not in by_name:
+                raise ValueError(f"{where}: unknown dataset '{name}' (known: {_few_list(sorted(by_name))})")
+            d = by_name[name]
+            if d.kind not in ("procsynth", "morphsynth") or "mask" not in d.render.outputs:
+                raise ValueError(f"{where}: '{name}' must be a procsynth/morphsynth dataset that stores masks "
+                                 "(render.outputs with 'mask'); the fit reads them with their cameras")
+            if rec.classes > d.classes:
+                raise ValueError(f"evaluation.recoverability.classes: {rec.classes} classes, but dataset '{name}' has "
+                                 f"{d.classes}")
         for i, e in enumerate(self.evaluation.depth_probe):
             if e.kind == "renders":
                 d = by_name[e.dataset]

@@ -302,6 +302,13 @@ class FitParams(StrictModel):
     sigma: float = Field(default=0.1, gt=0, le=100, description="Soft rasteriser edge sharpness, pixels² (PyTorch3D's 1e-4 "
                          "in NDC² is 0.41 px² at 128 px). Sharper than that by default: the union of the many faces "
                          "near a silhouette's rim dilates a blurry silhouette, and the fit then shrinks the mesh.")
+    sigma_start: float | None = Field(default=None, gt=0, le=100, description="Coarse-to-fine: the soft rasteriser's "
+                                      "sigma (pixels²) at the first step, annealed geometrically to ``sigma`` by the last "
+                                      "(a blurrier silhouette reaches target pixels further from the rim). None: "
+                                      "``sigma`` throughout.")
+    lr_schedule: Literal["constant", "cosine"] = Field(default="constant", description="Learning rate over the steps: "
+                                                       "constant, or cosine decay from ``lr`` to 0 (settles the "
+                                                       "vertices at the end instead of leaving them oscillating).")
     points: int = Field(default=5000, ge=100, le=200_000, description="Surface points sampled per step for the chamfer loss "
                         "and for the chamfer / F-score metrics.")
     fscore_threshold: float = Field(default=0.05, gt=0, le=1, description="F-score distance threshold, in target bounding radii.")
