@@ -85,6 +85,21 @@ def run_fit(params, store: Store, *, mesh: bytes = b"", mesh_format: str = "glb"
     raise RuntimeError("the fit ended without a result")
 
 
+def fit_folder(folder: str, params) -> tuple:
+    """``family: fitted``'s class mesh: an ico-sphere fitted to a folder of masks + render records (not stored as a
+    fit; the family stores the mesh). Returns ``(mesh, stats)`` with the fit's id and its silhouette IoUs."""
+    from services.meshgen import fit as fitting
+
+    masks_png, records = fitting.read_mask_folder(folder)
+    params, target, fit_id = fitting.prepare(params, masks_png=masks_png, records=records)
+    result = fitting.fit(target, params)
+    stats = {"vertices": int(len(result.mesh.vertices)), "faces": int(len(result.mesh.faces)),
+             "extents": [round(float(x), 6) for x in result.mesh.extents], "fit_id": fit_id, "views": len(records),
+             **{k: result.metrics[k] for k in ("held_out_iou", "train_iou", "final_loss", "fit_seconds")
+                if k in result.metrics}}
+    return result.mesh, stats
+
+
 def fit_dataset(spec: ExperimentSpec, store: Store, dataset_name: str, params=None, *, classes: int = 3,
                 instance: int = 0, progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Shape recoverability of a rendered dataset: fit the first ``classes`` classes from their rendered masks.

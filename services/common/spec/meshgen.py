@@ -319,3 +319,22 @@ class FitParams(StrictModel):
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (1.0 if self.optimizer == "sgd" else 0.01)
+
+
+class FittedParams(StrictModel):
+    """A lab's own objects as a mesh family: class ``c`` is an ico-sphere fitted (:class:`FitParams`) to the silhouettes
+    in ``folders[c]`` (masks + render records, as ``flatland fit FOLDER`` reads them: ``records.json`` or a
+    ``<name>.json`` record beside every ``<name>.png`` / ``<name>.mask.png``), then rendered like procsynth.
+
+    Every instance of a class is the same fitted mesh (the render stage varies pose and illumination). The dataset's
+    hash covers the folder paths, not their contents: give changed masks a new folder (or a new dataset name).
+    """
+
+    family: Literal["fitted"] = "fitted"
+    folders: list[str] = Field(min_length=1, max_length=100_000, description="One folder of masks + render records per "
+                               "class (class c: folders[c]); relative paths are read from the working directory.")
+    fit: FitParams = Field(default_factory=FitParams, description="How each class's mesh is fitted.")
+
+
+#: Dataset kinds whose classes are meshes that the render stage draws with its mesh renderer.
+MESH_KINDS = ("procsynth", "morphsynth", "fitted")
