@@ -225,6 +225,18 @@ def mesh_metrics(fitted: trimesh.Trimesh, truth: trimesh.Trimesh, centre: np.nda
             "fscore_threshold": threshold}
 
 
+def schedule(params: FitParams, step: int) -> tuple[float, float]:
+    """Sigma and learning rate of ``step`` (1-based): sigma annealed geometrically from ``sigma_start`` to ``sigma``
+    (coarse to fine), the learning rate constant or cosine-decayed to 0 at the last step."""
+    progress = (step - 1) / max(params.iterations - 1, 1)  # 0 at the first step, 1 at the last
+    sigma = (params.sigma if params.sigma_start is None
+             else params.sigma_start * (params.sigma / params.sigma_start) ** progress)
+    lr = params.learning_rate()
+    if params.lr_schedule == "cosine":
+        lr *= 0.5 * (1.0 + math.cos(math.pi * progress))
+    return sigma, lr
+
+
 def iter_fit(target: FitTarget, params: FitParams) -> Iterator[FitStep | FitResult]:
     """Run the fit, yielding a :class:`FitStep` every ``params.log_every`` steps and the :class:`FitResult` last."""
     mode = target.mode
@@ -263,14 +275,10 @@ def iter_fit(target: FitTarget, params: FitParams) -> Iterator[FitStep | FitResu
     started = time.perf_counter()
     n_views = 0 if cams is None else len(cams)
     per_step = n_views if params.views_per_iteration in (0,) else min(params.views_per_iteration, n_views)
-    last = max(params.iterations - 1, 1)
     for step in range(1, params.iterations + 1):
-        progress = (step - 1) / last  # 0 at the first step, 1 at the last
-        sigma = (params.sigma if params.sigma_start is None
-                 else params.sigma_start * (params.sigma / params.sigma_start) ** progress)
-        if params.lr_schedule == "cosine":
-            for group in optimiser.param_groups:
-                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        sigma, step_lr = schedule(params, step)
+        for group in optimiser.param_groups:
+            group["lr"] = step_lr
         optimiser.zero_grad(set_to_none=True)
         verts = base + offsets
         terms: dict[str, torch.Tensor] = {}
@@ -502,4 +510,4 @@ def write_fit(store: Store, fit_id: str, result: FitResult, params: FitParams) -
 
 
 __all__ = ["MESH_FORMATS", "read_mask_folder", "decode_masks", "load_mesh", "parse_params", "prepare", "FitError", "FitResult", "FitStep", "FitTarget", "fit", "fit_id_for", "fit_key", "held_out_angles",
-           "iter_fit", "mesh_metrics", "orbit_angles", "target_from_masks", "target_from_mesh", "write_fit"]
+           "iter_fit", "mesh_metrics", "schedule", "orbit_angles", "target_from_masks", "target_from_mesh", "write_fit"]
