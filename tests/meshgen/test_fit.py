@@ -132,7 +132,7 @@ def test_schedule_anneals_sigma_and_decays_the_learning_rate(monkeypatch):
     sigmas, lrs = zip(*(schedule(params, s) for s in range(1, 6)))
     assert sigmas == pytest.approx([1.6, 0.8, 0.4, 0.2, 0.1])  # geometric: halves each step here
     assert lrs == pytest.approx([2.0, 1.0 + 2 ** -0.5, 1.0, 1.0 - 2 ** -0.5, 0.0])
-    assert schedule(FitParams(sigma=0.3), 7) == (0.3, 1.0)  # defaults: constant sigma, constant sgd lr
+    assert schedule(FitParams(sigma=0.3), 7) == (0.3, 0.01)  # defaults: constant sigma, Adam's constant lr
     seen = []
     real = render_api.soft_silhouette
 
