@@ -11,7 +11,8 @@ ico-sphere seen from 20 views at 128 x 128, sigma 0.1 px^2 (the fit default) (me
 exists here (PyTorch3D / nvdiffrast have no build); the named reference is the same call at 1 view.
 
 Prints readable lines, then LAST one JSON line.
-Run: ``.venv/bin/python benchmarks/fit.py [--repeats 5] [--iterations 300] [--classes 1]``
+Run: ``.venv/bin/python benchmarks/fit.py [--repeats 5] [--iterations 300] [--classes 1] [--set FIELD=VALUE]``
+(``--set`` reproduces the variants tried for the defaults, e.g. ``--set optimizer=sgd --skip-raster``).
 """
 
 from __future__ import annotations
@@ -60,15 +61,29 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--classes", type=int, default=1, help="procsynth classes fitted (class 0, 1, ...)")
     parser.add_argument("--views-per-iteration", type=int, default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override one FitParams field (VALUE read as JSON when it parses), e.g. --set optimizer=sgd")
+    parser.add_argument("--skip-raster", action="store_true", help="only the fit (no raster_views_per_s)")
     args = parser.parse_args()
-    one = bench_raster(1, args.repeats)
-    many = bench_raster(20, args.repeats)
-    print(f"raster_views_per_s: {many:.2f} (20 views per call), {one:.2f} (1 view per call; reference)", flush=True)
+    one = many = float("nan")
+    if not args.skip_raster:
+        one = bench_raster(1, args.repeats)
+        many = bench_raster(20, args.repeats)
+        print(f"raster_views_per_s: {many:.2f} (20 views per call), {one:.2f} (1 view per call; reference)", flush=True)
     family = get_family("procsynth")
     overrides = {"iterations": args.iterations}
     if args.views_per_iteration is not None:
         overrides["views_per_iteration"] = args.views_per_iteration
+    for item in args.overrides:
+        field, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            overrides[field] = json.loads(value)
+        except ValueError:
+            overrides[field] = value
     params = FitParams(**overrides)
+    print(f"FitParams: {params.model_dump_json(exclude_defaults=True)} (the rest default)", flush=True)
     runs = []
     for cls in range(args.classes):
         mesh = family.generate_item(family.parse_params({}), 0, cls, 0).obj
@@ -83,7 +98,8 @@ def main() -> None:
     print(json.dumps({"fit_seconds": med("fit_seconds"), "fit_held_out_iou": med("held_out_iou"),
                       "fit_chamfer": med("chamfer"), "fit_fscore": med("fscore"),
                       "fit_raster_seconds": med("raster_seconds"), "fit_loss_seconds": med("loss_seconds"),
-                      "raster_views_per_s": round(many, 3), "raster_views_per_s_1view": round(one, 3)}))
+                      "raster_views_per_s": None if args.skip_raster else round(many, 3),
+                      "raster_views_per_s_1view": None if args.skip_raster else round(one, 3)}))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.spec import ExperimentSpec
+from services.common.spec.meshgen import MESH_KINDS
 from services.experiment.workplan import sample_count, shard_counts, split_sizes
 
 MEASURED = Path(__file__).resolve().parents[2] / "benchmarks" / "measured.json"
@@ -58,7 +59,7 @@ def bytes_per_sample(dataset, measured: dict) -> float | None:
     base = figures.get("e2e.image_size")
     if not base:
         return None
-    if dataset.kind in ("procsynth", "morphsynth"):
+    if dataset.kind in MESH_KINDS:
         settings, size = dataset.render, dataset.render.image_size
     elif dataset.kind == "fractal2d":
         settings, size = dataset.fractal_render, dataset.fractal_render.image_size

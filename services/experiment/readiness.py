@@ -49,6 +49,8 @@ def missing_inputs(stage: str, spec: ExperimentSpec, store: Store) -> list[str]:
         names = {name for run in spec.pretrain for name in run.datasets}
         for entry in spec.evaluation.shape_bias + spec.evaluation.depth_probe:  # read after transfer, same job
             names |= {d for d in (getattr(entry, f, None) for f in ("conflict", "probe", "dataset")) if d is not None}
+        if spec.evaluation.recoverability is not None:  # fitted to the rendered masks after transfer, same job
+            names |= set(spec.evaluation.recoverability.datasets)
         return _missing_shards(spec, store, names)
     if stage == "neuro":
         needed = {run for s in spec.scoring for run in s.runs}

@@ -10,6 +10,7 @@ Store layout::
     meshes/<dataset_id>/<class:05d>/<instance>.glb     procsynth, morphsynth meshes
     meshes/<dataset_id>/<class:05d>/ifs.json           fractal2d class definitions
     fits/<fit_id>/mesh.glb, losses.jsonl, losses.png, metrics.json   one mesh fitted to silhouettes or a mesh
+    fits/<dataset_id>/recoverability.json              shape recoverability of a rendered dataset (per class, mean)
 """
 
 from __future__ import annotations
@@ -37,4 +38,9 @@ def fit_key(fit_id: str, name: str) -> str:
     return f"fits/{fit_id}/{name}"
 
 
-__all__ = ["fit_key", "MESH_FAMILIES", "ifs_key", "ifs_variants", "manifest_key", "mesh_key", "missing_classes"]
+def recoverability_key(dataset_id: str) -> str:
+    """Store key of a dataset's shape-recoverability summary (written by the meshgen job's ``fit_dataset``)."""
+    return f"fits/{dataset_id}/recoverability.json"
+
+
+__all__ = ["fit_key", "recoverability_key", "MESH_FAMILIES", "ifs_key", "ifs_variants", "manifest_key", "mesh_key", "missing_classes"]

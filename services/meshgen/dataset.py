@@ -26,7 +26,7 @@ from services.common.spec.experiment import DatasetSpec, ExperimentSpec
 from services.common.store import Store
 from services.meshgen.registry import ProgressCallback, ShapeFamily, class_dir, get_family
 
-MESHGEN_FAMILIES = ("procsynth", "morphsynth", "fractal2d")
+MESHGEN_FAMILIES = ("procsynth", "morphsynth", "fractal2d", "fitted")
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The built-in shape families, registered by name: procsynth, morphsynth, fractal2d.
+"""The built-in shape families, registered by name: procsynth, morphsynth, fractal2d, fitted.
 
 Seeds. Class ``c`` of a family draws from ``derive_seed(root_seed, family, c)``
 (morphsynth: its Nyström points; its class-level morph from
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import trimesh
 
 from services.common.seeds import derive_seed
-from services.common.spec.meshgen import Fractal2DParams, MorphSynthParams, ProcSynthParams
+from services.common.spec.meshgen import FittedParams, Fractal2DParams, MorphSynthParams, ProcSynthParams
 from services.meshgen.fractal2d import IFSClass, ifs_variants, search_ifs
 from services.meshgen.morphsynth import MorphModel
 from services.meshgen.procsynth import ProcSynthShape, generate_base, procsynth_instance
@@ -121,3 +121,37 @@ class Fractal2DFamily(ShapeFamily):
         stats = {"maps": int(len(ifs.maps)), "filling_rate": round(ifs.filling_rate, 6), "rejections": ifs.rejections,
                  "variants": len(ifs_variants(ifs.maps, params.weight_step))}
         return [GeneratedItem(class_index, 0, seed, f"{class_dir(class_index)}/ifs.json", data, stats, ifs)]
+
+
+@functools.lru_cache(maxsize=8)
+def _fitted_mesh(folder: str, fit_json: str) -> tuple[trimesh.Trimesh, dict]:
+    # One fit per (folder, parameters): every instance of the class is this mesh. Reached through the stage
+    # registry (as the CLI reaches jobs), not imported: the fit draws with the render stage's rasteriser, and
+    # render reads meshes through meshgen.api, which imports this module (a static import would close that loop).
+    from services.common.stages import get_stage
+
+    return get_stage("meshgen").job().fit_folder(folder, fit_json)
+
+
+@register_family
+class FittedFamily(ShapeFamily):
+    """A lab's own objects: class ``c`` is an ico-sphere fitted to the masks + render records in ``folders[c]``
+    (:mod:`services.meshgen.fit`), rendered like procsynth. One natural instance per class; more instances are
+    the same mesh (the render stage varies pose and illumination)."""
+
+    name = "fitted"
+    params_type = FittedParams
+
+    def default_instances(self, params: FittedParams) -> int:
+        return 1
+
+    def generate_class(self, params, root_seed, class_index, instances: Sequence[int]) -> list[GeneratedItem]:
+        params = self.parse_params(params)
+        if not 0 <= class_index < len(params.folders):
+            raise ValueError(f"family.folders: class {class_index} has no silhouette folder "
+                             f"({len(params.folders)} folders listed)")
+        mesh, stats = _fitted_mesh(params.folders[class_index], params.fit.model_dump_json())
+        data = export_glb(mesh)
+        seed = derive_seed(root_seed, self.name, class_index)
+        return [GeneratedItem(class_index, instance, seed, f"{class_dir(class_index)}/{instance}.glb", data,
+                              dict(stats), mesh) for instance in instances]

@@ -85,6 +85,21 @@ def run_fit(params, store: Store, *, mesh: bytes = b"", mesh_format: str = "glb"
     raise RuntimeError("the fit ended without a result")
 
 
+def fit_folder(folder: str, params) -> tuple:
+    """``family: fitted``'s class mesh: an ico-sphere fitted to a folder of masks + render records (not stored as a
+    fit; the family stores the mesh). Returns ``(mesh, stats)`` with the fit's id and its silhouette IoUs."""
+    from services.meshgen import fit as fitting
+
+    masks_png, records = fitting.read_mask_folder(folder)
+    params, target, fit_id = fitting.prepare(params, masks_png=masks_png, records=records)
+    result = fitting.fit(target, params)
+    stats = {"vertices": int(len(result.mesh.vertices)), "faces": int(len(result.mesh.faces)),
+             "extents": [round(float(x), 6) for x in result.mesh.extents], "fit_id": fit_id, "views": len(records),
+             **{k: result.metrics[k] for k in ("held_out_iou", "train_iou", "final_loss", "fit_seconds")
+                if k in result.metrics}}
+    return result.mesh, stats
+
+
 def fit_dataset(spec: ExperimentSpec, store: Store, dataset_name: str, params=None, *, classes: int = 3,
                 instance: int = 0, progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Shape recoverability of a rendered dataset: fit the first ``classes`` classes from their rendered masks.
@@ -102,6 +117,7 @@ def fit_dataset(spec: ExperimentSpec, store: Store, dataset_name: str, params=No
 
     from services.common.manifest import read_manifest
     from services.meshgen import fit as fitting
+    from services.meshgen.api import recoverability_key
     from services.render import api as render_api
 
     params = fitting.parse_params(params)
@@ -144,5 +160,6 @@ def fit_dataset(spec: ExperimentSpec, store: Store, dataset_name: str, params=No
     for key in ("held_out_iou", "chamfer", "fscore"):
         values = [c[key] for c in summary["classes"].values() if c.get(key) is not None]
         summary[f"mean_{key}"] = float(np.mean(values)) if values else None
-    store.put_bytes(f"fits/{dataset_id}/recoverability.json", json.dumps(summary, indent=2, sort_keys=True).encode())
+    summary["classes_requested"] = classes
+    store.put_bytes(recoverability_key(dataset_id), json.dumps(summary, indent=2, sort_keys=True).encode())
     return summary

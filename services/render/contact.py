@@ -14,6 +14,7 @@ from PIL import Image
 
 from services.common.seeds import derive_rng
 from services.common.spec.experiment import ExperimentSpec
+from services.common.spec.meshgen import MESH_KINDS
 from services.common.store import Store
 from services.render.keys import contact_sheet_key
 from services.render.kinds import DatasetContext, dataset_context
@@ -58,7 +59,7 @@ def sheet_rows(ctx: DatasetContext) -> list[list[np.ndarray]]:
     lay = layout(ctx.dataset)
     classes = min(ctx.dataset.classes, MAX_ROWS)
     rows = []
-    if kind in ("procsynth", "morphsynth"):
+    if kind in MESH_KINDS:
         from services.render.views import get_renderer
 
         settings = ctx.dataset.render

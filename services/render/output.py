@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from services.common.errors import ObjectNotFoundError
 from services.common.manifest import Manifest, ManifestEntry, read_rebuildable_manifest, write_manifest
 from services.common.spec.experiment import ExperimentSpec
+from services.common.spec.meshgen import MESH_KINDS
 from services.common.store import Store, sha256_stream
 from services.render.codec import find_rgb
 from services.render.keys import dataset_manifest_key, part_key, shard_index_key
@@ -87,7 +88,7 @@ class DeterministicTarWriter:
 
 def dataset_metadata(ctx: DatasetContext) -> dict:
     dataset = ctx.dataset
-    if dataset.kind in ("procsynth", "morphsynth"):
+    if dataset.kind in MESH_KINDS:
         size = dataset.render.image_size
     elif dataset.kind == "fractal2d":
         size = dataset.fractal_render.image_size

@@ -22,9 +22,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from services.common.spec.experiment import DatasetSpec, ExperimentSpec
+from services.common.spec.meshgen import MESH_KINDS
 
 SPLITS = ("train", "val")
-NATURAL_INSTANCES = {"morphsynth": 3, "fractal2d": 25}
+NATURAL_INSTANCES = {"morphsynth": 3, "fractal2d": 25, "fitted": 1}
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class SplitLayout:
 def layout(dataset: DatasetSpec) -> SplitLayout:
     """The sample numbering of a dataset (see the module docstring)."""
     kind = dataset.kind
-    if kind in ("procsynth", "morphsynth"):
+    if kind in MESH_KINDS:
         r = dataset.render
         return SplitLayout(dataset.classes, instances_per_class(dataset), r.views_per_instance,
                            round(r.views_per_instance * r.val_fraction))
@@ -118,7 +119,7 @@ def fractal_view(dataset: DatasetSpec, split: str, view_slot: int) -> tuple[int,
 
 
 def shard_size(dataset: DatasetSpec) -> int:
-    if dataset.kind in ("procsynth", "morphsynth"):
+    if dataset.kind in MESH_KINDS:
         return dataset.render.shard_size
     if dataset.kind == "fractal2d":
         return dataset.fractal_render.shard_size

@@ -16,6 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from services.common.spec import ExperimentSpec, content_hash, spec_to_yaml
 from services.common.store import LocalStore, Store
+from services.meshgen.api import recoverability_key
 from services.render.api import contact_sheet_key, dataset_manifest_key
 from services.train.api import evaluation_id, evaluation_key
 
@@ -90,6 +91,7 @@ def collect_report(spec: ExperimentSpec, store: Store, timings: dict[str, float]
     transfer = _transfer_table(spec, store)
     scores, comparisons = _score_tables(spec, store)
     shape_bias, depth_probe = _evaluations(spec, store)
+    recoverability = _recoverability(spec, store)
 
     return {
         "experiment": spec.name,
@@ -106,6 +108,7 @@ def collect_report(spec: ExperimentSpec, store: Store, timings: dict[str, float]
         "comparisons": comparisons,
         "shape_bias": shape_bias,
         "depth_probe": depth_probe,
+        "recoverability": recoverability,
         "timings": history["runs"],
     }
 
@@ -253,6 +256,30 @@ def _evaluations(spec: ExperimentSpec, store: Store) -> tuple[list[dict], list[d
         depth_probe.append({"name": entry.name, "id": eid, "kind": entry.kind,
                             "source": entry.dataset if entry.kind == "renders" else entry.path, "rows": rows})
     return shape_bias, depth_probe
+
+
+def _recoverability(spec: ExperimentSpec, store: Store) -> list[dict]:
+    """Per dataset with ``fits/<dataset_id>/recoverability.json`` (or listed in ``evaluation.recoverability``): the
+    mean and per-class held-out silhouette IoU, chamfer and F-score of meshes fitted to its masks."""
+    listed = set(spec.evaluation.recoverability.datasets) if spec.evaluation.recoverability is not None else set()
+    rows = []
+    for d in spec.datasets:
+        did = spec.dataset_id(d.name)
+        summary = _json(store, recoverability_key(did))
+        if summary is None and d.name not in listed:
+            continue
+        if summary is None:
+            rows.append({"name": d.name, "id": did, "family": d.kind, "missing": True})
+            continue
+        params = summary.get("params") or {}
+        classes = [{"cls": int(c), **{k: v.get(k) for k in ("held_out_iou", "train_iou", "chamfer", "fscore",
+                                                             "fit_seconds")}}
+                   for c, v in sorted((summary.get("classes") or {}).items(), key=lambda kv: int(kv[0]))]
+        rows.append({"name": d.name, "id": did, "family": d.kind, "missing": False,
+                     "mean_held_out_iou": summary.get("mean_held_out_iou"), "mean_chamfer": summary.get("mean_chamfer"),
+                     "mean_fscore": summary.get("mean_fscore"), "fscore_threshold": params.get("fscore_threshold"),
+                     "iterations": params.get("iterations"), "level": params.get("level"), "classes": classes})
+    return rows
 
 
 def _strip_images(obj: Any) -> Any:

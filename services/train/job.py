@@ -79,4 +79,34 @@ def run_job(
 
         summary["evaluation"] = run_evaluations(
             spec, store, progress=progress, mine=(lambda i: True) if distributed else (lambda i: i % count == index))
+    rec = spec.evaluation.recoverability
+    if rec is not None and index == 0 and (ctx is None or ctx.rank == 0):
+        summary["recoverability"] = run_recoverability(spec, store, progress=progress)
     return summary
+
+
+def run_recoverability(spec: ExperimentSpec, store: Store, *, progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """``spec.evaluation.recoverability``: fit each listed dataset's first classes (meshgen's ``fit_dataset``).
+
+    A dataset whose ``recoverability.json`` already holds the same parameters, classes and instance is skipped.
+    """
+    from services.common.stages import get_stage
+    from services.meshgen.api import recoverability_key
+
+    fit_dataset = get_stage("meshgen").job().fit_dataset  # the stage's job, as the CLI reaches it
+
+    rec = spec.evaluation.recoverability
+    done: dict = {}
+    params = rec.params.model_dump(mode="json")
+    for name in rec.datasets:
+        key = recoverability_key(spec.dataset_id(name))
+        old = store.get_json(key) if store.exists(key) else None
+        if old is not None and old.get("params") == params and old.get("classes_requested") == rec.classes \
+                and old.get("instance") == rec.instance:
+            done[name] = {"status": "skipped", "key": key}
+            continue
+        result = fit_dataset(spec, store, name, rec.params, classes=rec.classes, instance=rec.instance,
+                             progress=progress)
+        done[name] = {"status": "done", "key": key, "mean_held_out_iou": result.get("mean_held_out_iou"),
+                      "mean_chamfer": result.get("mean_chamfer"), "mean_fscore": result.get("mean_fscore")}
+    return done

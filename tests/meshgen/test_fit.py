@@ -123,3 +123,24 @@ def test_masks_records_mismatch_and_bad_params_are_named():
         prepare({"level": 9}, mesh=b"x")
     with pytest.raises(SpecError, match="params.optimizer"):
         prepare('{"optimizer": "lbfgs"}', mesh=b"x")
+
+
+def test_schedule_anneals_sigma_and_decays_the_learning_rate(monkeypatch):
+    from services.meshgen.fit import schedule
+
+    params = FitParams(iterations=5, sigma=0.1, sigma_start=1.6, lr=2.0, lr_schedule="cosine")
+    sigmas, lrs = zip(*(schedule(params, s) for s in range(1, 6)))
+    assert sigmas == pytest.approx([1.6, 0.8, 0.4, 0.2, 0.1])  # geometric: halves each step here
+    assert lrs == pytest.approx([2.0, 1.0 + 2 ** -0.5, 1.0, 1.0 - 2 ** -0.5, 0.0])
+    assert schedule(FitParams(sigma=0.3), 7) == (0.3, 0.01)  # defaults: constant sigma, Adam's constant lr
+    seen = []
+    real = render_api.soft_silhouette
+
+    def spy(*args, sigma, **kw):
+        seen.append(sigma)
+        return real(*args, sigma=sigma, **kw)
+
+    target = target_from_mesh(box(), FitParams(**SMALL))
+    monkeypatch.setattr(render_api, "soft_silhouette", spy)
+    fit(target, FitParams(**dict(SMALL, iterations=3, sigma_start=0.4, sigma=0.1)))
+    assert seen == pytest.approx([0.4, 0.2, 0.1])

@@ -73,6 +73,14 @@ def store_with_results(tmp_path):
     dp = evaluation_id(spec, spec.evaluation.depth_probe[0])
     store.put_json(evaluation_key(dp, "net3d"), {"rmse_m": 0.123, "baseline_rmse_m": 0.456, "rmse_image_mean_m": 0.11,
                                                   "abs_rel": 0.01, "layer": "layer4", "test_images": 24})
+    from services.meshgen.api import recoverability_key
+
+    first = spec.datasets[0]
+    store.put_json(recoverability_key(spec.dataset_id(first.name)), {
+        "dataset": first.name, "mean_held_out_iou": 0.875, "mean_chamfer": 0.0123, "mean_fscore": 0.61,
+        "params": {"fscore_threshold": 0.05, "iterations": 300, "level": 4},
+        "classes": {"1": {"held_out_iou": 0.85, "train_iou": 0.86, "chamfer": 0.0146, "fscore": 0.6, "fit_seconds": 70.2},
+                    "0": {"held_out_iou": 0.9, "train_iou": 0.91, "chamfer": 0.01, "fscore": 0.62, "fit_seconds": 71.0}}})
     store.put_json(
         "runs/digits-transfer-abc/transfer.json",
         {"results": [
@@ -97,7 +105,14 @@ def test_report_contents(store_with_results):
     assert html.count('class="bias-ci"') == 2 and "0.700–0.900" in html and "24 / 6 / 18" in html
     assert re.search(r"<td>net3d</td><td>layer4</td><td>0.123</td><td>0.456</td>", html)
     assert re.search(r'<td>net2d</td><td colspan="6" class="missing">not evaluated yet</td>', html)
+    # shape recoverability: the dataset with a summary, its mean and its classes in order
+    first = spec.datasets[0].name
+    assert re.search(rf'<tr data-dataset="{first}"><td>{first}</td><td>[a-z0-9]+</td><td>2</td>\s*<td>0.875</td>'
+                     r"<td>0.0123</td><td>0.610 <small>@0.05</small></td>", html)
+    assert re.findall(r"<tr><td>(\d)</td><td>([0-9.]+)</td><td>[0-9.]+</td><td>([0-9.]+)</td>", html) == [
+        ("0", "0.900", "0.0100"), ("1", "0.850", "0.0146")]
     report = json.loads(Path(path).with_name("report.json").read_text())
+    assert [d["name"] for d in report["recoverability"]] == [first]
     assert report["timings"][-1]["stages_s"] == {"meshgen": 1.5, "render": 2.0}
     assert "src" not in json.dumps(report["datasets"])  # images stay out of the JSON
     # A second report keeps the first run's timings.

@@ -1,4 +1,5 @@
-"""Evaluations of pre-trained runs that need no fine-tuning: shape bias and a linear depth probe."""
+"""Evaluations that need no fine-tuning: shape bias and a linear depth probe of pre-trained runs; the shape
+recoverability of rendered datasets (meshes fitted to their silhouettes)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from services.common.spec.base import SEED_MAX, Name, StrictModel
+from services.common.spec.meshgen import FitParams
 
 
 class ShapeBiasSpec(StrictModel):
@@ -100,6 +102,21 @@ class DepthProbeSpec(StrictModel):
         return self
 
 
+class RecoverabilitySpec(StrictModel):
+    """Shape recoverability: an ico-sphere fitted to each of the first ``classes`` classes' rendered masks (every view of
+    instance ``instance``), compared with the true mesh (chamfer, F-score) and on held-out views (silhouette IoU).
+    Run by the train stage after render; results: fits/<dataset_id>/recoverability.json, shown in the report."""
+
+    datasets: list[Name] = Field(min_length=1, max_length=1000, description="Rendered procsynth/morphsynth datasets to "
+                                 "fit (with 'mask' in render.outputs).")
+    classes: int = Field(default=3, ge=1, le=100_000, description="Fit the first this many classes of each dataset.")
+    instance: int = Field(default=0, ge=0, le=1_000_000, description="Which instance of each class is fitted.")
+    params: FitParams = Field(default_factory=FitParams, description="Fitting parameters (FitParams; held_out_views "
+                              "of the rendered views are held out for the IoU).")
+
+
 class EvaluationSpec(StrictModel):
     shape_bias: list[ShapeBiasSpec] = Field(default_factory=list, max_length=1000, description="Shape-bias evaluations (cue conflict).")
     depth_probe: list[DepthProbeSpec] = Field(default_factory=list, max_length=1000, description="Linear depth probes of frozen backbones.")
+    recoverability: RecoverabilitySpec | None = Field(default=None, description="Shape recoverability of rendered "
+                                                      "datasets (meshes fitted to their masks); none by default.")

@@ -18,19 +18,19 @@ from services.common.spec.base import SEED_MAX, Name, StrictModel
 from services.common.spec.loading import parse_document, read_spec_text
 from services.common.spec.evaluation import EvaluationSpec
 from services.common.spec.local import LocalSpec
-from services.common.spec.meshgen import Fractal2DParams, MorphSynthParams, ProcSynthParams
+from services.common.spec.meshgen import MESH_KINDS, FittedParams, Fractal2DParams, MorphSynthParams, ProcSynthParams
 from services.common.spec.neuro import NeuralDataSpec, ScoringSpec
 from services.common.spec.render import FractalRenderSettings, NoiseSceneParams, RenderSettings
 from services.common.spec.train import PretrainSpec, TargetSpec, TransferSpec
 
 FamilyParams = Annotated[
-    Union[ProcSynthParams, MorphSynthParams, Fractal2DParams, NoiseSceneParams], Field(discriminator="family")
+    Union[ProcSynthParams, MorphSynthParams, Fractal2DParams, NoiseSceneParams, FittedParams], Field(discriminator="family")
 ]
 
 
 class DatasetSpec(StrictModel):
     name: Name = Field(description="Dataset name, unique in the experiment.")
-    family: FamilyParams = Field(description="How classes are generated: procsynth, morphsynth, fractal2d or noisescenes.")
+    family: FamilyParams = Field(description="How classes are generated: procsynth, morphsynth, fractal2d, noisescenes or fitted.")
     classes: int = Field(default=10, ge=1, le=100_000, description="Number of classes.")
     instances_per_class: int | None = Field(
         default=None, ge=1, le=10_000,
@@ -51,16 +51,23 @@ class DatasetSpec(StrictModel):
         return self.family.family
 
     @model_validator(mode="after")
+    def _fitted_folders(self):
+        if self.kind == "fitted" and self.classes > len(self.family.folders):
+            raise ValueError(f"classes: {self.classes} classes, but family.folders lists {len(self.family.folders)} "
+                             "silhouette folders (one per class)")
+        return self
+
+    @model_validator(mode="after")
     def _cue_conflict(self):
         if not self.render.cue_conflict and not self.render.class_texture.enabled:
             return self
-        if self.kind not in ("procsynth", "morphsynth"):
-            raise ValueError(f"render.cue_conflict / render.class_texture: only for procsynth and morphsynth datasets, "
+        if self.kind not in MESH_KINDS:
+            raise ValueError(f"render.cue_conflict / render.class_texture: only for procsynth, morphsynth and fitted datasets, "
                              f"not {self.kind}")
         if self.render.cue_conflict and self.classes < 2:
             raise ValueError(f"render.cue_conflict: needs at least 2 classes (shape of one, texture of another), got {self.classes}")
-        if self.render.cue_conflict and self.kind == "procsynth" and not self.render.class_texture.enabled:
-            raise ValueError("render.cue_conflict: procsynth classes are all grey and have no appearance of their own; "
+        if self.render.cue_conflict and self.kind != "morphsynth" and not self.render.class_texture.enabled:
+            raise ValueError(f"render.cue_conflict: {self.kind} classes are all grey and have no appearance of their own; "
                              "set render.class_texture.enabled: true (and the same class_texture on the non-conflict dataset)")
         return self
 
@@ -308,7 +315,7 @@ class ExperimentSpec(StrictModel):
                 continue
             where = f"evaluation.shape_bias[{i}]"
             conflict = by_name[e.conflict]
-            if conflict.kind not in ("procsynth", "morphsynth") or not conflict.render.cue_conflict:
+            if conflict.kind not in MESH_KINDS or not conflict.render.cue_conflict:
                 raise ValueError(f"{where}.conflict: dataset '{e.conflict}' is not a cue-conflict dataset "
                                  "(procsynth/morphsynth with render.cue_conflict: true)")
             if e.probe is not None:
@@ -319,10 +326,22 @@ class ExperimentSpec(StrictModel):
                     raise ValueError(
                         f"{where}.probe: dataset '{e.probe}' must show the conflict set's classes without conflict: "
                         "no cue_conflict, the same meshes (meshes_from) and classes, and the same class_texture")
+        rec = self.evaluation.recoverability
+        for i, name in enumerate(rec.datasets if rec is not None else []):
+            where = f"evaluation.recoverability.datasets[{i}]"
+            if name not in by_name:
+                raise ValueError(f"{where}: unknown dataset '{name}' (known: {_few_list(sorted(by_name))})")
+            d = by_name[name]
+            if d.kind not in MESH_KINDS or "mask" not in d.render.outputs:
+                raise ValueError(f"{where}: '{name}' must be a procsynth/morphsynth/fitted dataset that stores masks "
+                                 "(render.outputs with 'mask'); the fit reads them with their cameras")
+            if rec.classes > d.classes:
+                raise ValueError(f"evaluation.recoverability.classes: {rec.classes} classes, but dataset '{name}' has "
+                                 f"{d.classes}")
         for i, e in enumerate(self.evaluation.depth_probe):
             if e.kind == "renders":
                 d = by_name[e.dataset]
-                if d.kind not in ("procsynth", "morphsynth") or "depth" not in d.render.outputs or d.render.val_fraction <= 0:
+                if d.kind not in MESH_KINDS or "depth" not in d.render.outputs or d.render.val_fraction <= 0:
                     raise ValueError(f"evaluation.depth_probe[{i}].dataset: '{e.dataset}' must be a procsynth/morphsynth "
                                      "dataset that stores depth (render.outputs) and holds out a val split (val_fraction > 0)")
 

@@ -102,3 +102,4 @@ def render_mesh_samples(ctx: DatasetContext, task: ShardTask) -> Iterator[Sample
 
 sample_writer("procsynth")(render_mesh_samples)
 sample_writer("morphsynth")(render_mesh_samples)
+sample_writer("fitted")(render_mesh_samples)
