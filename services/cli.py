@@ -278,14 +278,7 @@ def fit(target: str, params_path: str | None, overrides: tuple[str, ...], store_
             _fail(f"{params_path}: not JSON/YAML: {exc}", EXIT_BAD_INPUT)
         if not isinstance(params, dict):
             _fail(f"{params_path}: must hold a mapping of FitParams fields", EXIT_BAD_INPUT)
-    for item in overrides:
-        field, sep, value = item.partition("=")
-        if not sep or not field:
-            _fail(f"--set {item!r}: expected FIELD=VALUE", EXIT_BAD_INPUT)
-        try:
-            params[field] = json.loads(value)
-        except ValueError:
-            params[field] = value
+    params.update(_parse_overrides(overrides))
     store = _open_store(None, store_url)
     path = Path(target)
     kwargs = {"masks_folder": str(path)} if path.is_dir() else {"mesh": path.read_bytes(),
@@ -310,6 +303,20 @@ def fit(target: str, params_path: str | None, overrides: tuple[str, ...], store_
         click.echo(key)
 
 
+def _parse_overrides(overrides) -> dict:
+    """``--set FIELD=VALUE`` options as a dict (VALUE read as JSON where it is JSON, else a string)."""
+    params: dict = {}
+    for item in overrides:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            _fail(f"--set {item!r}: expected FIELD=VALUE", EXIT_BAD_INPUT)
+        try:
+            params[field] = json.loads(value)
+        except ValueError:
+            params[field] = value
+    return params
+
+
 @main.command("fit-dataset")
 @click.argument("spec_path", metavar="SPEC.yaml")
 @click.argument("dataset")
@@ -321,14 +328,7 @@ def fit_dataset(spec_path: str, dataset: str, classes: int, overrides: tuple[str
     spec = _load(spec_path)
     store = _open_store(spec, store_url)
     params: dict = {}
-    for item in overrides:
-        field, sep, value = item.partition("=")
-        if not sep or not field:
-            _fail(f"--set {item!r}: expected FIELD=VALUE", EXIT_BAD_INPUT)
-        try:
-            params[field] = json.loads(value)
-        except ValueError:
-            params[field] = value
+    params.update(_parse_overrides(overrides))
     try:
         summary = get_stage("meshgen").job().fit_dataset(spec, store, dataset, params, classes=classes)
     except (SpecError, ValueError) as exc:
