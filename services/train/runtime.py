@@ -61,3 +61,61 @@ class Trainer:
     eval_train: Dataset  # training split as evaluated (cross-validation folds score on it)
     test: Dataset
     cached: bool
+
+
+def train_model(model, train: Dataset, source, *, rt: Runtime, criterion, logits: Callable, set_train_mode: Callable,
+                what: str, lr: float, optim, epochs: int, batch_size: int, seed: int, weight_decay: float,
+                checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
+                stop_after_epoch: int | None = None):
+    """The fine-tuning loop shared by classification and segmentation transfer: SGD with momentum over the
+    trainable parameters, the spec's per-step schedule, AMP where the runtime uses it, a finite-loss check
+    (``what`` names the run in the error), a checkpoint after every epoch and exact resumption (each epoch
+    re-seeds its data order and augmentation). ``set_train_mode(model)`` puts the model in its training mode
+    (a probe keeps the frozen backbone's BatchNorm statistics); ``logits(output)`` reads the network's output.
+    ``stop_after_epoch`` ends the fit early, as a crash would (for tests)."""
+    import math
+
+    from torch import nn
+
+    from services.common.seeds import derive_seed
+    from services.train.loop import DivergedError, lr_factor
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=weight_decay)
+    drop_last = len(train) > batch_size
+    steps = max(1, len(train) // batch_size if drop_last else math.ceil(len(train) / batch_size))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step / steps, optim, epochs))
+    scaler = torch.amp.GradScaler("cuda", enabled=rt.use_amp and rt.dtype == torch.float16)
+    start = 0
+    if resume is not None:
+        model.load_state_dict(resume["state_dict"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        start = resume["epoch"] + 1
+    for epoch in range(start, epochs):
+        torch.manual_seed(derive_seed(seed, "torch", epoch))  # augmentation draws (no workers)
+        order = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))  # order, and worker seeds
+        set_train_mode(model)
+        for images, targets in rt.loader(train, batch_size, shuffle=True, generator=order, drop_last=drop_last):
+            with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.use_amp):
+                out = logits(model(rt.inputs(images, source)))
+            loss = criterion(out.float(), targets.to(rt.device, non_blocking=True))
+            if not torch.isfinite(loss):
+                raise DivergedError(f"{what}: loss became {loss.item()}; lower the learning rate or set "
+                                    "optim.grad_clip_norm")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if optim.grad_clip_norm is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(params, optim.grad_clip_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+        if checkpoint is not None:
+            checkpoint({"epoch": epoch, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict()})
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
+    return model

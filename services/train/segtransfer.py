@@ -18,8 +18,6 @@ the confusion matrix pooled over the split, with 95 % bootstrap intervals over i
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torchvision
@@ -27,13 +25,12 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from services.common.errors import FlatlandError
-from services.common.seeds import derive_rng, derive_seed
+from services.common.seeds import derive_rng
 from services.common.spec.train import OptimSpec
 from services.train.data import IGNORE_INDEX
-from services.train.loop import DivergedError, lr_factor
 from services.train.models import model_kwargs, segmentation_models
 from services.train.objectives.segmentation import bootstrap_intervals, confusion_matrices, scores
-from services.train.runtime import Trainer, _runtime
+from services.train.runtime import Trainer, _runtime, train_model
 
 #: The score of a segmentation transfer.
 METRIC = "iou_macro"
@@ -102,48 +99,20 @@ def fit_segmentation(source, mode: str, train: Dataset, num_classes: int, *, lr:
     model = prepare_segmentation_model(source, num_classes, mode).to(rt.device)
     if rt.cuda and rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=weight_decay)
-    drop_last = len(train) > batch_size
-    steps = max(1, len(train) // batch_size if drop_last else math.ceil(len(train) / batch_size))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step / steps, optim, epochs))
-    scaler = torch.amp.GradScaler("cuda", enabled=rt.use_amp and rt.dtype == torch.float16)
-    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=optim.label_smoothing)
-    start = 0
-    if resume is not None:
-        model.load_state_dict(resume["state_dict"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        start = resume["epoch"] + 1
-    for epoch in range(start, epochs):
-        torch.manual_seed(derive_seed(seed, "torch", epoch))
-        order = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))
+    return train_model(
+        model, train, source, rt=rt, logits=_logits, set_train_mode=_train_mode(mode),
+        criterion=nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=optim.label_smoothing),
+        what=f"segmentation transfer of '{source.name}' ({mode}, lr={lr})", lr=lr, optim=optim, epochs=epochs,
+        batch_size=batch_size, seed=seed, weight_decay=weight_decay, checkpoint=checkpoint, resume=resume,
+        stop_after_epoch=stop_after_epoch)
+
+
+def _train_mode(mode: str):
+    def set_train_mode(model: nn.Module) -> None:
         model.train()
         if mode == "linear_probe":
             model.backbone.eval()  # frozen BatchNorm statistics
-        for images, masks in rt.loader(train, batch_size, shuffle=True, generator=order, drop_last=drop_last):
-            with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.use_amp):
-                logits = _logits(model(rt.inputs(images, source)))
-            loss = criterion(logits.float(), masks.to(rt.device, non_blocking=True))
-            if not torch.isfinite(loss):
-                raise DivergedError(f"segmentation transfer of '{source.name}' ({mode}, lr={lr}): loss became "
-                                    f"{loss.item()}; lower the learning rate or set optim.grad_clip_norm")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if optim.grad_clip_norm is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(params, optim.grad_clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-        if checkpoint is not None:
-            checkpoint({"epoch": epoch, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict()})
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
-            break
-    return model
+    return set_train_mode
 
 
 def predict(model: nn.Module, data: Dataset, source, batch_size: int, device) -> tuple[np.ndarray, float]:

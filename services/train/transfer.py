@@ -79,7 +79,7 @@ from services.train.loop import DivergedError, lr_factor, run_prefix
 from services.train.models import (
     build_model, head_parameter_names, load_checkpoint, load_verified_checkpoint, logits_of, save_checkpoint,
 )
-from services.train.runtime import Runtime, Trainer, _runtime  # noqa: F401  (re-exported)
+from services.train.runtime import Runtime, Trainer, _runtime, train_model  # noqa: F401  (re-exported)
 from services.train.segtransfer import segmentation_model_for
 from services.train.targets import IGNORE, TARGET_LOADERS, TargetData, load_target, view  # noqa: F401  (re-exported)
 
@@ -226,46 +226,12 @@ def fit(source: Source, mode: str, train: Dataset, num_classes: int, *, lr: floa
     model = prepare_model(source, num_classes, mode).to(rt.device)
     if rt.cuda and rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=weight_decay)
-    drop_last = len(train) > batch_size
-    steps = max(1, len(train) // batch_size if drop_last else math.ceil(len(train) / batch_size))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step / steps, optim, epochs))
-    scaler = torch.amp.GradScaler("cuda", enabled=rt.use_amp and rt.dtype == torch.float16)
-    criterion = _criterion(multilabel, optim.label_smoothing)
-    start = 0
-    if resume is not None:
-        model.load_state_dict(resume["state_dict"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        start = resume["epoch"] + 1
-    for epoch in range(start, epochs):
-        torch.manual_seed(derive_seed(seed, "torch", epoch))  # augmentation draws (no workers)
-        order = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))  # order, and worker seeds
-        model.train(mode == "finetune")  # a probe keeps the backbone's BatchNorm statistics frozen
-        for images, labels in rt.loader(train, batch_size, shuffle=True, generator=order, drop_last=drop_last):
-            with torch.autocast(rt.device.type, dtype=rt.dtype, enabled=rt.use_amp):
-                logits = logits_of(model(rt.inputs(images, source)))
-            loss = criterion(logits.float(), labels.to(rt.device, non_blocking=True))
-            if not torch.isfinite(loss):
-                raise DivergedError(f"transfer of '{source.name}' ({mode}, lr={lr}, weight_decay={weight_decay}): "
-                                    f"loss became {loss.item()}; lower the learning rate or set optim.grad_clip_norm")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if optim.grad_clip_norm is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(params, optim.grad_clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-        if checkpoint is not None:
-            checkpoint({"epoch": epoch, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict()})
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
-            break
-    return model
+    return train_model(
+        model, train, source, rt=rt, criterion=_criterion(multilabel, optim.label_smoothing), logits=logits_of,
+        set_train_mode=lambda m: m.train(mode == "finetune"),  # a probe keeps the backbone's BatchNorm statistics
+        what=f"transfer of '{source.name}' ({mode}, lr={lr}, weight_decay={weight_decay})", lr=lr, optim=optim,
+        epochs=epochs, batch_size=batch_size, seed=seed, weight_decay=weight_decay, checkpoint=checkpoint,
+        resume=resume, stop_after_epoch=stop_after_epoch)
 
 
 # -- linear probes on cached features ---------------------------------------------------
