@@ -51,26 +51,31 @@ def filters_png(model: nn.Module, title: str = "") -> bytes:
 
 
 def curves_png(records: Sequence[dict], title: str = "") -> bytes:
-    """Loss and top-1 (segmentation: macro and micro IoU) per epoch, train and val, from ``metrics.jsonl`` records."""
+    """Loss and top-1 (segmentation: macro and micro IoU; 3D prior: depth error in metres) per epoch, train and val,
+    from ``metrics.jsonl`` records."""
     epochs = [r["epoch"] for r in records]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     segmentation = any("train_iou_macro" in r or "val_iou_macro" in r for r in records)
     # segmentation runs: mIoU (macro) and pooled IoU (micro) instead of top-1
+    prior = any("train_depth_mae_m" in r or "val_depth_mae_m" in r for r in records)
     scores = (("iou_macro", "mIoU"), ("iou_micro", "IoU micro")) if segmentation else (("top1", ""),)
+    if prior:  # the 3D prior has no classes: its depth error, in metres
+        scores = (("depth_mae_m", "depth MAE"),)
+    scale = 1 if prior else 100
     for split, style in (("train", "-o"), ("val", "--s")):
         loss = [r.get(f"{split}_loss") for r in records]
         if any(v is not None for v in loss):
             loss_ax.plot(epochs, [np.nan if v is None else v for v in loss], style, label=split, markersize=3)
             for metric, name in scores:
                 values = [r.get(f"{split}_{metric}") for r in records]
-                acc_ax.plot(epochs, [np.nan if v is None else 100 * v for v in values],
+                acc_ax.plot(epochs, [np.nan if v is None else scale * v for v in values],
                             style if metric != "iou_micro" else style.replace("o", "^").replace("s", "v"),
                             label=f"{split} {name}".strip(), markersize=3)
     loss_ax.set_xlabel("epoch")
-    loss_ax.set_ylabel("cross-entropy loss (log scale)")
+    loss_ax.set_ylabel("weighted loss (log scale)" if prior else "cross-entropy loss (log scale)")
     loss_ax.set_yscale("log")  # early validation losses of BatchNorm nets can be 1000x the final ones
     acc_ax.set_xlabel("epoch")
-    acc_ax.set_ylabel("IoU (%)" if segmentation else "top-1 accuracy (%)")
+    acc_ax.set_ylabel("depth mean absolute error (m)" if prior else "IoU (%)" if segmentation else "top-1 accuracy (%)")
     for ax in (loss_ax, acc_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
