@@ -78,14 +78,29 @@ def test_two_workers_write_the_same_bytes_as_one(one_worker, tmp_path):
     assert [k for k in reference if reference[k] != parallel[k]] == []
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_every_worker_and_the_next_run_resumes(one_worker, tmp_path):
+def _run_command(tmp_path):
+    """The store, command line and environment of a 2-worker `flatland run` of meshgen and render."""
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(SPEC))
     store = tmp_path / "store"
     command = [sys.executable, "-m", "services.cli", "run", str(spec_path), "--store", str(store),
                "--stage", "meshgen", "--stage", "render", "--workers", "2"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYOPENGL_PLATFORM": os.environ.get("PYOPENGL_PLATFORM", "osmesa")}
+    return store, command, env
+
+
+def _nothing_half_written(reference_store, store) -> dict:
+    """Every file a stopped run left is one the uninterrupted run also wrote, byte for byte (manifests aside),
+    and some are missing; returns the uninterrupted run's files."""
+    reference, stopped = store_files(reference_store), store_files(store)
+    assert len(stopped) < len(reference)
+    assert [k for k in stopped if k not in reference or (stopped[k] != reference[k] and "manifest" not in k)] == []
+    return reference
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_worker_and_the_next_run_resumes(one_worker, tmp_path):
+    store, command, env = _run_command(tmp_path)
     # Its own process group, as a terminal's foreground job: Ctrl-C reaches the parent and its workers.
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                start_new_session=True)
@@ -101,10 +116,7 @@ def test_ctrl_c_stops_every_worker_and_the_next_run_resumes(one_worker, tmp_path
     output = process.communicate(timeout=60)[0].decode()
     assert process.returncode == 130, output
     assert "run the same command again to resume" in output
-    # Nothing half-written: every file left is one the uninterrupted run also wrote, byte for byte.
-    reference, stopped = store_files(one_worker), store_files(store)
-    assert len(stopped) < len(reference)
-    assert [k for k in stopped if k not in reference or (stopped[k] != reference[k] and "manifest" not in k)] == []
+    reference = _nothing_half_written(one_worker, store)
     # The next run finishes the job: the same store as the uninterrupted run.
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout.decode() + rerun.stderr.decode()
@@ -117,12 +129,7 @@ def test_sigterm_mid_render_stops_every_worker_and_the_next_run_resumes(one_work
     workers itself, exits, leaves nothing half-written, and the next run ends with the uninterrupted store."""
     import psutil
 
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(SPEC))
-    store = tmp_path / "store"
-    command = [sys.executable, "-m", "services.cli", "run", str(spec_path), "--store", str(store),
-               "--stage", "meshgen", "--stage", "render", "--workers", "2"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYOPENGL_PLATFORM": os.environ.get("PYOPENGL_PLATFORM", "osmesa")}
+    store, command, env = _run_command(tmp_path)
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                start_new_session=True)
     parent = psutil.Process(process.pid)
@@ -143,9 +150,7 @@ def test_sigterm_mid_render_stops_every_worker_and_the_next_run_resumes(one_work
     assert "run the same command again to resume" in output
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert alive == [], f"workers outlived SIGTERM of their parent: {[p.pid for p in alive]}"
-    reference, stopped = store_files(one_worker), store_files(store)
-    assert len(stopped) < len(reference)
-    assert [k for k in stopped if k not in reference or (stopped[k] != reference[k] and "manifest" not in k)] == []
+    reference = _nothing_half_written(one_worker, store)
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout.decode() + rerun.stderr.decode()
     assert store_files(store) == reference

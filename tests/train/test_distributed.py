@@ -25,6 +25,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def run_two_ranks(store, spec, out: Path, home: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """tests/train/ddp_worker.py on two gloo ranks under torchrun (rank files written to ``out``)."""
+    worker = Path(__file__).with_name("ddp_worker.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+               str(worker), str(store.root), spec.model_dump_json(), str(out)]
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(home), **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+
 @pytest.mark.slow
 def test_two_gloo_ranks_see_disjoint_data_and_end_with_identical_weights(tmp_path):
     store = LocalStore(tmp_path / "store")
@@ -32,15 +42,8 @@ def test_two_gloo_ranks_see_disjoint_data_and_end_with_identical_weights(tmp_pat
     render(store, spec, train=12, val=2)
     out = tmp_path / "out"
     out.mkdir()
-    worker = Path(__file__).with_name("ddp_worker.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-               str(worker), str(store.root), spec.model_dump_json(), str(out)]
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
     with running_pushgateway(tmp_path) as gateway:
-        if gateway:
-            env[PUSHGATEWAY_ENV] = gateway
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        done = run_two_ranks(store, spec, out, tmp_path, {PUSHGATEWAY_ENV: gateway} if gateway else None)
         assert done.returncode == 0, done.stderr[-3000:]
         if gateway:  # every rank pushed its epoch metrics as its own group, under its rank label
             text = urllib.request.urlopen(f"{gateway}/metrics", timeout=5).read().decode()

@@ -18,7 +18,7 @@ from services.train.loop import pretrain
 from services.train.models import load_verified_checkpoint
 from services.train.objectives import objective_for
 from services.train.objectives.prior3d import composite, ray_directions, render_rays
-from tests.train.prior_shards import DISTANCE, sphere_depth, sphere_members
+from tests.train.prior_shards import sphere_depth, sphere_members
 from tests.train.synthetic_shards import write_dataset
 
 TINY = {"token_grid": 4, "token_dim": 32, "attention_heads": 4, "triplane_resolution": 16, "triplane_channels": 8,
@@ -297,24 +297,15 @@ def test_an_image_folder_with_depth_maps_trains_the_prior(local_store, tmp_path)
 
 @pytest.mark.slow
 def test_two_gloo_ranks_train_the_prior_to_identical_networks(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from services.common.store import LocalStore
-    from tests.train.test_distributed import free_port
+    from tests.train.test_distributed import run_two_ranks
 
     store = LocalStore(tmp_path / "store")
     spec = make_spec(epochs=1, batch_size=4, workers=0)
     render(store, spec, train=8, val=2)
     out = tmp_path / "out"
     out.mkdir()
-    worker = Path(__file__).with_name("ddp_worker.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-               str(worker), str(store.root), spec.model_dump_json(), str(out)]
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    done = run_two_ranks(store, spec, out, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((out / f"keys-{r}.json").read_text()) for r in range(2)]
     a, b = (set(r["keys"]["0"]) for r in ranks)
