@@ -8,11 +8,13 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+import torchvision.io
+from PIL import Image
 
 from services.common.errors import SpecError
 from services.common.spec.experiment import parse_spec
 from services.render.api import DEPTH_MAX_M, DEPTH_PRECISION_M, decode_depth, decode_rgb, find_rgb
-from services.render.codec import encode_depth, encode_rgb
+from services.render.codec import encode_depth, encode_png, encode_rgb
 from services.render.job import run_job
 from services.render.keys import shard_index_key
 from services.render.views import decode_png, render_record
@@ -120,3 +122,24 @@ def test_default_outputs_store_compact_depth(shapes):
     for data, mask in zip(depth, masks):
         # 48 x 48 float32 would be 9.3 KB; millimetres in a 16-bit PNG are a fraction of that
         assert len(data) < 4000 and np.array_equal(np.isfinite(decode_depth(data)), mask == 255)
+
+
+@pytest.mark.parametrize("shape,dtype", [((37, 53, 3), np.uint8), ((5, 7), np.uint8), ((9, 11), np.uint16),
+                                         ((4, 6, 4), np.uint8), ((1, 1, 3), np.uint8), ((64, 3), np.uint16)])
+def test_png_writer_is_lossless_for_pillow_and_torchvision(shape, dtype):
+    image = np.random.default_rng(sum(shape)).integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
+    data = encode_png(image)
+    with Image.open(io.BytesIO(data)) as pil:
+        pil.load()  # verifies every chunk's CRC and the zlib stream
+        assert pil.size == (shape[1], shape[0])
+    assert np.array_equal(decode_png(data).reshape(shape), image)
+    decoded = torchvision.io.decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                        mode=torchvision.io.ImageReadMode.UNCHANGED)
+    assert np.array_equal(decoded.permute(1, 2, 0).numpy().astype(dtype).reshape(shape), image)
+    assert encode_png(image) == data  # deterministic
+
+
+def test_png_writer_names_what_it_cannot_store():
+    for bad in (np.zeros((3, 3), np.float32), np.zeros((3, 3, 2), np.uint8), np.zeros((0, 3), np.uint8)):
+        with pytest.raises(ValueError, match="encode_png takes"):
+            encode_png(bad)

@@ -9,8 +9,8 @@ import pytest
 
 from services.common.seeds import rng_from_seed
 from services.common.spec.render import NoiseSceneParams
-from services.render.renderers.noise3d import (KIND_CODES, impulse_table, noise_at, perlin3, permutation_table,
-                                               sparse3)
+from services.render.renderers.noise3d import (KIND_CODES, background_noise, impulse_table, label_counts, noise_at,
+                                               perlin3, permutation_table, sparse3)
 from services.render.renderers.scenes import draw_scene, ray_cast_ellipsoid, sample_scene
 
 
@@ -92,7 +92,7 @@ def test_sparse_noise_caches_do_not_change_its_values():
     t = np.linspace(0, 6, 3000)[:, None]
     path = np.array([3.1, 7.2, 1.3]) + t * np.array([1.0, 0.37, 0.21])  # a scanline-like walk through cells
     plain = np.array([sparse3(*p, perm, impulses) for p in path[::50]])
-    for sub in (1, 2, 4):
+    for sub in (0, 1, 2, 4):  # 0: no cache, the 27 cells summed directly
         cached = noise_at(KIND_CODES["sparse_convolution"], path, perm, impulses, sub)
         assert np.allclose(cached[::50], plain, atol=1e-12)
 
@@ -179,3 +179,25 @@ def test_bad_records_are_refused_with_the_field_named():
     record["objects"][0]["semi_axes"] = [0.1, 0.0, 0.1]
     with pytest.raises(ValueError, match="semi_axes"):
         draw_scene(record)
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.7, 20.0])
+def test_background_plane_is_the_noise_at_each_pixel_centre(scale):
+    """The background's row-wise Perlin and splatted sparse noise equal the per-point functions on the plane."""
+    perm, impulses = tables(11)
+    offset = np.array([17.3, 201.9, 55.4])
+    size = 96
+    u = (np.arange(size) + 0.5) / size
+    x, y = np.meshgrid(u * scale + offset[0], u * scale + offset[1])
+    points = np.stack([x.ravel(), y.ravel(), np.full(x.size, offset[2])], axis=1)
+    perlin = noise_at(KIND_CODES["perlin"], points, perm, impulses).reshape(size, size)
+    assert np.array_equal(background_noise("perlin", size, scale, offset, perm, impulses), perlin)  # bit for bit
+    sparse = noise_at(KIND_CODES["sparse_convolution"], points, perm, impulses).reshape(size, size)
+    splatted = background_noise("sparse_convolution", size, scale, offset, perm, impulses)
+    assert np.allclose(splatted, sparse, rtol=0, atol=1e-12) and np.abs(sparse).max() > 0.2
+
+
+def test_label_counts_match_bincount():
+    labels = np.random.default_rng(2).integers(0, 7, (64, 48)).astype(np.uint16)
+    assert np.array_equal(label_counts(labels), np.bincount(labels.ravel()))
+    assert np.array_equal(label_counts(np.zeros((3, 3), np.uint16)), [9])

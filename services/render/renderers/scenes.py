@@ -29,8 +29,9 @@ import numpy as np
 
 from services.common.seeds import derive_seed, rng_from_seed
 from services.common.spec.render import NoiseSceneParams
-from services.render.renderers.noise3d import (KIND_CODES, NOISE_FUNCTIONS, SPARSE_IMPULSES, impulse_table, permutation_table,
-                                               render_scene, sparse_state, sub_boxes)
+from services.render.renderers.noise3d import (KIND_CODES, NOISE_FUNCTIONS, SPARSE_IMPULSES, background_noise,
+                                               impulse_table, label_counts, permutation_table, render_scene,
+                                               sparse_state, sub_boxes)
 
 #: Means of classes beyond the spec's ``class_priors``, drawn from the seed.
 EXTRA_HUE_RANGE = (0.0, 360.0)
@@ -203,16 +204,15 @@ def draw_scene(record: dict) -> tuple[np.ndarray, np.ndarray]:
     rgb = np.empty((size, size, 3), dtype=np.uint8)
     labels = np.empty((size, size), dtype=np.uint16)
     # sparse noise caches impulses per sub-box where lattice cells span several pixels (see noise3d.sub_boxes)
-    bg_sub = sub_boxes(size / float(bg["noise_scale"]))
     subs = np.array([sub_boxes(size * min(obj["semi_axes"][:2]) / obj["noise_scale"]) for obj in objects], dtype=np.int64)
-    render_scene(size, NOISE_FUNCTIONS[kind], *sparse_state(bg_impulses), float(bg["noise_scale"]), bg_offset, bg_perm,
-                 bg_impulses, bg_sub, centres, quadrics, to_local, boxes, noise_scales, offsets, subs, perms, impulses,
-                 colours, kd, ks, shininess, labels_in, float(record["ambient"]), light, half, tint, rgb, labels)
+    background = background_noise(kind, size, float(bg["noise_scale"]), bg_offset, bg_perm, bg_impulses)
+    render_scene(size, NOISE_FUNCTIONS[kind], *sparse_state(bg_impulses), background, centres, quadrics, to_local,
+                 boxes, noise_scales, offsets, subs, perms, impulses, colours, kd, ks, shininess, labels_in, float(record["ambient"]), light, half, tint, rgb, labels)
     return rgb, labels
 
 
 def dominant_class(labels: np.ndarray) -> int:
     """The object class covering most pixels (0 if the scene shows no object)."""
-    counts = np.bincount(labels.ravel(), minlength=2)
+    counts = label_counts(np.ascontiguousarray(labels, dtype=np.uint16))
     counts[0] = 0
     return int(counts.argmax()) - 1 if counts.sum() else 0
