@@ -201,7 +201,8 @@ def sparse3_cached(x, y, z, perm, impulses, owner, sub, state, buf):
     (hashed from the 27 cells around it, once per cell and texture ``owner``), ``buf[1]`` those of them that can
     reach its sub-box (1/``sub`` of the cell per side; with 3 impulses per cell and ``sub`` = 4 about 21
     impulses instead of about 62). ``sub`` = 1 skips the second level: worth it only where a sub-box spans
-    a few pixels; ``sub`` = 0 skips both and sums the 27 cells directly (:func:`sub_boxes`). ``state`` = (cell x, y, z, owner, count 0, sub-box x, y, z, count 1)."""
+    a few pixels; ``sub`` = 0 skips both and sums the 27 cells directly (:func:`sub_boxes`).
+    ``state`` = (cell x, y, z, owner, count 0, sub-box x, y, z, count 1)."""
     if sub <= 0:
         return min(1.0, max(-1.0, _sum_around(x, y, z, perm, impulses) / SPARSE_NORM))
     cx, cy, cz = np.int64(np.floor(x)), np.int64(np.floor(y)), np.int64(np.floor(z))

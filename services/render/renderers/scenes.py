@@ -207,7 +207,8 @@ def draw_scene(record: dict) -> tuple[np.ndarray, np.ndarray]:
     subs = np.array([sub_boxes(size * min(obj["semi_axes"][:2]) / obj["noise_scale"]) for obj in objects], dtype=np.int64)
     background = background_noise(kind, size, float(bg["noise_scale"]), bg_offset, bg_perm, bg_impulses)
     render_scene(size, NOISE_FUNCTIONS[kind], *sparse_state(bg_impulses), background, centres, quadrics, to_local,
-                 boxes, noise_scales, offsets, subs, perms, impulses, colours, kd, ks, shininess, labels_in, float(record["ambient"]), light, half, tint, rgb, labels)
+                 boxes, noise_scales, offsets, subs, perms, impulses, colours, kd, ks, shininess, labels_in,
+                 float(record["ambient"]), light, half, tint, rgb, labels)
     return rgb, labels
 
 
