@@ -422,7 +422,7 @@ def sparse_tiles(size, o, best, best_t, centre, to_local, noise_scale, offset, p
                     m += 1
             if m == 0:
                 continue
-            # an impulse in cell g lies in [g, g + 1): it can reach the box only from cells floor(lo) - 1 .. floor(hi) + 1
+            # an impulse in cell g lies in [g, g + 1): only cells floor(lo) - 1 .. floor(hi) + 1 can reach the box
             gx0, gx1 = np.int64(np.floor(lo0)) - 1, np.int64(np.floor(hi0)) + 1
             gy0, gy1 = np.int64(np.floor(lo1)) - 1, np.int64(np.floor(hi1)) + 1
             gz0, gz1 = np.int64(np.floor(lo2)) - 1, np.int64(np.floor(hi2)) + 1
