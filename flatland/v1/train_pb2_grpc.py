@@ -61,9 +61,10 @@ class TrainServicer:
     """Missing associated documentation comment in .proto file."""
 
     def StartRun(self, request, context):
-        """Validate the spec and start the named pre-training run (or transfer) in the
-        background; returns its run id at once. Starting a run that is already running
-        or finished returns the same id.
+        """Validate the spec and start the named pre-training run (or transfer; or, for the
+        name "evaluation", all of the spec's evaluations) in the background; returns its
+        run id at once. Starting a run that is already running or finished returns the
+        same id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -29,6 +29,7 @@ from services.common.errors import FlatlandError
 from services.common.spec import ExperimentSpec
 from services.common.stages import list_stages
 from services.meshgen.api import MESH_FAMILIES
+from services.train.api import EVALUATIONS_ITEM, has_evaluations
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -109,7 +110,10 @@ def run_remote(
                     _follow(stage, stub.RenderDataset(render_pb2.RenderDatasetRequest(dataset=item(d.name))), progress)
             elif stage == "train":
                 stub = train_pb2_grpc.TrainStub(channel)
-                for name in [r.name for r in spec.pretrain] + [t.name for t in spec.transfer]:
+                names = [r.name for r in spec.pretrain] + [t.name for t in spec.transfer]
+                if has_evaluations(spec):  # after every run: the evaluations read their checkpoints
+                    names.append(EVALUATIONS_ITEM)
+                for name in names:
                     ref = _call(stage, stub.StartRun, item(name))
                     events = _follow(stage, stub.WatchRun(ref, timeout=timeout), progress)
                     last = events[-1] if events else None

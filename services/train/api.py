@@ -70,6 +70,24 @@ def evaluation_id(spec, entry) -> str:
     return f"{entry.name}-{content_hash(inputs)}"
 
 
+#: The item name that asks the train service (``StartRun``) for the experiment's evaluations.
+EVALUATIONS_ITEM = "evaluation"
+
+
+def has_evaluations(spec) -> bool:
+    ev = spec.evaluation
+    return bool(ev.shape_bias or ev.depth_probe or ev.recoverability is not None)
+
+
+def evaluations_run_id(spec) -> str:
+    """Run id of an experiment's evaluations as one served run: ``evaluation-<hash of the section and the run ids>``;
+    its summary is ``runs/<id>/evaluation.json``."""
+    from services.common.spec.experiment import content_hash
+
+    runs = {r.name: spec.run_id(r.name) for r in spec.pretrain}
+    return f"evaluation-{content_hash({'evaluation': spec.evaluation, 'runs': runs})[:10]}"
+
+
 def evaluation_key(evaluation_id: str, run_name: str) -> str:
     """``evaluations/<evaluation_id>/<run>.json``: one run's result (see docs/evaluation.md for the fields)."""
     return f"evaluations/{evaluation_id}/{run_name}.json"

@@ -85,6 +85,20 @@ def run_job(
     return summary
 
 
+def run_spec_evaluations(spec: ExperimentSpec, store: Store, *,
+                         progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """All of ``spec.evaluation`` in this process (the train service's evaluation run): shape bias and depth probes,
+    then shape recoverability; each part already in the store is skipped."""
+    from services.train.evaluate import run_evaluations
+
+    summary: dict = {}
+    if spec.evaluation.shape_bias or spec.evaluation.depth_probe:
+        summary["evaluation"] = run_evaluations(spec, store, progress=progress)
+    if spec.evaluation.recoverability is not None:
+        summary["recoverability"] = run_recoverability(spec, store, progress=progress)
+    return summary
+
+
 def run_recoverability(spec: ExperimentSpec, store: Store, *, progress: Callable[[str, int, int], None] | None = None) -> dict:
     """``spec.evaluation.recoverability``: fit each listed dataset's first classes (meshgen's ``fit_dataset``).
 

@@ -15,11 +15,13 @@ import grpc
 
 from flatland.v1 import common_pb2, train_pb2, train_pb2_grpc
 from services.common.cancel import server_stopping
-from services.common.errors import ObjectNotFoundError, SpecError
+from services.common.errors import FlatlandError, ObjectNotFoundError, SpecError
 from services.common.spec.experiment import ExperimentSpec
 from services.common.spec_servicer import spec_from_text
 from services.common.status import bounded_message, message_for, status_for_exception
 from services.common.store import Store
+from services.train.api import EVALUATIONS_ITEM, evaluations_run_id, has_evaluations
+from services.train.job import run_spec_evaluations
 from services.train.loop import DistContext, PretrainRun
 from services.train.mixes import mix_for_run
 from services.train.models import check_model_name
@@ -92,8 +94,19 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
             sources_for(spec, transfer, self.store)  # pre-training runs finished?
             tid = transfer_id(spec, transfer)
             return spec, "transfer", tid, f"runs/{tid}/transfer.json"
+        if name == EVALUATIONS_ITEM:
+            if not has_evaluations(spec):
+                raise SpecError(f"name: '{name}': the spec has no evaluation section (shape_bias, depth_probe or "
+                                "recoverability) to run")
+            runs = dict.fromkeys(r for e in spec.evaluation.shape_bias + spec.evaluation.depth_probe for r in e.runs)
+            missing = [r for r in runs if not self.store.exists(f"runs/{spec.run_id(r)}/done.json")]
+            if missing:
+                raise FlatlandError(f"name: '{name}': pre-training runs {missing} have not finished; start them first")
+            run_id = evaluations_run_id(spec)
+            return spec, "evaluation", run_id, f"runs/{run_id}/evaluation.json"
         known = [p.name for p in spec.pretrain] + [t.name for t in spec.transfer]
-        raise SpecError(f"name: '{name}' is neither a pretrain run nor a transfer of the spec (known: {known})")
+        raise SpecError(f"name: '{name}' is neither a pretrain run nor a transfer of the spec, nor "
+                        f"'{EVALUATIONS_ITEM}' (known: {known})")
 
     def StartRun(self, request, context):
         try:
@@ -129,6 +142,11 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
                             on_epoch=lambda record: handle.update(metrics=handle.metrics + [record]))
                 records = self._stored_metrics(handle.run_id)
                 handle.update(metrics=records or handle.metrics, state=train_pb2.RUN_STATE_SUCCEEDED)
+            elif handle.kind == "evaluation":
+                summary = run_spec_evaluations(spec, self.store, progress=progress)
+                self.store.put_json(handle.result_key, summary)
+                self.store.put_json(f"runs/{handle.run_id}/done.json", {"kind": "evaluation"})
+                handle.update(state=train_pb2.RUN_STATE_SUCCEEDED)
             else:
                 summary = run_transfer(spec, name, self.store, progress=progress, should_stop=should_stop)
                 handle.update(transfer_results=summary["results"], state=train_pb2.RUN_STATE_SUCCEEDED)
@@ -151,6 +169,9 @@ class TrainServicer(train_pb2_grpc.TrainServicer):
             return handle
         try:
             if self.store.exists(f"runs/{run_id}/done.json"):
+                if self.store.exists(f"runs/{run_id}/evaluation.json"):
+                    return RunHandle(run_id, "evaluation", train_pb2.RUN_STATE_SUCCEEDED,
+                                     result_key=f"runs/{run_id}/evaluation.json")
                 if self.store.exists(f"runs/{run_id}/transfer.json"):
                     results = self.store.get_json(f"runs/{run_id}/transfer.json")["results"]
                     return RunHandle(run_id, "transfer", train_pb2.RUN_STATE_SUCCEEDED, transfer_results=results,

@@ -14,6 +14,7 @@ from services.experiment.runner import run_experiment
 from services.common.server import start_server
 from services.common.spec import parse_spec
 from services.common.store import LocalStore
+from services.train.api import evaluation_id, evaluation_key
 
 TINY = """
 name: tiny
@@ -47,6 +48,9 @@ neural_data:
 scoring:
   - {name: scores, runs: [net], benchmarks: [planted], layers: [layer2, layer4], pls_components: 3, n_splits: 3,
      pca_components: 20, compare_models: false}
+evaluation:
+  depth_probe:
+    - {name: depth, runs: [net], dataset: shapes, pixels_per_image: 16}
 """
 
 
@@ -68,6 +72,8 @@ def _summary(spec, store) -> dict:
     out["scores"] = {region: {layer: v["raw"] for layer, v in layers.items()} for region, layers in score["predictivity"].items()}
     transfer = next(k for k in store.list("runs/") if k.endswith("/transfer.json"))
     out["transfer"] = [(r["source"], r["mode"], r["test_top1"]) for r in store.get_json(transfer)["results"]]
+    depth = store.get_json(evaluation_key(evaluation_id(spec, spec.evaluation.depth_probe[0]), "net"))
+    out["depth_probe"] = (depth["rmse_m"], depth["baseline_rmse_m"], depth["test_images"])
     return out
 
 

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from flatland.v1 import common_pb2, train_pb2, train_pb2_grpc
+from services.common.spec import parse_spec
 from services.train.servicer import register
 from tests.train.synthetic_shards import write_dataset
 from tests.train.test_pretrain import make_spec
@@ -60,6 +61,14 @@ def test_bad_requests_get_status_codes_and_the_server_survives(client, local_sto
     with pytest.raises(grpc.RpcError) as err:
         stub.StartRun(item(spec, name="nope"), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "name" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.StartRun(item(spec, name="evaluation"), timeout=10)  # the spec evaluates nothing
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no evaluation section" in err.value.details()
+    evaluating = parse_spec({**json.loads(spec.model_dump_json()), "evaluation": {
+        "depth_probe": [{"name": "dp", "runs": ["r"], "dataset": "shapes"}]}})
+    with pytest.raises(grpc.RpcError) as err:
+        stub.StartRun(item(evaluating, name="evaluation"), timeout=10)  # run r has not been trained
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "['r'] have not finished" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         stub.GetRun(train_pb2.RunRef(run_id="never-ran"), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
