@@ -10,7 +10,7 @@ import pytest
 from services.common.seeds import rng_from_seed
 from services.common.spec.render import NoiseSceneParams
 from services.render.renderers.noise3d import (KIND_CODES, background_noise, impulse_table, label_counts, noise_at,
-                                               perlin3, permutation_table, sparse3)
+                                               permutation_table, sparse3)
 from services.render.renderers.scenes import draw_scene, ray_cast_ellipsoid, sample_scene
 
 
@@ -85,16 +85,6 @@ def test_sparse_noise_is_the_sum_of_cubic_kernels_around_hashed_impulses():
             if s < 1:
                 total += impulses[h, k, 3] * (1 - 22 / 9 * s + 17 / 9 * s**2 - 4 / 9 * s**3)
     assert sparse3(*point, perm, impulses) == pytest.approx(np.clip(total / 2.4, -1, 1), abs=1e-12)
-
-
-def test_sparse_noise_caches_do_not_change_its_values():
-    perm, impulses = tables(8)
-    t = np.linspace(0, 6, 3000)[:, None]
-    path = np.array([3.1, 7.2, 1.3]) + t * np.array([1.0, 0.37, 0.21])  # a scanline-like walk through cells
-    plain = np.array([sparse3(*p, perm, impulses) for p in path[::50]])
-    for sub in (0, 1, 2, 4):  # 0: no cache, the 27 cells summed directly
-        cached = noise_at(KIND_CODES["sparse_convolution"], path, perm, impulses, sub)
-        assert np.allclose(cached[::50], plain, atol=1e-12)
 
 
 def one_object(size: int, centre, kind: str = "perlin", semi_axes=(0.2, 0.12, 0.15)) -> dict:

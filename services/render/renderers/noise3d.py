@@ -11,14 +11,16 @@
   weights in [-1, 1], convolved with a cubic kernel of radius 1 cell. The kernel is Wyvill's cubic
   (in r^2) "soft object" field function ``C(s) = 1 - 22/9 s + 17/9 s^2 - 4/9 s^3`` with
   ``s = r^2 / R^2`` (C(0) = 1, C(1) = 0 with zero slope): smooth and compactly supported, so only the
-  27 neighbouring cells can contribute (and those farther than R from the point are skipped).
-  Divided by :data:`SPARSE_NORM` so its spread matches Perlin's; clipped to [-1, 1].
+  27 neighbouring cells can contribute. Divided by :data:`SPARSE_NORM` so its spread matches
+  Perlin's; clipped to [-1, 1].
 
-The surface renderer (:func:`render_scene`) is one numba kernel over pixels: ray-cast every
-ellipsoid whose bounding box covers the pixel, keep the nearest, evaluate the noise *at the 3D
-surface point* in the object's own frame (the unit sphere the ellipsoid is stretched from) times
-its noise scale r, then Phong shading. The texture therefore sticks to the surface: moving an
-object moves its texture with it. Written here (not taken from a library) because no maintained
+The surface renderer (:func:`render_scene`) is a numba kernel over pixels: ray-cast every ellipsoid
+whose bounding box covers the pixel, keep the nearest, evaluate the noise *at the 3D surface point*
+in the object's own frame (the unit sphere the ellipsoid is stretched from) times its noise scale r,
+then Phong shading. The texture therefore sticks to the surface: moving an object moves its texture
+with it. For speed the background plane is drawn in one piece (:func:`background_noise`: Perlin
+row by row, sparse noise splatted impulse by impulse) and sparse noise on objects tile by tile
+(:func:`sparse_tiles`); each is tested equal to the per-point functions. Written here (not taken from a library) because no maintained
 Python package evaluates improved Perlin and sparse-convolution noise at arbitrary 3D points at
 this speed; numba compiles it once per machine (``cache=True``).
 """
@@ -93,36 +95,10 @@ def perlin3(x, y, z, perm):
                        _lerp(u, _grad(perm[ab + 1], x, y - 1, z - 1), _grad(perm[bb + 1], x - 1, y - 1, z - 1))))
 
 
-@njit(cache=True)
-def _gather(cx, cy, cz, perm, impulses, buf):
-    """Into ``buf`` (4, 27 * K): the impulses (x, y, z, weight) of the 27 cells around cell (cx, cy, cz) that
-    lie within the kernel radius (1) of that cell's box, i.e. every impulse that can reach a point in it.
-    Returns their count."""
-    m = 0
-    for dx in range(-1, 2):
-        gx = cx + dx
-        hx = perm[gx & 255]
-        for dy in range(-1, 2):
-            gy = cy + dy
-            hxy = perm[hx + (gy & 255)]
-            for dz in range(-1, 2):
-                gz = cz + dz
-                h = perm[hxy + (gz & 255)]
-                for k in range(impulses.shape[1]):
-                    px, py, pz = gx + impulses[h, k, 0], gy + impulses[h, k, 1], gz + impulses[h, k, 2]
-                    ex = max(cx - px, 0.0, px - (cx + 1.0))
-                    ey = max(cy - py, 0.0, py - (cy + 1.0))
-                    ez = max(cz - pz, 0.0, pz - (cz + 1.0))
-                    # written always, kept by advancing m: no branch to mispredict on a random test
-                    buf[0, m], buf[1, m], buf[2, m], buf[3, m] = px, py, pz, impulses[h, k, 3]
-                    m += ex * ex + ey * ey + ez * ez < 1.0
-    return m
-
-
 @njit(cache=True, fastmath=True)
 def _sum_kernels(x, y, z, buf, m):
-    """Sum of w C(|p - x_i|^2) over the gathered impulses; C(s) = (1 - s)^2 (1 - 4/9 s) = Wyvill's cubic,
-    zero from s = 1 on (``min``: no branch, so the loop vectorises)."""
+    """Sum of w C(|p - x_i|^2) over the ``m`` impulses (x, y, z, w) in ``buf`` (4, >= m); C(s) = (1 - s)^2 (1 - 4/9 s)
+    = Wyvill's cubic, zero from s = 1 on (``min``: no branch, so the loop vectorises)."""
     total = 0.0
     for i in range(m):
         dx, dy, dz = buf[0, i] - x, buf[1, i] - y, buf[2, i] - z
@@ -131,27 +107,10 @@ def _sum_kernels(x, y, z, buf, m):
     return total
 
 
-#: Most sub-boxes per cell side of the second cache level (see :func:`sparse3_cached`).
-SUB = 4
-#: Below this many pixels per lattice cell, neighbouring pixels rarely share a cell and the caches cost more
-#: than they save: sparse noise is summed directly (:func:`_sum_around`, about 160 ns a point here against
-#: 240-340 ns for a cache refilled every pixel or two; measured with points 0.5-1 cell apart).
-DIRECT_BELOW_PIXELS = 4.0
-
-
-def sub_boxes(pixels_per_cell: float) -> int:
-    """Sub-boxes per cell side for a texture whose lattice cells span about ``pixels_per_cell`` pixels: as
-    many as keep each sub-box at least 3 pixels wide (so it is reused), 1 to :data:`SUB`; 0 (no cache, sum
-    directly) below :data:`DIRECT_BELOW_PIXELS`."""
-    if pixels_per_cell < DIRECT_BELOW_PIXELS:
-        return 0
-    return int(min(SUB, max(1, pixels_per_cell // 3)))
-
-
 @njit(cache=True, fastmath=True)
 def _sum_around(x, y, z, perm, impulses):
-    """Sum of w C(|p - x_i|^2) over every impulse of the 27 cells around (x, y, z), without a cache: those beyond
-    the kernel radius add C(1) = 0 (``min``), which costs less than testing them."""
+    """Sum of w C(|p - x_i|^2) over every impulse of the 27 cells around (x, y, z): those beyond the kernel radius
+    add C(1) = 0 (``min``), which costs less than testing them (about 160 ns a point here)."""
     cx, cy, cz = np.int64(np.floor(x)), np.int64(np.floor(y)), np.int64(np.floor(z))
     total = 0.0
     for dx in range(-1, 2):
@@ -173,87 +132,35 @@ def _sum_around(x, y, z, perm, impulses):
 
 
 @njit(cache=True)
-def _select(bx, by, bz, side, src, count, dst):
-    """Copy into ``dst`` the impulses of ``src[:, :count]`` within the kernel radius of box [b, b + side]^3."""
-    m = 0
-    for i in range(count):
-        px, py, pz = src[0, i], src[1, i], src[2, i]
-        ex = max(bx - px, 0.0, px - (bx + side))
-        ey = max(by - py, 0.0, py - (by + side))
-        ez = max(bz - pz, 0.0, pz - (bz + side))
-        dst[0, m], dst[1, m], dst[2, m], dst[3, m] = px, py, pz, src[3, i]  # kept by advancing m (as in _gather)
-        m += ex * ex + ey * ey + ez * ez < 1.0
-    return m
-
-
-def sparse_state(impulses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A fresh cache for :func:`sparse3_cached`: (state (9,) int64, buffers (2, 4, 27 K))."""
-    state = np.zeros(9, dtype=np.int64)
-    state[3] = -(2**62)  # no owner yet
-    return state, np.zeros((2, 4, 27 * impulses.shape[1]))
-
-
-@njit(cache=True)
-def sparse3_cached(x, y, z, perm, impulses, owner, sub, state, buf):
-    """Sparse convolution noise at (x, y, z) (see the module docstring), divided by SPARSE_NORM and clipped to
-    [-1, 1]. Only impulses within reach are summed, found through two cache levels that successive points
-    (neighbouring pixels) mostly share: ``buf[0]`` holds the impulses that can reach the point's lattice cell
-    (hashed from the 27 cells around it, once per cell and texture ``owner``), ``buf[1]`` those of them that can
-    reach its sub-box (1/``sub`` of the cell per side; with 3 impulses per cell and ``sub`` = 4 about 21
-    impulses instead of about 62). ``sub`` = 1 skips the second level: worth it only where a sub-box spans
-    a few pixels; ``sub`` = 0 skips both and sums the 27 cells directly (:func:`sub_boxes`).
-    ``state`` = (cell x, y, z, owner, count 0, sub-box x, y, z, count 1)."""
-    if sub <= 0:
-        return min(1.0, max(-1.0, _sum_around(x, y, z, perm, impulses) / SPARSE_NORM))
-    cx, cy, cz = np.int64(np.floor(x)), np.int64(np.floor(y)), np.int64(np.floor(z))
-    fresh = cx != state[0] or cy != state[1] or cz != state[2] or owner != state[3]
-    if fresh:
-        state[4] = _gather(cx, cy, cz, perm, impulses, buf[0])
-        state[0], state[1], state[2], state[3] = cx, cy, cz, owner
-    if sub <= 1:
-        value = _sum_kernels(x, y, z, buf[0], state[4]) / SPARSE_NORM
-        return min(1.0, max(-1.0, value))
-    sx, sy, sz = np.int64(np.floor(x * sub)), np.int64(np.floor(y * sub)), np.int64(np.floor(z * sub))
-    if fresh or sx != state[5] or sy != state[6] or sz != state[7]:
-        state[8] = _select(sx / sub, sy / sub, sz / sub, 1.0 / sub, buf[0], state[4], buf[1])
-        state[5], state[6], state[7] = sx, sy, sz
-    value = _sum_kernels(x, y, z, buf[1], state[8]) / SPARSE_NORM
-    return min(1.0, max(-1.0, value))
-
-
-@njit(cache=True)
 def sparse3(x, y, z, perm, impulses):
-    """Sparse convolution noise at one point (no cache; see :func:`sparse3_cached`)."""
-    state = np.zeros(9, dtype=np.int64)
-    state[3] = -1
-    buf = np.empty((2, 4, 27 * impulses.shape[1]))
-    return sparse3_cached(x, y, z, perm, impulses, 0, 1, state, buf)
+    """Sparse convolution noise at (x, y, z) (see the module docstring), divided by :data:`SPARSE_NORM` and clipped
+    to [-1, 1]. The renderer evaluates whole backgrounds and tiles of surface points at once
+    (:func:`background_sparse`, :func:`sparse_tiles`); this is the per-point definition they are tested against."""
+    return min(1.0, max(-1.0, _sum_around(x, y, z, perm, impulses) / SPARSE_NORM))
 
 
 @njit(cache=True)
-def perlin3_cached(x, y, z, perm, impulses, owner, sub, state, buf):
-    """:func:`perlin3` with the arguments of :func:`sparse3_cached` (which it does not need)."""
+def _perlin_point(x, y, z, perm, impulses):
+    """:func:`perlin3` with the arguments of :func:`sparse3` (``impulses`` unused), so both fit one kernel."""
     return perlin3(x, y, z, perm)
 
 
-#: The noise functions by name; :func:`render_scene` is compiled once for each.
-NOISE_FUNCTIONS = {"perlin": perlin3_cached, "sparse_convolution": sparse3_cached}
+#: The per-point noise functions by name; :func:`render_scene` is compiled once for each.
+NOISE_FUNCTIONS = {"perlin": _perlin_point, "sparse_convolution": sparse3}
 
 
 @njit(cache=True)
-def _noise_at(noise, points, perm, impulses, sub, state, buf):
+def _noise_at(noise, points, perm, impulses):
     out = np.empty(points.shape[0])
     for i in range(points.shape[0]):
-        out[i] = noise(points[i, 0], points[i, 1], points[i, 2], perm, impulses, 0, sub, state, buf)
+        out[i] = noise(points[i, 0], points[i, 1], points[i, 2], perm, impulses)
     return out
 
 
-def noise_at(kind: int, points: np.ndarray, perm: np.ndarray, impulses: np.ndarray, sub: int = 1) -> np.ndarray:
-    """Noise of kind code ``kind`` (:data:`KIND_CODES`) at (n, 3) ``points``: (n,) float64 (``sub``: sparse
-    noise's sub-boxes per cell, a speed setting that leaves the values as they are)."""
+def noise_at(kind: int, points: np.ndarray, perm: np.ndarray, impulses: np.ndarray) -> np.ndarray:
+    """Noise of kind code ``kind`` (:data:`KIND_CODES`) at (n, 3) ``points``: (n,) float64."""
     name = {code: name for name, code in KIND_CODES.items()}[kind]
-    return _noise_at(NOISE_FUNCTIONS[name], np.ascontiguousarray(points, dtype=np.float64), perm, impulses, sub,
-                     *sparse_state(impulses))
+    return _noise_at(NOISE_FUNCTIONS[name], np.ascontiguousarray(points, dtype=np.float64), perm, impulses)
 
 
 @njit(cache=True)
@@ -376,7 +283,7 @@ def background_noise(kind: str, size: int, scale: float, offset: np.ndarray, per
 
 
 #: From this many pixels per lattice cell up, sparse noise on an object is evaluated tile by tile
-#: (:func:`sparse_tiles`); below it, per pixel (:func:`sparse3_cached`).
+#: (:func:`sparse_tiles`); below it, per pixel (:func:`sparse3`).
 TILES_FROM_PIXELS = 0.5
 
 
@@ -384,7 +291,7 @@ def tile_pixels(pixels_per_cell: float) -> int:
     """Tile side for :func:`sparse_tiles` (0: evaluate per pixel): about one lattice cell, at least 3 and at
     most 16 pixels. Tuned on the published scene mix at 512 x 512 (sides of ppc/3, ppc/2, ppc, 2 ppc and
     fixed 4-8 tried): this choice drew the sparse scenes in 19 ms against 21-29 ms for the others and
-    26 ms per pixel with the caches of :func:`sparse3_cached`."""
+    26 ms per pixel with one- and two-level impulse caches (removed since)."""
     if pixels_per_cell < TILES_FROM_PIXELS:
         return 0
     return int(min(16, max(3, round(pixels_per_cell))))
@@ -392,7 +299,7 @@ def tile_pixels(pixels_per_cell: float) -> int:
 
 @njit(cache=True)
 def sparse_tiles(size, o, best, best_t, centre, to_local, noise_scale, offset, perm, impulses, box, tile, out):
-    """Write into ``out`` the sparse noise (:func:`sparse3_cached`'s value) at the surface point of every pixel
+    """Write into ``out`` the sparse noise (:func:`sparse3`'s value) at the surface point of every pixel
     of object ``o`` (``best == o``) within its pixel ``box``, ``tile`` x ``tile`` pixels at a time: one gather
     of the impulses within the kernel radius of the tile's surface points' bounding box, then each point
     sums over that list (the same terms as per point, in another order: equal to 1e-12). Surface points
@@ -443,7 +350,7 @@ def sparse_tiles(size, o, best, best_t, centre, to_local, noise_scale, offset, p
                             ez = max(lo2 - iz, 0.0, iz - hi2)
                             gathered[0, count], gathered[1, count], gathered[2, count] = ix, iy, iz
                             gathered[3, count] = impulses[h, k, 3]
-                            count += ex * ex + ey * ey + ez * ez < 1.0  # kept by advancing (see _gather)
+                            count += ex * ex + ey * ey + ez * ez < 1.0  # kept by advancing: no branch to mispredict
             for i in range(m):
                 value = _sum_kernels(points[i, 0], points[i, 1], points[i, 2], gathered, count) / SPARSE_NORM
                 out[where[i, 0], where[i, 1]] = min(1.0, max(-1.0, value))
@@ -479,15 +386,13 @@ def _byte(value):
 
 
 @njit(cache=True)
-def render_scene(size, noise, state, buf, background, centres, quadrics, to_local, boxes, noise_scales, offsets, subs,
-                 tiles, perms, impulses, colours, kd, ks, shininess, labels_in, ambient, light, half, bg_tint, rgb,
-                 labels):
+def render_scene(size, noise, background, centres, quadrics, to_local, boxes, noise_scales, offsets, tiles, perms,
+                 impulses, colours, kd, ks, shininess, labels_in, ambient, light, half, bg_tint, rgb, labels):
     """Draw one scene into ``rgb`` (size, size, 3) uint8 and ``labels`` (size, size) uint16.
 
-    ``noise`` is one of :data:`NOISE_FUNCTIONS`, ``state`` and ``buf`` its cache (:func:`sparse_state`),
-    ``subs[o]`` its sub-boxes per cell (:func:`sub_boxes`); ``tiles[o]`` > 0: sparse noise evaluated in tiles
-    of that side first (:func:`sparse_tiles`) instead of per pixel; ``background`` (size, size) the noise behind the
-    objects (:func:`background_noise`).
+    ``noise`` is one of :data:`NOISE_FUNCTIONS` (per pixel); ``tiles[o]`` > 0: object o's sparse noise evaluated
+    in tiles of that side first (:func:`sparse_tiles`); ``background`` (size, size) the noise behind the objects
+    (:func:`background_noise`).
 
     Orthographic camera looking down -z at [0, 1]^2 (image units); ``light`` the unit direction to the light,
     ``half`` the unit half vector between it and the viewer (+z); Phong shading.
@@ -545,7 +450,7 @@ def render_scene(size, noise, state, buf, background, centres, quadrics, to_loca
             if tiles[o] > 0:
                 texture = 0.5 + 0.5 * tiled[row, col]
             else:
-                texture = 0.5 + 0.5 * noise(lx, ly, lz, perms[o], impulses[o], o, subs[o], state, buf)
+                texture = 0.5 + 0.5 * noise(lx, ly, lz, perms[o], impulses[o])
             lambert = max(nx * light[0] + ny * light[1] + nz * light[2], 0.0)
             cosine = max(nx * half[0] + ny * half[1] + nz * half[2], 0.0)
             specular = ks[o] * cosine ** shininess[o] if ks[o] > 0.0 and cosine > 0.0 else 0.0

@@ -31,7 +31,7 @@ from services.common.seeds import derive_seed, rng_from_seed
 from services.common.spec.render import NoiseSceneParams
 from services.render.renderers.noise3d import (KIND_CODES, NOISE_FUNCTIONS, SPARSE_IMPULSES, background_noise,
                                                impulse_table, label_counts, permutation_table, render_scene,
-                                               sparse_state, sub_boxes, tile_pixels)
+                                               tile_pixels)
 
 #: Means of classes beyond the spec's ``class_priors``, drawn from the seed.
 EXTRA_HUE_RANGE = (0.0, 360.0)
@@ -203,14 +203,13 @@ def draw_scene(record: dict) -> tuple[np.ndarray, np.ndarray]:
     half = half / np.linalg.norm(half) if np.linalg.norm(half) > 1e-12 else np.array([0.0, 0.0, 1.0])
     rgb = np.empty((size, size, 3), dtype=np.uint8)
     labels = np.empty((size, size), dtype=np.uint16)
-    # sparse noise: per pixel where lattice cells are smaller than a pixel or two, else in tiles of about half a
-    # cell (noise3d.tile_pixels); Perlin noise per pixel
+    # sparse noise in tiles of about one lattice cell (noise3d.tile_pixels), per pixel where cells are under half a
+    # pixel; Perlin noise per pixel
     pixels_per_cell = [size * min(obj["semi_axes"][:2]) / obj["noise_scale"] for obj in objects]
-    subs = np.array([sub_boxes(p) for p in pixels_per_cell], dtype=np.int64)
     tiles = np.array([tile_pixels(p) if kind == "sparse_convolution" else 0 for p in pixels_per_cell], dtype=np.int64)
     background = background_noise(kind, size, float(bg["noise_scale"]), bg_offset, bg_perm, bg_impulses)
-    render_scene(size, NOISE_FUNCTIONS[kind], *sparse_state(bg_impulses), background, centres, quadrics, to_local,
-                 boxes, noise_scales, offsets, subs, tiles, perms, impulses, colours, kd, ks, shininess, labels_in,
+    render_scene(size, NOISE_FUNCTIONS[kind], background, centres, quadrics, to_local, boxes, noise_scales, offsets,
+                 tiles, perms, impulses, colours, kd, ks, shininess, labels_in,
                  float(record["ambient"]), light, half, tint, rgb, labels)
     return rgb, labels
 
