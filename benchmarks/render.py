@@ -177,6 +177,21 @@ def noisescene_rate(kind: str, images: int, first: int, rgb_format: str = "png",
     return clock.rates(images)
 
 
+def noisescene_bytes(scenes: int) -> dict:
+    """Mean stored bytes of each member of a 512x512 noise scene as the sample writer makes it (as many Perlin as
+    sparse-convolution scenes): ``flatland plan`` sizes noise datasets from these (their textures compress far
+    less than procsynth renders)."""
+    from services.render.kinds.noisescenes import noise_scene_samples
+    from services.render.plan import ShardTask
+
+    sizes: dict[str, list[int]] = {}
+    for kind in ("perlin", "sparse_convolution"):
+        for _, files in noise_scene_samples(noisescene_context(kind), ShardTask("noise", "train", 0, 0, scenes)):
+            for name, data in files.items():
+                sizes.setdefault(name, []).append(len(data))
+    return {f"noisescenes_bytes_per_sample.{name}": round(statistics.mean(v)) for name, v in sorted(sizes.items())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -263,6 +278,7 @@ def noisescenes(args) -> dict:
         "noisescenes_draw_images_per_cpu_s": round(cpu["draw"], 1),
         "noisescenes_ratio_vs_published": round(mixed / PUBLISHED_NOISESCENES_IMAGES_PER_S, 1),
         "noisescenes_image_size": 512,
+        **noisescene_bytes(max(4, args.noise_images // 2)),
     }
 
 

@@ -48,12 +48,14 @@ def _per_s(measured: dict, key: str) -> float | None:
 
 
 def bytes_per_sample(dataset, measured: dict) -> float | None:
-    """Store bytes of one sample of ``dataset``, from the bytes per member ``benchmarks/e2e.py`` measured.
+    """Store bytes of one sample of ``dataset``, from the bytes per member the benchmarks measured.
 
-    Members scale with the image area (measured at ``e2e.image_size``); the record and tar
-    headers (512 bytes per member, padding) do not. Fractal and noise datasets store rgb
-    and seg only; their PNGs are scaled from the procsynth measurement (an estimate, said so
-    in the plan's notes). RGB formats other than PNG use their measured ratio to PNG.
+    Members scale with the image area (measured at ``e2e.image_size``, procsynth renders); the record
+    and tar headers (512 bytes per member, padding) do not. Noise-scene datasets use the members of
+    512 x 512 noise scenes ``benchmarks/render.py`` measured (``render.noisescenes_bytes_per_sample.*``:
+    their textures compress far less) where present. Fractal datasets store rgb and seg only; their
+    PNGs are scaled from the procsynth measurement (an estimate, said so in the plan's notes). RGB
+    formats other than PNG use their measured ratio to PNG.
     """
     figures = measured.get("figures", {})
     base = figures.get("e2e.image_size")
@@ -65,11 +67,15 @@ def bytes_per_sample(dataset, measured: dict) -> float | None:
         settings, size = dataset.fractal_render, dataset.fractal_render.image_size
     else:
         settings, size = dataset.family, dataset.family.image_size
+    prefix, record = "e2e.bytes_per_sample", figures.get("e2e.bytes_per_sample.json", 0)
+    if dataset.kind == "noisescenes" and figures.get("render.noisescenes_bytes_per_sample.rgb.png"):
+        prefix, base = "render.noisescenes_bytes_per_sample", figures.get("render.noisescenes_image_size", 512)
+        record = figures.get(f"{prefix}.json", record)
     area = (size / base) ** 2
     member = {"rgb": "rgb.png", "depth": "depth.png", "seg": "seg.png", "mask": "mask.png"}
     total = 0.0
     for output in settings.outputs:
-        value = figures.get(f"e2e.bytes_per_sample.{member[output]}")
+        value = figures.get(f"{prefix}.{member[output]}")
         if value is None:
             return None
         if output == "rgb" and settings.rgb_format != "png":
@@ -79,7 +85,7 @@ def bytes_per_sample(dataset, measured: dict) -> float | None:
             value = value * other / png
         total += value * area
     members = len(settings.outputs) + 2  # + json, cls
-    return total + figures.get("e2e.bytes_per_sample.json", 0) + members * 768  # header + mean padding
+    return total + record + members * 768  # header + mean padding
 
 
 def plan_experiment(spec: ExperimentSpec, measured: dict | None = None, train_images_per_s: float | None = None) -> dict:

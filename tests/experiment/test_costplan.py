@@ -36,6 +36,21 @@ def test_store_size_follows_outputs_format_and_size():
     assert plan_experiment(spec(), MEASURED_FIGURES)["store_bytes"] == full.store_bytes
 
 
+def test_noise_scenes_are_sized_from_the_noise_scene_measurement():
+    noise = parse_spec({"name": "p", "datasets": [
+        {"name": "n", "classes": 3, "family": {"family": "noisescenes", "scenes": 100, "image_size": 256}}]})
+    figures = {"figures": {**MEASURED_FIGURES["figures"], "render.noisescenes_image_size": 512,
+                           "render.noisescenes_bytes_per_sample.rgb.png": 160_000,
+                           "render.noisescenes_bytes_per_sample.seg.png": 6_000,
+                           "render.noisescenes_bytes_per_sample.json": 5_000}}
+    planned = plan_experiment(noise, figures)["datasets"][0]
+    assert planned.images == 100  # rgb and seg at a quarter of the measured area, record as measured
+    assert planned.store_bytes == pytest.approx(100 * ((160_000 + 6_000) / 4 + 5_000 + 4 * 768))
+    # without the noise-scene figures the procsynth measurement is scaled (the older estimate)
+    older = plan_experiment(noise, MEASURED_FIGURES)["datasets"][0]
+    assert older.store_bytes == pytest.approx(100 * ((8000 + 2000) * (256 / 224) ** 2 + 2400 + 4 * 768))
+
+
 def test_unmeasured_store_size_is_said_so():
     plan = plan_experiment(spec(), {"figures": {}})
     assert plan["datasets"][0].store_bytes is None and plan["store_bytes"] is None
