@@ -30,7 +30,8 @@ from services.common.manifest import Manifest
 from services.common.spec.experiment import ExperimentSpec
 from services.common.store import Store
 from services.render.codec import (
-    DEPTH_MAX_M, DEPTH_PRECISION_M, DEPTH_UNIT_M, RGB_MEMBERS, decode_depth, decode_png, decode_rgb, find_rgb,
+    DEPTH_MAX_M, DEPTH_PRECISION_M, DEPTH_UNIT_M, INDEXED_MEMBERS, RGB_MEMBERS, decode_depth, decode_png, decode_rgb,
+    find_rgb,
 )
 from services.render.keys import (
     contact_sheet_key, dataset_manifest_key, part_key, sample_key, shard_index_key, shard_key,
@@ -85,7 +86,7 @@ def render_masks(mesh, records: list[dict]):
 
 
 __all__ = [
-    "DEPTH_MAX_M", "DEPTH_PRECISION_M", "DEPTH_UNIT_M", "RGB_MEMBERS", "decode_depth", "decode_png", "decode_rgb", "find_rgb",
+    "DEPTH_MAX_M", "DEPTH_PRECISION_M", "DEPTH_UNIT_M", "INDEXED_MEMBERS", "RGB_MEMBERS", "decode_depth", "decode_png", "decode_rgb", "find_rgb",
     "SPLITS", "ShardTask", "cameras_from_records", "hard_silhouette", "orbit_records", "render_masks", "soft_silhouette", "SplitLayout", "all_shards", "consolidate_manifest", "contact_sheet_key",
     "dataset_manifest_key", "dataset_shards", "layout", "part_key", "sample_key", "shard_index_key", "shard_key", "shard_plan",
     "shards_for_index", "split_counts",

@@ -36,6 +36,8 @@ DEPTH_MAX_M = 65534 * DEPTH_UNIT_M
 RGB_FORMATS = {"png": "rgb.png", "webp": "rgb.webp", "jpeg": "rgb.jpg"}
 #: Every name an RGB member of a sample may have.
 RGB_MEMBERS = tuple(RGB_FORMATS.values())
+#: Sample members besides the image and label map whose place in the tar a shard index records.
+INDEXED_MEMBERS = ("depth.png", "json")
 #: The outputs a dataset may store besides its records (``json`` and ``cls`` are always stored).
 OUTPUTS = ("rgb", "depth", "seg", "mask")
 

@@ -34,7 +34,7 @@ from services.common.manifest import Manifest, ManifestEntry, read_rebuildable_m
 from services.common.spec.experiment import ExperimentSpec
 from services.common.spec.meshgen import MESH_KINDS
 from services.common.store import Store, sha256_stream
-from services.render.codec import find_rgb
+from services.render.codec import INDEXED_MEMBERS, find_rgb
 from services.render.keys import dataset_manifest_key, part_key, shard_index_key
 from services.render.kinds import SAMPLE_WRITERS, DatasetContext, dataset_context
 from services.render.plan import ShardTask, shard_plan, split_counts
@@ -49,6 +49,8 @@ class DeterministicTarWriter:
         self._tar = tarfile.open(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT)
         self.samples = 0
         self.index: list[list] = []  # per sample: [key, class, rgb offset, rgb size, rgb sha256(, seg ...)] (see shard_index)
+        # per indexed member: one [offset, size, sha256] (or None) per index row
+        self.members: dict[str, list] = {name: [] for name in INDEXED_MEMBERS}
 
     def write(self, key: str, files: dict[str, bytes]) -> None:
         rgb_name = find_rgb(files)
@@ -60,7 +62,7 @@ class DeterministicTarWriter:
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             self._tar.addfile(info, io.BytesIO(data))
-            if extension in (rgb_name, "seg.png"):  # the data follows its header block(s)
+            if extension in (rgb_name, "seg.png", *INDEXED_MEMBERS):  # the data follows its header block(s)
                 data_at[extension] = self._tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
         if rgb_name in data_at and "cls" in files:
             rgb = files[rgb_name]
@@ -69,6 +71,9 @@ class DeterministicTarWriter:
                 seg = files["seg.png"]
                 row += [data_at["seg.png"], len(seg), hashlib.sha256(seg).hexdigest()]
             self.index.append(row)
+            for name, column in self.members.items():
+                data = files.get(name)
+                column.append(None if data is None else [data_at[name], len(data), hashlib.sha256(data).hexdigest()])
         self.samples += 1
 
     def shard_index(self, shard_key: str, shard_sha256: str) -> dict:
@@ -79,8 +84,13 @@ class DeterministicTarWriter:
         ``rgb.png``, ``rgb.webp`` or ``rgb.jpg`` (the decoder tells them apart by their bytes).
         Samples with a label map add three columns: ``seg.png`` offset, size and sha256
         (readers that know only the first five columns read such indexes unchanged).
+        ``members``: for each of :data:`INDEXED_MEMBERS` some sample has (the depth map, the record),
+        one ``[offset, size, sha256]`` (or null) per row of ``samples``, so runs that read them (the
+        3D-prior objective) need no pass over the tar either.
         """
-        return {"format": 1, "shard": shard_key, "sha256": shard_sha256, "samples": self.index}
+        members = {name: column for name, column in self.members.items() if any(e is not None for e in column)}
+        document = {"format": 1, "shard": shard_key, "sha256": shard_sha256, "samples": self.index}
+        return {**document, "members": members} if members else document
 
     def close(self) -> None:
         self._tar.close()

@@ -72,7 +72,7 @@ from services.common.manifest import read_manifest
 from services.common.seeds import derive_rng
 from services.common.spec.train import AugmentSpec
 from services.common.store import Store, open_store
-from services.render.api import RGB_MEMBERS, dataset_manifest_key, find_rgb, shard_index_key
+from services.render.api import INDEXED_MEMBERS, RGB_MEMBERS, dataset_manifest_key, find_rgb, shard_index_key
 
 #: ImageNet statistics, recorded in every checkpoint so users normalise the same way.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -87,7 +87,7 @@ _WANTED_WITH_SEG = (*_WANTED, "seg.png")
 IGNORE_INDEX = -100
 #: Further members a stream can read per sample (``members=``): the depth map (decoded like a label map: its
 #: 16-bit millimetre steps, cropped, resized and flipped with the image by nearest neighbour) and the record.
-EXTRA_MEMBERS = ("depth.png", "json")
+EXTRA_MEMBERS = INDEXED_MEMBERS
 
 
 class EmptySplitError(FlatlandError):
@@ -275,9 +275,9 @@ def shard_index(store: Store, shard: ShardRef, *, with_seg: bool = False, member
     (and, ``with_seg``, lists the label maps' offsets too), otherwise one pass over the tar
     (checksum verified, like streaming). Cached per process.
 
-    ``members`` (of :data:`EXTRA_MEMBERS`) also locates those members of every sample; render's
-    index does not list them, so such an index always comes from one pass over the tar, and
-    samples without all of them count as unusable.
+    ``members`` (of :data:`EXTRA_MEMBERS`) also locates those members of every sample, from the
+    index's ``members`` table (shards indexed before it existed: one pass over the tar); samples
+    without all of them count as unusable.
 
     Raises :class:`IntegrityError` naming the shard when its size disagrees with the manifest.
     """
@@ -289,8 +289,6 @@ def shard_index(store: Store, shard: ShardRef, *, with_seg: bool = False, member
     if unknown:
         raise ValueError(f"members: unknown sample members {unknown}; known: {list(EXTRA_MEMBERS)}")
     cache_key = (store.url, shard.key, shard.sha256, with_seg, members)
-    if cache_key not in _INDEXES and members:
-        _INDEXES[cache_key] = _scan_index(store, shard, with_seg=with_seg, members=members)
     if cache_key not in _INDEXES:
         try:
             document = store.get_json(shard_index_key(shard.key))
@@ -300,12 +298,32 @@ def shard_index(store: Store, shard: ShardRef, *, with_seg: bool = False, member
         usable = (isinstance(document, dict) and document.get("format") == 1 and document.get("sha256") == shard.sha256
                   # an index written before label maps were indexed: no seg columns at all
                   and not (with_seg and rows and not any(len(r) >= 8 for r in rows)))
+        table = document.get("members") if usable else None
+        usable = usable and (not members or (isinstance(table, dict) and all(
+            isinstance(table.get(m), list) and len(table[m]) == len(rows) for m in members)))
         if usable:
-            _INDEXES[cache_key] = ShardIndex.from_rows(rows, unusable=max(0, shard.samples - len(rows)),
-                                                       with_seg=with_seg)
+            _INDEXES[cache_key] = _index_from_document(rows, table, shard.samples, with_seg, members)
         else:
-            _INDEXES[cache_key] = _scan_index(store, shard, with_seg=with_seg)
+            _INDEXES[cache_key] = _scan_index(store, shard, with_seg=with_seg, members=members)
     return _INDEXES[cache_key]
+
+
+def _index_from_document(rows: list, table: dict | None, samples: int, with_seg: bool,
+                         members: tuple[str, ...]) -> ShardIndex:
+    """A :class:`ShardIndex` from render's index rows and, for ``members``, its ``members`` table (rows lacking one
+    of them count as unusable, as in :func:`_scan_index`)."""
+    extra = [[table[m][i] for m in members] for i in range(len(rows))] if members else [[] for _ in rows]
+    kept = [(row, further) for row, further in zip(rows, extra) if all(e is not None for e in further)]
+    unusable = max(0, samples - len(rows)) + len(rows) - len(kept)
+    index = ShardIndex.from_rows([row for row, _ in kept], unusable=unusable, with_seg=with_seg)
+    if members:
+        if with_seg:
+            kept = [(row, further) for row, further in kept if len(row) >= 8]  # as from_rows keeps them
+        index = replace(index, members={name: (np.array([f[p][0] for _, f in kept], dtype=np.int64),
+                                               np.array([f[p][1] for _, f in kept], dtype=np.int64),
+                                               np.array([f[p][2] for _, f in kept], dtype="S64"))
+                                        for p, name in enumerate(members)})
+    return index
 
 
 def _scan_index(store: Store, shard: ShardRef, *, with_seg: bool = False, members: tuple[str, ...] = ()) -> ShardIndex:
