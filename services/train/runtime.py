@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from services.train.data import to_model_input
@@ -41,6 +42,11 @@ class Runtime:
         workers = self.workers if not isinstance(data, TensorDataset) else 0  # cached features need no workers
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
                           num_workers=workers, pin_memory=self.cuda, persistent_workers=False)
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """``model`` on the device, channels-last on CUDA when asked for (as :meth:`inputs` lays out batches)."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.cuda and self.channels_last else model
 
     def inputs(self, images: torch.Tensor, source) -> torch.Tensor:
         """A uint8 (N, H, W, 3) batch normalised with ``source``'s mean and std, on the device."""

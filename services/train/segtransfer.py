@@ -96,9 +96,7 @@ def fit_segmentation(source, mode: str, train: Dataset, num_classes: int, *, lr:
     :func:`services.train.transfer.fit`."""
     rt = _runtime(device)
     torch.manual_seed(seed)
-    model = prepare_segmentation_model(source, num_classes, mode).to(rt.device)
-    if rt.cuda and rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = rt.place(prepare_segmentation_model(source, num_classes, mode))
     return train_model(
         model, train, source, rt=rt, logits=_logits, set_train_mode=_train_mode(mode),
         criterion=nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=optim.label_smoothing),

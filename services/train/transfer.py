@@ -223,9 +223,7 @@ def fit(source: Source, mode: str, train: Dataset, num_classes: int, *, lr: floa
     """
     rt = _runtime(device)
     torch.manual_seed(seed)
-    model = prepare_model(source, num_classes, mode).to(rt.device)
-    if rt.cuda and rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = rt.place(prepare_model(source, num_classes, mode))
     return train_model(
         model, train, source, rt=rt, criterion=_criterion(multilabel, optim.label_smoothing), logits=logits_of,
         set_train_mode=lambda m: m.train(mode == "finetune"),  # a probe keeps the backbone's BatchNorm statistics
@@ -266,9 +264,7 @@ def probe_features(source: Source, data: TargetData, batch_size: int, device) ->
     head_name = _head_module_name(source)
     if head_name is None:
         return None
-    model = prepare_model(source, data.num_classes, "linear_probe").to(rt.device).eval()
-    if rt.cuda and rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = rt.place(prepare_model(source, data.num_classes, "linear_probe")).eval()
     head = model.get_submodule(head_name)
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach()))
